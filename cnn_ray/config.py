@@ -1,0 +1,299 @@
+"""The one typed configuration of a cnn_ray run.
+
+A run is described by :class:`TrainConfig`: data, augmentation, model, optimisation,
+precision, scaling and run settings. It crosses the Ray boundary as a plain ``dict``
+(``TrainConfig.model_dump(mode="json")``) and is rebuilt and validated inside each worker with
+:meth:`TrainConfig.from_dict`. Nothing here parses argv or reads YAML: ``cnn_ray.cli`` does that.
+
+Validation errors are :class:`ConfigError` (a ``ValueError``) whose message names every bad key
+by its dotted path (``optim.lr``) and says what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid. The message names each offending key (dotted path)."""
+
+
+class _Strict(BaseModel):
+    # extra="forbid": a typo such as ``optim.lrr`` is an error, not silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------- data
+class DataConfig(_Strict):
+    """Where the images come from and how they are streamed.
+
+    ``train`` / ``val`` accept an ImageFolder root (``<root>/<class>/<img>``), a directory or
+    glob of Parquet shards, or a CSV/Parquet manifest with ``path,label`` columns. ``format``
+    ``auto`` detects which.
+    """
+
+    train: str = Field(..., description="training data: folder, Parquet shards, or manifest")
+    val: Optional[str] = Field(None, description="validation data; None = seeded held-out fraction")
+    format: Literal["auto", "folder", "parquet", "manifest"] = "auto"
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held-out share when val is None")
+    image_size: int = Field(32, ge=8, le=4096, description="training resolution (pixels, square)")
+    channels: int = Field(3, ge=1, le=64, description="image channels after decoding")
+    prepared_dir: Optional[str] = Field(
+        None, description="where prepare writes shards; default <run.storage_path>/prepared/<hash>"
+    )
+    use_raw: bool = Field(False, description="decode raw files every epoch instead of prepared shards")
+    shard_size: int = Field(10_000, ge=1, description="images per prepared Parquet shard")
+    shuffle: Literal["none", "files", "local", "full"] = Field(
+        "local", description="files: shard order; local: + shuffle buffer; full: random_shuffle()"
+    )
+    shuffle_buffer: int = Field(4096, ge=0, description="rows in the local shuffle buffer")
+    prefetch_batches: int = Field(2, ge=0, description="batches prefetched by iter_torch_batches")
+    bad_input: Literal["skip", "fail"] = Field(
+        "skip", description="skip: leave out and list in bad_inputs.jsonl; fail: raise naming the file"
+    )
+    data_cpus: float = Field(
+        0.5, gt=0.0, description="logical CPUs each Ray Data augmentation task reserves"
+    )
+
+
+# ---------------------------------------------------------------------------- augmentation
+class RandomCrop(_Strict):
+    """Pad by ``padding`` pixels (reflect) and crop back to size at a random offset."""
+
+    enabled: bool = True
+    padding: int = Field(4, ge=0)
+
+
+class RandomResizedCrop(_Strict):
+    """Crop a random area/aspect ratio and resize back (Inception-style zoom)."""
+
+    enabled: bool = False
+    scale: tuple[float, float] = (0.35, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= v[1]):
+            raise ValueError(f"expected 0 < low <= high, got {list(v)}")
+        return v
+
+
+class HFlip(_Strict):
+    enabled: bool = True
+    p: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class Rotation(_Strict):
+    enabled: bool = False
+    degrees: float = Field(15.0, ge=0.0, le=180.0)
+
+
+class Affine(_Strict):
+    """Random shift (fraction of the image side) and shear (degrees)."""
+
+    enabled: bool = False
+    translate: float = Field(0.1, ge=0.0, le=0.5)
+    shear: float = Field(10.0, ge=0.0, le=45.0)
+
+
+class ColorJitter(_Strict):
+    """Random brightness/contrast/saturation factors in ``[1 - s, 1 + s]``."""
+
+    enabled: bool = False
+    brightness: float = Field(0.2, ge=0.0, le=1.0)
+    contrast: float = Field(0.2, ge=0.0, le=1.0)
+    saturation: float = Field(0.2, ge=0.0, le=1.0)
+
+
+class Cutout(_Strict):
+    """Zero a random ``size`` x ``size`` square (DeVries & Taylor, 2017)."""
+
+    enabled: bool = False
+    size: int = Field(8, ge=1)
+    p: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class AugmentConfig(_Strict):
+    """Training-time augmentation; each technique has ``enabled`` and its strength."""
+
+    random_crop: RandomCrop = Field(default_factory=RandomCrop)
+    random_resized_crop: RandomResizedCrop = Field(default_factory=RandomResizedCrop)
+    hflip: HFlip = Field(default_factory=HFlip)
+    rotation: Rotation = Field(default_factory=Rotation)
+    affine: Affine = Field(default_factory=Affine)
+    color_jitter: ColorJitter = Field(default_factory=ColorJitter)
+    cutout: Cutout = Field(default_factory=Cutout)
+
+
+# ----------------------------------------------------------------------------------- model
+class ModelConfig(_Strict):
+    """A registered model name plus its knobs (``None`` knobs are left at the model default)."""
+
+    name: str = "resnet9"
+    width_mult: Optional[float] = Field(None, gt=0.0, le=8.0)
+    depth: Optional[int] = Field(None, ge=1, le=64, description="blocks per stage (family-specific)")
+    kernel_size: Optional[int] = Field(None, ge=1, le=11)
+    separable: Optional[bool] = None
+    dropout: Optional[float] = Field(None, ge=0.0, lt=1.0)
+    channels_last: bool = True
+
+    def knobs(self) -> dict[str, Any]:
+        """The architecture knobs that are set, as keyword arguments for ``create_model``."""
+        keys = ("width_mult", "depth", "kernel_size", "separable", "dropout")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+# ------------------------------------------------------------------------------ optimisation
+class OptimConfig(_Strict):
+    """Optimiser, schedule and regularisation.
+
+    ``lr`` is the peak learning rate for ``batch_size`` images per step summed over all workers
+    (the global batch); it is not rescaled automatically.
+    """
+
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0.0, le=100.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = True
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    schedule: Literal["onecycle", "cosine", "step", "plateau", "constant"] = "onecycle"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    pct_start: float = Field(0.25, gt=0.0, lt=1.0, description="OneCycle warm-up share")
+    step_size: int = Field(30, ge=1, description="epochs between decays (schedule=step)")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="decay factor (step, plateau)")
+    plateau_patience: int = Field(2, ge=0)
+    batch_size: int = Field(512, ge=1, description="global images per optimiser step")
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimiser step")
+    grad_clip_norm: Optional[float] = Field(None, gt=0.0)
+    epochs: int = Field(10, ge=1)
+    early_stopping_patience: Optional[int] = Field(None, ge=1, description="epochs without val gain")
+    max_bad_steps: int = Field(3, ge=0, description="non-finite losses tolerated before failing")
+    eval_batch_size: int = Field(1024, ge=1)
+
+
+class PrecisionConfig(_Strict):
+    """``fp32``, ``bf16`` (autocast; CPU or CUDA) or ``fp16`` (autocast + GradScaler on CUDA)."""
+
+    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+
+
+class ScalingConfig(_Strict):
+    """How many Train workers, with what resources (mirrors ``ray.train.ScalingConfig``)."""
+
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    torch_threads: Optional[int] = Field(None, ge=1, description="intra-op threads per worker")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+class RunConfig(_Strict):
+    """Naming, storage, checkpoints and fault tolerance."""
+
+    name: str = "cnn_ray_run"
+    storage_path: str = "~/cnn_ray_runs"
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts; -1 = unlimited")
+    seed: int = Field(0, ge=0)
+    smoke: bool = Field(False, description="tiny run on a few batches (same code path)")
+    log_every: int = Field(50, ge=1, description="steps between rank-0 progress lines")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or v in (".", ".."):
+            raise ValueError(f"expected a non-empty name without '/', got {v!r}")
+        return v
+
+
+class TrainConfig(_Strict):
+    """The whole run. Build with :meth:`from_dict`; never mutate after validation."""
+
+    data: DataConfig
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "TrainConfig":
+        per_worker = self.optim.batch_size // (self.scaling.num_workers * self.optim.grad_accum_steps)
+        if per_worker < 1 or self.optim.batch_size % (
+            self.scaling.num_workers * self.optim.grad_accum_steps
+        ):
+            raise ValueError(
+                "optim.batch_size must be a positive multiple of scaling.num_workers * "
+                f"optim.grad_accum_steps ({self.scaling.num_workers} * "
+                f"{self.optim.grad_accum_steps}), got {self.optim.batch_size}"
+            )
+        if self.precision.dtype == "fp16" and not self.scaling.use_gpu:
+            raise ValueError(
+                "precision.dtype=fp16 needs scaling.use_gpu=true (fp16 autocast + GradScaler is a "
+                "CUDA path); on CPU use bf16"
+            )
+        return self
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, source: str = "config", check_paths: bool = True) -> "TrainConfig":
+        """Validate a plain dict (from YAML or from ``model_dump``).
+
+        Raises:
+            ConfigError: naming each bad key as a dotted path, with what was expected.
+        """
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        try:
+            cfg = cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, source)) from None
+        if check_paths:
+            cfg.check_paths(source)
+        return cfg
+
+    def check_paths(self, source: str = "config") -> None:
+        """Raise :class:`ConfigError` if a data path does not exist (globs must match)."""
+        import glob
+
+        for key in ("train", "val"):
+            path = getattr(self.data, key)
+            if path is None or "://" in path:
+                continue  # remote URIs are checked by the reader
+            p = os.path.expanduser(path)
+            if not (os.path.exists(p) or glob.glob(p)):
+                raise ConfigError(f"{source}: data.{key}: path does not exist: {path!r}")
+
+    def per_worker_batch_size(self) -> int:
+        """Images per micro-batch on one worker: batch_size / (num_workers * grad_accum_steps)."""
+        return self.optim.batch_size // (self.scaling.num_workers * self.optim.grad_accum_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe plain dict; ``TrainConfig.from_dict(cfg.to_dict()) == cfg``."""
+        return self.model_dump(mode="json")
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """Turn pydantic errors into one line per key: ``source: a.b: expected ..., got ...``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and kind not in ("model_type",):
+                msg += f" (got {err['input']!r})"
+        lines.append(f"{source}: {loc or '<top>'}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -1,0 +1,86 @@
+"""Local data helpers: unpack the CIFAR-10 JPEG archive and take seeded ImageFolder subsets.
+
+No downloads: the archive (``cifar10-jpg.tar.gz``, the CIFAR-10 data set of Krizhevsky, 2009,
+re-encoded as JPEG in the ImageFolder layout ``cifar10/{train,test}/<class>/NNNN.jpg``) must be on
+disk already.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tarfile
+from pathlib import Path
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+
+
+def default_archive() -> Path:
+    """``$CNN_RAY_CIFAR_TAR``, else ``<repo>/../shared/data/cifar10-jpg.tar.gz``."""
+    env = os.environ.get("CNN_RAY_CIFAR_TAR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+
+def default_cache_dir() -> Path:
+    """``$CNN_RAY_CACHE``, else ``~/.cache/cnn_ray``."""
+    return Path(os.environ.get("CNN_RAY_CACHE", Path.home() / ".cache" / "cnn_ray"))
+
+
+def extract_cifar10(archive: str | os.PathLike | None = None, dest: str | os.PathLike | None = None) -> Path:
+    """Unpack the CIFAR-10 JPEG archive once and return the ``cifar10`` root.
+
+    The root holds ``train/<class>/*.jpg`` (50,000 images) and ``test/<class>/*.jpg`` (10,000).
+    Extraction goes to a temporary sibling and is renamed into place, so an interrupted
+    extraction is never mistaken for a complete one.
+
+    Raises:
+        FileNotFoundError: the archive does not exist.
+    """
+    archive = Path(archive) if archive else default_archive()
+    dest = Path(dest) if dest else default_cache_dir()
+    root = dest / "cifar10"
+    if (root / ".complete").exists():
+        return root
+    if not archive.exists():
+        raise FileNotFoundError(f"CIFAR-10 archive not found: {archive} (set CNN_RAY_CIFAR_TAR)")
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".cifar10.tmp.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+    inner = tmp / "cifar10"
+    if not inner.is_dir():
+        raise FileNotFoundError(f"{archive}: expected a top-level 'cifar10/' folder")
+    (inner / ".complete").touch()
+    shutil.rmtree(root, ignore_errors=True)
+    os.replace(inner, root)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def make_subset(
+    src: str | os.PathLike, dst: str | os.PathLike, per_class: int, *, seed: int = 0,
+    classes: tuple[str, ...] | None = None,
+) -> Path:
+    """Copy a seeded random ``per_class`` images of each class folder of ``src`` into ``dst``.
+
+    ``src`` is an ImageFolder root (``<class>/<file>``). The same ``seed`` gives the same files.
+    Returns ``dst``. Raises ``ValueError`` if a class has fewer than ``per_class`` images.
+    """
+    src, dst = Path(src), Path(dst)
+    rng = random.Random(seed)
+    names = classes or tuple(sorted(p.name for p in src.iterdir() if p.is_dir()))
+    for name in names:
+        files = sorted(p.name for p in (src / name).iterdir() if p.is_file())
+        if len(files) < per_class:
+            raise ValueError(f"{src / name}: has {len(files)} images, asked for {per_class}")
+        (dst / name).mkdir(parents=True, exist_ok=True)
+        for f in rng.sample(files, per_class):
+            shutil.copyfile(src / name / f, dst / name / f)
+    return dst
