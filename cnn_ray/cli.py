@@ -1,0 +1,149 @@
+"""Command line: ``cnn-ray {train,prepare,evaluate,benchmark} --config FILE [a.b=value ...]``.
+
+The only place (with ``jobs/``) that reads YAML and argv; the library takes typed configs.
+``jobs/train.py`` etc. are thin wrappers around :func:`main`, so ``ray job submit ... -- python
+jobs/train.py ...`` and ``cnn-ray train ...`` behave the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from cnn_ray.config import ConfigError, TrainConfig
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping. Raises :class:`ConfigError` naming the file on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], *, source: str = "command line") -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML scalars/lists) to a nested dict.
+
+    Raises :class:`ConfigError` for an override without ``=`` or one that descends into a
+    non-mapping value. Unknown keys are caught later by the typed config, by name.
+    """
+    out = json.loads(json.dumps(raw))  # deep copy of plain data
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source}: override {item!r}: expected key.path=value")
+        key, _, text = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"{source}: override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(
+                    f"{source}: override {item!r}: {'.'.join(parts[:i + 1])} is not a section"
+                )
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def load_train_config(path: str, overrides: Sequence[str] = (), *, check_paths: bool = True) -> TrainConfig:
+    """YAML file + overrides -> validated :class:`TrainConfig`.
+
+    Relative data paths in the file are resolved against the current directory (the job's
+    working directory), as a user typing the command expects.
+    """
+    raw = apply_overrides(read_yaml(path), overrides)
+    return TrainConfig.from_dict(raw, source=str(path), check_paths=check_paths)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnn-ray", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in [("train", "prepare (if needed) and train on Ray"),
+                        ("prepare", "decode images once into Parquet shards"),
+                        ("evaluate", "top-1, per-class accuracy and confusion matrix of a checkpoint"),
+                        ("benchmark", "throughput: synthetic vs Ray pipeline vs plain PyTorch"),
+                        ("tune", "ASHA-scheduled sweep over the same trainer")]:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--config", required=True, help="YAML config (recipe or sweep file)")
+        sp.add_argument("overrides", nargs="*", help="key.path=value overrides")
+        if name == "prepare":
+            sp.add_argument("--force", action="store_true", help="rebuild even if up to date")
+        if name == "evaluate":
+            sp.add_argument("--checkpoint", help="checkpoint dir (default: the run's latest)")
+            sp.add_argument("--data", help="data to evaluate (default: the config's validation data)")
+            sp.add_argument("--out", help="output directory (default: <checkpoint>/eval)")
+        if name == "benchmark":
+            sp.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+            sp.add_argument("--json", help="write the figures to this JSON file")
+        if name == "tune":
+            sp.add_argument("--resume", action="store_true", help="restore an interrupted sweep")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run a subcommand; config errors print one clear message and exit with status 2."""
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"cnn-ray {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    if args.command == "tune":
+        from cnn_ray.tune.jobs import tune_main  # noqa: PLC0415 (optional subsystem)
+
+        return tune_main(args.config, args.overrides, resume=args.resume)
+    cfg = load_train_config(args.config, args.overrides)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()  # RAY_ADDRESS (set by `ray job submit`) or local Ray
+    if args.command == "prepare":
+        from cnn_ray.train.launch import prepare_data, prepared_summary
+
+        prepared = prepare_data(cfg, force=args.force)
+        print(json.dumps(prepared_summary(prepared), indent=2, default=str))
+        return 0
+    if args.command == "train":
+        from cnn_ray.train.launch import run_training
+
+        result = run_training(cfg)
+        print(json.dumps({"final_metrics": result.metrics, "checkpoint":
+                          result.checkpoint.path if result.checkpoint else None,
+                          "run_dir": result.path}, indent=2, default=str))
+        return 0
+    if args.command == "evaluate":
+        from cnn_ray.evaluate import evaluate_main
+
+        return evaluate_main(cfg, checkpoint=args.checkpoint, data=args.data, out=args.out)
+    if args.command == "benchmark":
+        from cnn_ray.benchmark import benchmark_main
+
+        return benchmark_main(cfg, steps=args.steps, json_path=args.json)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

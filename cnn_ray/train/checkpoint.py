@@ -1,0 +1,152 @@
+"""Checkpoints: a directory of safe-to-load files, written atomically.
+
+Layout of a checkpoint directory::
+
+    model.pt        state_dict of the unwrapped model (tensors only)
+    train_state.pt  {"optimizer", "scheduler", "scaler", "epoch", "best"} (tensors + primitives)
+    meta.json       {"format": 1, "epoch", "config", "class_names", "mean", "std", "metrics"}
+
+Both ``.pt`` files are read with ``torch.load(weights_only=True)``, which refuses pickles that
+would run code. Writing goes to a temporary sibling directory that is renamed into place, so a
+kill during a save never leaves a half-written checkpoint where a complete one is expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from cnn_ray.train.techniques import unwrap_model
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing files or holds something unsafe/unexpected."""
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint restores. ``epoch`` is the number of finished epochs."""
+
+    epoch: int
+    model_state: dict
+    optimizer_state: Optional[dict]
+    scheduler_state: Optional[dict]
+    scaler_state: Optional[dict]
+    best: Optional[float]
+    meta: dict
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    model: nn.Module,
+    epoch: int,
+    config: dict,
+    class_names: list[str],
+    mean: list[float],
+    std: list[float],
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Any = None,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    best: Optional[float] = None,
+    metrics: Optional[dict] = None,
+) -> Path:
+    """Write a checkpoint into ``directory`` (created; must not already hold one).
+
+    The files are written into ``<directory>.tmp-<random>`` and renamed to ``directory`` at the
+    end. Returns ``directory`` as a Path. Raises ``FileExistsError`` if it exists.
+    """
+    directory = Path(directory)
+    if directory.exists():
+        raise FileExistsError(f"checkpoint directory already exists: {directory}")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp-", dir=directory.parent))
+    try:
+        state = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
+        torch.save(state, tmp / "model.pt")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "epoch": int(epoch),
+                "best": best,
+            },
+            tmp / "train_state.pt",
+        )
+        meta = {
+            "format": FORMAT_VERSION, "epoch": int(epoch), "config": config,
+            "class_names": list(class_names), "mean": list(map(float, mean)),
+            "std": list(map(float, std)), "metrics": metrics or {},
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_meta(directory: str | os.PathLike) -> dict:
+    """The ``meta.json`` of a checkpoint (config, class names, normalisation, epoch)."""
+    path = Path(directory) / "meta.json"
+    if not path.exists():
+        raise CheckpointError(f"{directory}: not a cnn_ray checkpoint (no meta.json)")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
+    return meta
+
+
+def load_checkpoint(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> TrainingState:
+    """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: a file is missing, or a file holds objects ``weights_only`` refuses
+            (such as a pickle that would run code); the message names the file.
+    """
+    directory = Path(directory)
+    meta = read_meta(directory)
+    model_state = _safe_load(directory / "model.pt", map_location)
+    train_path = directory / "train_state.pt"
+    train = _safe_load(train_path, map_location) if train_path.exists() else {}
+    return TrainingState(
+        epoch=int(meta["epoch"]), model_state=model_state,
+        optimizer_state=train.get("optimizer"), scheduler_state=train.get("scheduler"),
+        scaler_state=train.get("scaler"), best=train.get("best"), meta=meta,
+    )
+
+
+def _safe_load(path: Path, map_location) -> Any:
+    if not path.exists():
+        raise CheckpointError(f"{path}: missing checkpoint file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # UnpicklingError and friends
+        raise CheckpointError(
+            f"{path}: refused to load (torch.load weights_only=True): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from exc
+
+
+def restore_training_state(
+    state: TrainingState, *, model: nn.Module, optimizer=None, scheduler=None, scaler=None
+) -> None:
+    """Load model/optimizer/scheduler/scaler states from ``state`` into live objects."""
+    unwrap_model(model).load_state_dict(state.model_state)
+    if optimizer is not None and state.optimizer_state is not None:
+        optimizer.load_state_dict(state.optimizer_state)
+    if scheduler is not None and state.scheduler_state is not None:
+        scheduler.load_state_dict(state.scheduler_state)
+    if scaler is not None and state.scaler_state is not None:
+        scaler.load_state_dict(state.scaler_state)

@@ -1,0 +1,217 @@
+"""Driver side of a training run (Ray glue): prepare data, build the ``TorchTrainer``, fit.
+
+:func:`run_training` is what ``jobs/train.py`` and every Tune trial call, so a sweep's winning
+trial is a recipe that ``jobs/train.py`` re-runs as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+import ray
+import ray.train
+from ray.train import DataConfig
+from ray.train.torch import TorchTrainer
+
+from cnn_ray.config import ConfigError, TrainConfig
+from cnn_ray.data.pipeline import build_eval_dataset, build_train_dataset
+from cnn_ray.train.worker import train_loop_per_worker
+
+
+class SplitValDataConfig(DataConfig):
+    """``DataConfig`` that splits ``train`` equally and ``val`` without dropping rows.
+
+    Ray's default ``streaming_split(equal=True)`` drops up to ``world_size - 1`` rows to keep
+    ranks in lock-step; evaluation needs no lock-step, and the validation metric must cover the
+    *whole* validation set, so ``val`` is split with ``equal=False``.
+    """
+
+    def __init__(self, unequal: tuple[str, ...] = ("val",)):
+        super().__init__(datasets_to_split="all")
+        self._unequal = set(unequal)
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        output = [{} for _ in range(world_size)]
+        for name, ds in datasets.items():
+            if ds.name is None:
+                ds.set_name(name)
+            ds = ds.copy(ds)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            splits = ds.streaming_split(world_size, equal=name not in self._unequal,
+                                        locality_hints=worker_node_ids)
+            for i, split in enumerate(splits):
+                output[i][name] = split
+        return output
+
+
+def storage_root(cfg: TrainConfig) -> str:
+    """``run.storage_path`` with ``~`` expanded (URIs such as ``s3://`` are kept)."""
+    p = cfg.run.storage_path
+    return p if "://" in p else str(Path(os.path.expanduser(p)).resolve())
+
+
+def run_dir(cfg: TrainConfig, name: Optional[str] = None) -> str:
+    """``<storage_path>/<run.name>``: where Ray Train keeps checkpoints and we keep metrics."""
+    return os.path.join(storage_root(cfg), name or cfg.run.name)
+
+
+def default_prepared_dir(cfg: TrainConfig) -> str:
+    """``data.prepared_dir``, else ``<storage_path>/prepared/<hash of the data settings>``."""
+    if cfg.data.prepared_dir:
+        return os.path.expanduser(cfg.data.prepared_dir)
+    d = cfg.data
+    key = json.dumps(
+        [os.path.abspath(os.path.expanduser(d.train)),
+         os.path.abspath(os.path.expanduser(d.val)) if d.val else None,
+         d.format, d.image_size, d.channels, d.val_fraction, d.shard_size, cfg.run.seed],
+    )
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    return os.path.join(storage_root(cfg), "prepared", f"{Path(d.train).name}-{d.image_size}px-{digest}")
+
+
+def check_cluster_fits(cfg: TrainConfig) -> None:
+    """Fail fast (before requesting resources) if the workers plus Ray Data cannot fit.
+
+    Train workers reserve ``num_workers * cpus_per_worker`` CPUs; Ray Data's augmentation
+    tasks need ``data.data_cpus`` more, or the pipeline starves and the job hangs.
+    Raises :class:`ConfigError` naming the keys to change.
+    """
+    total = ray.cluster_resources()
+    cpus = total.get("CPU", 0.0)
+    need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    if need + cfg.data.data_cpus > cpus + 1e-9:
+        raise ConfigError(
+            f"scaling.num_workers ({cfg.scaling.num_workers}) * scaling.cpus_per_worker "
+            f"({cfg.scaling.cpus_per_worker}) + data.data_cpus ({cfg.data.data_cpus}) = "
+            f"{need + cfg.data.data_cpus} CPUs, but the cluster has {cpus}: lower "
+            "scaling.cpus_per_worker (a logical reservation; threads are set by "
+            "scaling.torch_threads) or add nodes"
+        )
+    if cfg.scaling.use_gpu and total.get("GPU", 0) < cfg.scaling.num_workers:
+        raise ConfigError(
+            f"scaling.use_gpu=true with scaling.num_workers={cfg.scaling.num_workers}, but the "
+            f"cluster has {total.get('GPU', 0)} GPUs"
+        )
+
+
+def prepare_data(cfg: TrainConfig, *, force: bool = False, progress: bool = True):
+    """Run (or reuse) the prepare step for ``cfg.data``; returns ``PreparedData``."""
+    from cnn_ray.data.prepare import prepare_dataset
+
+    return prepare_dataset(cfg.data, default_prepared_dir(cfg), seed=cfg.run.seed, force=force,
+                           progress=progress)
+
+
+def write_run_files(cfg: TrainConfig, directory: str, prepared) -> None:
+    """Save the resolved config, the class mapping and the bad-input list in the run dir."""
+    if "://" in directory:
+        return
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    _atomic_write(d / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _atomic_write(d / "class_names.json", json.dumps(
+        {"class_names": list(prepared.class_names),
+         "class_to_idx": {c: i for i, c in enumerate(prepared.class_names)}}, indent=2))
+    bad = Path(prepared.root) / "bad_inputs.jsonl"
+    if bad.exists():
+        _atomic_write(d / "bad_inputs.jsonl", bad.read_text())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build_trainer(
+    cfg: TrainConfig,
+    prepared,
+    *,
+    name: Optional[str] = None,
+    callbacks: Optional[list] = None,
+    fault_injection: Optional[dict] = None,
+) -> TorchTrainer:
+    """The ``TorchTrainer`` for ``cfg`` over prepared shards (no resources requested yet)."""
+    name = name or cfg.run.name
+    meta = {
+        "class_names": list(prepared.class_names), "mean": list(prepared.mean),
+        "std": list(prepared.std), "num_train": int(prepared.num_train),
+        "num_val": int(prepared.num_val), "image_shape": list(prepared.image_shape),
+    }
+    directory = run_dir(cfg, name)
+    loop_config: dict[str, Any] = {
+        "config": cfg.to_dict(), "data_meta": meta,
+        "run_dir": None if "://" in directory else directory,
+    }
+    if fault_injection:
+        loop_config["fault_injection"] = fault_injection
+    datasets = {
+        "train": build_train_dataset(prepared.train_files, cfg.data, cfg.augment, seed=cfg.run.seed),
+        "val": build_eval_dataset(prepared.val_files, cfg.data),
+    }
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=resources, placement_strategy=cfg.scaling.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_root(cfg),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            callbacks=callbacks or None,
+        ),
+        datasets=datasets,
+        dataset_config=SplitValDataConfig(),
+    )
+
+
+def run_training(
+    cfg: TrainConfig,
+    *,
+    name: Optional[str] = None,
+    callbacks: Optional[list] = None,
+    fault_injection: Optional[dict] = None,
+    prepared=None,
+) -> ray.train.Result:
+    """Prepare data (a no-op when already prepared), then train with Ray Train.
+
+    Re-running with the same ``run.name`` and ``run.storage_path`` resumes from the last
+    checkpoint. Connects to the cluster in ``RAY_ADDRESS`` or starts local Ray if none is
+    initialised. Returns the ``ray.train.Result`` (``metrics``, ``checkpoint``, ``path``).
+
+    Raises:
+        ConfigError: the cluster cannot fit the workers plus the data pipeline.
+        ray.train.TrainingFailedError: training failed more than ``run.max_failures`` times.
+    """
+    if not ray.is_initialized():
+        ray.init()
+    check_cluster_fits(cfg)
+    prepared = prepared or prepare_data(cfg)
+    directory = run_dir(cfg, name)
+    write_run_files(cfg, directory, prepared)
+    trainer = build_trainer(cfg, prepared, name=name, callbacks=callbacks,
+                            fault_injection=fault_injection)
+    return trainer.fit()
+
+
+def prepared_summary(prepared) -> dict:
+    """JSON-safe summary of a ``PreparedData`` (for logs)."""
+    try:
+        d = asdict(prepared)
+    except TypeError:
+        d = dict(vars(prepared))
+    d.pop("train_files", None)
+    d.pop("val_files", None)
+    return d

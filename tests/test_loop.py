@@ -1,0 +1,145 @@
+"""Numeric core of training (no Ray): steps, accumulation, non-finite guard, eval, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cnn_ray.config import OptimConfig
+from cnn_ray.train.loop import (
+    EpochStats,
+    NonFiniteLossError,
+    StepSettings,
+    count_correct,
+    evaluate,
+    train_one_epoch,
+)
+from cnn_ray.train.optim import build_optimizer, build_scheduler, steps_per_epoch
+from cnn_ray.train.techniques import split_decay_params
+
+
+def tiny_net(num_classes=4):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
+def batches(n_batches=6, bs=16, num_classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        y = torch.randint(0, num_classes, (bs,), generator=g)
+        # class-dependent colour so the task is learnable
+        img = torch.randint(0, 60, (bs, 8, 8, 3), generator=g, dtype=torch.uint8)
+        img[..., 0] += (y * 60).to(torch.uint8)[:, None, None]
+        out.append({"image": img, "label": y})
+    return out
+
+
+def settings(**kw):
+    base = dict(device=torch.device("cpu"), precision="fp32", mean=[0.5] * 3, std=[0.25] * 3)
+    base.update(kw)
+    return StepSettings(**base)
+
+
+def test_training_reduces_loss_bf16_channels_last():
+    model = tiny_net().to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, OptimConfig(lr=0.05, optimizer="sgd", epochs=5))
+    s = settings(precision="bf16")
+    data = batches()
+    first = evaluate(model, data, s).summary("val_", 4)["val_loss"]
+    for _ in range(5):
+        stats = train_one_epoch(model, data, opt, s)
+    assert stats.num_images == 96 and stats.steps == 6
+    assert evaluate(model, data, s).summary("val_", 4)["val_loss"] < first
+
+
+def test_grad_accumulation_matches_large_batch():
+    """4 micro-batches of 8 with grad_accum_steps=4 == one batch of 32 (no batch-coupled layers)."""
+    data = batches(n_batches=4, bs=8)
+    big = [{"image": torch.cat([b["image"] for b in data]), "label": torch.cat([b["label"] for b in data])}]
+    outs = []
+    for batch_list, accum in [(big, 1), (data, 4)]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 3, 4))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        stats = train_one_epoch(model, batch_list, opt, settings(grad_accum_steps=accum, channels_last=False))
+        assert stats.steps == 1
+        outs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
+def test_trailing_partial_accumulation_cycle_steps():
+    model = tiny_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    stats = train_one_epoch(model, batches(n_batches=5), opt, settings(grad_accum_steps=2))
+    assert stats.steps == 3  # 2 + 2 + trailing 1
+
+
+class NaNAfter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8 * 8 * 3, 4)
+
+    def forward(self, x):
+        return self.lin(x.flatten(1)) * float("nan")
+
+
+def test_non_finite_loss_stops_with_clear_error():
+    model = NaNAfter()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.lin.weight.detach().clone()
+    with pytest.raises(NonFiniteLossError, match="max_bad_steps=2"):
+        train_one_epoch(model, batches(n_batches=6), opt, settings(max_bad_steps=2, channels_last=False))
+    assert torch.equal(model.lin.weight, before)  # bad steps were skipped, weights untouched
+
+
+def test_grad_clip_bounds_update():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 3, 4))
+    before = model[1].weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    train_one_epoch(model, batches(n_batches=1), opt, settings(grad_clip_norm=1e-3, channels_last=False))
+    delta = torch.cat([(model[1].weight - before).flatten()])
+    assert delta.norm() <= 1e-3 + 1e-6
+
+
+def test_count_correct_and_reduce():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
+    labels = torch.tensor([1, 2, 0])
+    c1, c5 = count_correct(logits, labels)
+    assert (c1, c5) == (1, 3)
+    a = EpochStats(loss_sum=2.0, correct1=3, num_images=4, seconds=2.0)
+    doubled = a.reduce(lambda t: t * 2)  # two identical ranks
+    assert doubled.num_images == 8 and doubled.correct1 == 6 and doubled.seconds == 2.0
+
+
+def test_weight_decay_off_norm_and_bias():
+    groups = split_decay_params(tiny_net(), 5e-4)
+    assert all(p.ndim > 1 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 5e-4
+    assert all(p.ndim <= 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine", "step", "constant", "plateau"])
+def test_schedules_build_and_peak(schedule):
+    cfg = OptimConfig(schedule=schedule, lr=0.4, epochs=4, warmup_epochs=1.0, step_size=1)
+    model = tiny_net()
+    opt = build_optimizer(model, cfg)
+    sched, per_step = build_scheduler(opt, cfg, steps_per_epoch=10)
+    assert per_step == (schedule != "plateau")
+    lrs = []
+    for _ in range(40 if per_step else 4):
+        opt.step()
+        sched.step() if per_step else sched.step(1.0)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert max(lrs) <= 0.4 + 1e-9
+    if schedule in ("onecycle", "cosine"):
+        assert lrs[-1] < 0.05 and max(lrs) > 0.3
+
+
+def test_steps_per_epoch():
+    assert steps_per_epoch(1000, 2, 64, 1) == math.ceil(500 / 64)
+    assert steps_per_epoch(1000, 2, 64, 4) == math.ceil(math.ceil(500 / 64) / 4)
