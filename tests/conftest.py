@@ -50,3 +50,19 @@ def cifar_small(cifar_root, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def cifar_ddp(cifar_root, tmp_path_factory) -> dict[str, Path]:
+    """A seeded real subset for DDP tests: 200 train and 50 test images per class."""
+    base = tmp_path_factory.mktemp("cifar_ddp")
+    return {
+        "train": make_subset(cifar_root / "train", base / "train", 200, seed=1),
+        "test": make_subset(cifar_root / "test", base / "test", 50, seed=1),
+    }
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

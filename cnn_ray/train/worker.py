@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import tempfile
@@ -141,7 +142,7 @@ def _epoch_metrics(epoch: int, tr: EpochStats, va: EpochStats, num_classes: int,
         data_wait_share=tr.data_wait_seconds / max(tr.seconds, 1e-9),
         epoch_seconds=tr.seconds, eval_seconds=va.seconds, val_images=va.num_images,
         train_images=tr.num_images, bad_steps=tr.bad_steps, lr=optimizer.param_groups[0]["lr"],
-        world_size=world,
+        world_size=world, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
     return metrics
 

@@ -1,0 +1,197 @@
+"""Throughput benchmark: how close the Ray pipeline gets to the machine's limit.
+
+Prints, in one run, images/s of
+  (a) pure forward+backward+step on synthetic in-memory tensors (the limit of this machine),
+  (b) the full Ray pipeline (prepared shards -> Ray Data augmentation -> Ray Train worker) training
+      the same model, batch size and precision,
+  (c) a plain PyTorch baseline as tutorials write it: ``torchvision.datasets.ImageFolder`` +
+      ``DataLoader(num_workers=2)`` + torchvision transforms, fp32, contiguous memory,
+and the ratios b/a and b/c, the peak memory of the training job and the object-store spill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from cnn_ray.config import TrainConfig
+from cnn_ray.models import create_model
+
+
+def hardware_summary() -> str:
+    """One line: CPU model, logical cores, memory, torch/ray versions."""
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    import ray
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} logical cores, {mem_gb:.0f} GiB, {gpu}; "
+            f"torch {torch.__version__}, ray {ray.__version__}")
+
+
+def _time_steps(step, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def synthetic_images_per_sec(cfg: TrainConfig, num_classes: int, *, steps: int = 20, warmup: int = 3,
+                             precision: Optional[str] = None, channels_last: Optional[bool] = None,
+                             threads: Optional[int] = None) -> float:
+    """(a) median images/s of forward+backward+SGD step on in-memory tensors.
+
+    Uses ``cfg``'s model, per-worker micro-batch and precision (overridable), on CPU threads =
+    ``scaling.torch_threads``. Inputs are created once, so no input cost is measured.
+    """
+    from cnn_ray.train.optim import build_optimizer
+    from cnn_ray.train.techniques import autocast_context
+
+    torch.set_num_threads(threads or cfg.scaling.torch_threads or os.cpu_count() or 1)
+    precision = precision or cfg.precision.dtype
+    channels_last = cfg.model.channels_last if channels_last is None else channels_last
+    device = torch.device("cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu")
+    model = create_model(cfg.model.name, num_classes=num_classes, in_channels=cfg.data.channels,
+                         **cfg.model.knobs()).to(device)
+    bs = cfg.per_worker_batch_size()
+    size = cfg.data.image_size
+    x = torch.randn(bs, cfg.data.channels, size, size, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if precision != "fp32":
+        x = x.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+    y = torch.randint(0, num_classes, (bs,), device=device)
+    opt = build_optimizer(model, cfg.optim)
+
+    def step():
+        with autocast_context(device, precision):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    times = _time_steps(step, steps, warmup)
+    return bs / statistics.median(times)
+
+
+def plain_pytorch_images_per_sec(cfg: TrainConfig, *, steps: int = 8, warmup: int = 1,
+                                 num_workers: int = 2) -> float:
+    """(c) images/s of the tutorial baseline on the raw ImageFolder tree ``cfg.data.train``.
+
+    ``ImageFolder`` + ``DataLoader(num_workers=2, shuffle=True)`` + ``RandomCrop(padding=4)``,
+    ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``; fp32; contiguous (NCHW) memory; the
+    same model and batch size. Images/s over ``steps`` consecutive steps (data loading included).
+    """
+    import torchvision
+    from torchvision import transforms as T
+
+    from cnn_ray.train.optim import build_optimizer
+
+    torch.set_num_threads(cfg.scaling.torch_threads or os.cpu_count() or 1)
+    size = cfg.data.image_size
+    tf = T.Compose([T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))])
+    ds = torchvision.datasets.ImageFolder(os.path.expanduser(cfg.data.train), transform=tf)
+    bs = cfg.per_worker_batch_size()
+    loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, num_workers=num_workers,
+                                         drop_last=True, persistent_workers=False)
+    model = create_model(cfg.model.name, num_classes=len(ds.classes), in_channels=3, **cfg.model.knobs())
+    opt = build_optimizer(model, cfg.optim)
+    it = iter(loader)
+    done, t0 = 0, None
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        x, y = next(it)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= warmup:
+            done += x.shape[0]
+    return done / (time.perf_counter() - t0)
+
+
+def pipeline_images_per_sec(cfg: TrainConfig) -> dict:
+    """(b) train with the full Ray pipeline for ``optim.epochs`` epochs; figures of the last one.
+
+    Returns the last epoch's metrics (``images_per_sec``, ``data_wait_share``, ``peak_rss_mb``,
+    ...) plus ``spilled_bytes`` of the object store.
+    """
+    from cnn_ray.train.launch import run_training
+
+    result = run_training(cfg)
+    out = dict(result.metrics)
+    out["spilled_bytes"] = object_store_spilled_bytes()
+    return out
+
+
+def object_store_spilled_bytes() -> int:
+    """Bytes Ray spilled from the object store to disk so far (0 = no spilling)."""
+    try:
+        from ray._private.internal_api import memory_summary
+
+        text = memory_summary(stats_only=True)
+    except Exception:  # noqa: BLE001 - diagnostics only
+        return -1
+    import re
+
+    m = re.search(r"Spilled (\d+) MiB", text)
+    return int(m.group(1)) * 2**20 if m else 0
+
+
+def benchmark_main(cfg: TrainConfig, *, steps: int = 20, json_path: Optional[str] = None) -> int:
+    """CLI entry: run (a), (c) then (b), print a table of figures and write them as JSON."""
+    from cnn_ray.train.launch import prepare_data
+
+    prepared = prepare_data(cfg)
+    num_classes = len(prepared.class_names)
+    hw = hardware_summary()
+    print(f"[benchmark] hardware: {hw}", flush=True)
+    a = synthetic_images_per_sec(cfg, num_classes, steps=steps)
+    print(f"[benchmark] (a) synthetic fwd+bwd+step: {a:.1f} images/s", flush=True)
+    c = plain_pytorch_images_per_sec(cfg, steps=max(3, steps // 4))
+    print(f"[benchmark] (c) plain PyTorch ImageFolder+DataLoader fp32: {c:.1f} images/s", flush=True)
+    bm = pipeline_images_per_sec(cfg)
+    b = bm["images_per_sec"]
+    figures = {
+        "hardware": hw, "model": cfg.model.name, "batch_size": cfg.per_worker_batch_size(),
+        "precision": cfg.precision.dtype, "channels_last": cfg.model.channels_last,
+        "a_synthetic_images_per_sec": a, "b_pipeline_images_per_sec": b,
+        "c_plain_pytorch_images_per_sec": c, "b_over_a": b / a, "b_over_c": b / c,
+        "b_data_wait_share": bm.get("data_wait_share"), "peak_rss_mb_worker": bm.get("peak_rss_mb"),
+        "peak_rss_mb_driver": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "object_store_spilled_bytes": bm.get("spilled_bytes"),
+        "val_top1_last_epoch": bm.get("val_top1"),
+    }
+    print("[benchmark] figures:")
+    for k, v in figures.items():
+        print(f"  {k:32s} {v:.3f}" if isinstance(v, float) else f"  {k:32s} {v}")
+    print(f"[benchmark] targets: b/a >= 0.85 -> {'PASS' if b / a >= 0.85 else 'MISS'}; "
+          f"b/c >= 3 -> {'PASS' if b / c >= 3 else 'MISS'}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(figures, indent=2))
+    return 0
