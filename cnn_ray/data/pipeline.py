@@ -39,9 +39,10 @@ class AugmentBatches:
     the draws is ``epoch_offset`` plus Ray Data's execution counter.
     """
 
-    def __init__(self, cfg: AugmentConfig, *, seed: int, epoch_offset: int = 0, train: bool = True,
-                 image_size: Optional[int] = None):
+    def __init__(self, cfg: AugmentConfig, *, image_shape: tuple[int, int, int], seed: int,
+                 epoch_offset: int = 0, train: bool = True, image_size: Optional[int] = None):
         self.cfg = cfg
+        self.image_shape = tuple(int(v) for v in image_shape)
         self.seed = seed
         self.epoch_offset = epoch_offset
         self.train = train
@@ -50,7 +51,7 @@ class AugmentBatches:
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         from cnn_ray.data.prepare import read_shard_images
 
-        images, labels, idx = read_shard_images(batch)
+        images, labels, idx = read_shard_images(batch, self.image_shape)
         if self.image_size is not None and images.shape[1:3] != (self.image_size, self.image_size):
             images = resize_center_crop(images, self.image_size)
         if self.train:
@@ -67,8 +68,9 @@ def read_shards(files: list[str], data: DataConfig, *, seed: int, train: bool) -
     return ray.data.read_parquet(files, shuffle=shuffle, columns=["image", "label", "idx"])
 
 
-def build_train_dataset(files: list[str], data: DataConfig, augment: AugmentConfig, *, seed: int,
-                        epoch_offset: int = 0, batch_rows: int = 256) -> Dataset:
+def build_train_dataset(files: list[str], data: DataConfig, augment: AugmentConfig, *,
+                        image_shape: tuple[int, int, int], seed: int, epoch_offset: int = 0,
+                        batch_rows: int = 256) -> Dataset:
     """The streaming, augmented training dataset over prepared shards.
 
     ``data.shuffle``: ``none``; ``files`` (shard order per epoch); ``local`` (plus the shuffle
@@ -79,16 +81,130 @@ def build_train_dataset(files: list[str], data: DataConfig, augment: AugmentConf
     if data.shuffle == "full":
         ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
     return ds.map_batches(
-        AugmentBatches(augment, seed=seed, epoch_offset=epoch_offset, train=True),
+        AugmentBatches(augment, image_shape=image_shape, seed=seed, epoch_offset=epoch_offset,
+                       train=True),
         batch_format="pyarrow", batch_size=batch_rows, num_cpus=data.data_cpus,
         zero_copy_batch=True,
     )
 
 
-def build_eval_dataset(files: list[str], data: DataConfig, *, batch_rows: int = 1024) -> Dataset:
+def build_eval_dataset(files: list[str], data: DataConfig, *, image_shape: tuple[int, int, int],
+                       batch_rows: int = 1024) -> Dataset:
     """The evaluation dataset: shards decoded to ``{"image", "label"}``, no augmentation."""
     ds = read_shards(files, data, seed=0, train=False)
     return ds.map_batches(
-        AugmentBatches(AugmentConfig(), seed=0, train=False, image_size=data.image_size),
+        AugmentBatches(AugmentConfig(), image_shape=image_shape, seed=0, train=False,
+                       image_size=data.image_size),
         batch_format="pyarrow", batch_size=batch_rows, num_cpus=data.data_cpus, zero_copy_batch=True,
     )
+
+
+class _RawBatches:
+    """``map_batches`` function after raw decoding: drop bad rows, then augment (train only)."""
+
+    def __init__(self, cfg: AugmentConfig, *, image_shape, seed: int, train: bool, policy: str):
+        self.inner = AugmentBatches(cfg, image_shape=image_shape, seed=seed, train=train)
+        self.policy = policy
+
+    def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        from cnn_ray.data.decode import BadInputError
+
+        reason = batch.column("reason")
+        if reason.null_count != len(batch):
+            if self.policy == "fail":
+                i = next(i for i, r in enumerate(reason.to_pylist()) if r is not None)
+                raise BadInputError(batch.column("path")[i].as_py(), reason[i].as_py())
+            batch = batch.filter(reason.is_null())
+        table = pa.table({"image": batch.column("image"), "label": batch.column("label"),
+                          "idx": batch.column("rid")})
+        return self.inner(table)
+
+
+def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig] = None, *,
+                      seed: int = 0, train: bool = False, rows_per_block: int = 256) -> Dataset:
+    """Decode a raw folder/manifest/Parquet :class:`~cnn_ray.data.sources.Source` every pass.
+
+    The ``data.use_raw`` path and ``jobs/evaluate.py --data``: no prepare step, decoding
+    (``cnn_ray.data.decode``) runs in Ray Data tasks on every epoch. Bad files follow
+    ``data.bad_input`` (``skip`` drops them, ``fail`` raises ``BadInputError`` naming the file).
+    Output rows as :func:`build_train_dataset` / :func:`build_eval_dataset`.
+    """
+    from cnn_ray.data.prepare import _decode_block
+
+    if source.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        items, first = [], 0
+        for f in source.files:
+            meta, local = pq.read_metadata(f), 0
+            for g in range(meta.num_row_groups):
+                items.append({"file": f, "row_group": g, "file_row": local, "rid": first})
+                local += meta.row_group(g).num_rows
+                first += meta.row_group(g).num_rows
+        batch_size = 1
+    else:
+        items = [{"path": r.path, "label": r.label, "rid": r.row} for r in source.records]
+        batch_size = rows_per_block
+    if not items:
+        raise ValueError(f"{source.path}: no usable images")
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch_size))
+    if train and data.shuffle != "none":
+        ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    kw = {"size": data.image_size, "channels": data.channels, "encoding": source.image_encoding,
+          "src_shape": source.image_shape, "rows_per_block": rows_per_block}
+    ds = ds.map_batches(_decode_block, batch_size=batch_size, batch_format="pyarrow", fn_kwargs=kw,
+                        num_cpus=data.data_cpus)
+    shape = (data.image_size, data.image_size, data.channels)
+    return ds.map_batches(
+        _RawBatches(augment or AugmentConfig(), image_shape=shape, seed=seed, train=train,
+                    policy=data.bad_input),
+        batch_format="pyarrow", batch_size=None, num_cpus=data.data_cpus, zero_copy_batch=True,
+    )
+
+
+class RawData:
+    """Raw inputs opened for the ``data.use_raw`` path (no prepare step).
+
+    Mirrors the :class:`~cnn_ray.data.prepare.PreparedData` fields the trainer needs
+    (``class_names``, ``mean``, ``std``, ``image_shape``, ``num_train``, ``num_val``); the
+    normalisation statistics come from a seeded sample of up to ``stats_sample`` training images.
+    """
+
+    def __init__(self, data: DataConfig, *, seed: int = 0, stats_sample: int = 1024):
+        import dataclasses
+
+        from cnn_ray.data.augment import channel_stats, finalize_stats
+        from cnn_ray.data.decode import BadInputError, decode_image
+        from cnn_ray.data.sources import discover, split_holdout
+
+        if data.format == "parquet" or (data.format == "auto" and str(data.train).endswith(".parquet")):
+            raise ValueError("data.use_raw=true supports folder and manifest inputs; prepare Parquet "
+                             "inputs instead (data.use_raw=false)")
+        train = discover(data.train, data.format, channels=data.channels)
+        if data.val:
+            val = discover(data.val, data.format, class_names=train.class_names, channels=data.channels)
+        else:
+            tr, va = split_holdout(train.records, data.val_fraction, seed)
+            val = dataclasses.replace(train, records=[train.records[i] for i in va])
+            train = dataclasses.replace(train, records=[train.records[i] for i in tr])
+        self.root = str(data.train)
+        self.train_source, self.val_source = train, val
+        self.class_names = list(train.class_names)
+        self.image_shape = (data.image_size, data.image_size, data.channels)
+        self.num_train, self.num_val = len(train.records), len(val.records)
+        rng = np.random.default_rng([seed, 7])
+        pick = rng.permutation(len(train.records))[:stats_sample]
+        sums = None
+        for i in pick:
+            rec = train.records[int(i)]
+            try:
+                with open(rec.path, "rb") as f:
+                    img = decode_image(f.read(), size=data.image_size, channels=data.channels, path=rec.path)
+            except (BadInputError, OSError):
+                continue
+            part = channel_stats(img[None])
+            sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
+        if sums is None:
+            raise ValueError(f"{data.train}: no readable training image in a sample of {len(pick)}")
+        self.mean, self.std = (list(v) for v in finalize_stats(*sums))
+        self.bad_count = len(train.problems) + len(val.problems)

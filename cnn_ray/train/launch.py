@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import yaml
 
 import ray
@@ -21,8 +22,11 @@ from ray.train import DataConfig
 from ray.train.torch import TorchTrainer
 
 from cnn_ray.config import ConfigError, TrainConfig
-from cnn_ray.data.pipeline import build_eval_dataset, build_train_dataset
+from cnn_ray.data.pipeline import RawData, build_eval_dataset, build_raw_dataset, build_train_dataset
 from cnn_ray.train.worker import train_loop_per_worker
+
+
+MATERIALIZE_VAL_BYTES = 256 * 2**20  # validation sets up to this size are decoded once
 
 
 class SplitValDataConfig(DataConfig):
@@ -102,9 +106,14 @@ def check_cluster_fits(cfg: TrainConfig) -> None:
 
 
 def prepare_data(cfg: TrainConfig, *, force: bool = False, progress: bool = True):
-    """Run (or reuse) the prepare step for ``cfg.data``; returns ``PreparedData``."""
+    """Run (or reuse) the prepare step for ``cfg.data``; returns ``PreparedData``.
+
+    With ``data.use_raw`` nothing is written: returns a ``RawData`` that decodes every epoch.
+    """
     from cnn_ray.data.prepare import prepare_dataset
 
+    if cfg.data.use_raw:
+        return RawData(cfg.data, seed=cfg.run.seed)
     return prepare_dataset(cfg.data, default_prepared_dir(cfg), seed=cfg.run.seed, force=force,
                            progress=progress)
 
@@ -120,7 +129,7 @@ def write_run_files(cfg: TrainConfig, directory: str, prepared) -> None:
         {"class_names": list(prepared.class_names),
          "class_to_idx": {c: i for i, c in enumerate(prepared.class_names)}}, indent=2))
     bad = Path(prepared.root) / "bad_inputs.jsonl"
-    if bad.exists():
+    if not isinstance(prepared, RawData) and bad.exists():
         _atomic_write(d / "bad_inputs.jsonl", bad.read_text())
 
 
@@ -128,6 +137,24 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def build_datasets(cfg: TrainConfig, prepared) -> dict[str, ray.data.Dataset]:
+    """``{"train", "val"}`` Ray Datasets over prepared shards, or raw files (``RawData``)."""
+    if isinstance(prepared, RawData):
+        train = build_raw_dataset(prepared.train_source, cfg.data, cfg.augment, seed=cfg.run.seed,
+                                  train=True)
+        val = build_raw_dataset(prepared.val_source, cfg.data, train=False)
+    else:
+        train = build_train_dataset(prepared.train_files, cfg.data, cfg.augment,
+                                    image_shape=prepared.image_shape, seed=cfg.run.seed)
+        val = build_eval_dataset(prepared.val_files, cfg.data, image_shape=prepared.image_shape)
+    if prepared.num_val * int(np.prod(prepared.image_shape)) <= MATERIALIZE_VAL_BYTES:
+        # Deterministic and small: decode once into the object store instead of every epoch.
+        val = val.materialize()
+    for ds in (train, val):
+        ds.context.enable_progress_bars = False  # rank 0 prints one line per epoch instead
+    return {"train": train, "val": val}
 
 
 def build_trainer(
@@ -152,10 +179,7 @@ def build_trainer(
     }
     if fault_injection:
         loop_config["fault_injection"] = fault_injection
-    datasets = {
-        "train": build_train_dataset(prepared.train_files, cfg.data, cfg.augment, seed=cfg.run.seed),
-        "val": build_eval_dataset(prepared.val_files, cfg.data),
-    }
+    datasets = build_datasets(cfg, prepared)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1

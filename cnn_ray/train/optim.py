@@ -56,8 +56,12 @@ def build_scheduler(
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler
     if cfg.schedule == "onecycle":
+        # The cycle ends on the last step taken (OneCycleLR extrapolates past total_steps - 1);
+        # it needs >= 2 steps in each phase, so tiny (smoke) runs get a stretched cycle.
+        total = max(total + 1, 4)
+        pct_start = min(max(cfg.pct_start, 2.0 / total), 0.5)
         return sched.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=cfg.pct_start,
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct_start,
             anneal_strategy="linear", div_factor=25.0, final_div_factor=1e3,
             cycle_momentum=False,
         ), True

@@ -1,0 +1,158 @@
+"""Evaluate a checkpoint: top-1, per-class accuracy and a confusion matrix (CSV and PNG).
+
+``jobs/evaluate.py --config RECIPE [--checkpoint DIR] [--data PATH] [--out DIR]``. Without
+``--checkpoint`` the run's latest checkpoint (``<storage_path>/<run.name>/checkpoint_*``) is used;
+without ``--data`` the recipe's validation data (its prepared shards). ``--data`` may be any
+folder/manifest/Parquet input; its classes are matched to the checkpoint's by name.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+from cnn_ray.config import ConfigError, TrainConfig
+from cnn_ray.models import create_model
+from cnn_ray.train.checkpoint import CheckpointError, load_checkpoint
+from cnn_ray.train.loop import StepSettings, evaluate
+
+
+@dataclass
+class EvalResult:
+    """``top1`` in [0, 1]; ``per_class`` accuracy per class (NaN for classes absent from the
+    data); ``confusion`` (K, K) int64 counts, rows = true class, columns = predicted."""
+
+    top1: float
+    loss: float
+    num_images: int
+    class_names: list[str]
+    per_class: list[float]
+    confusion: np.ndarray
+
+
+def latest_checkpoint(run_directory: str | os.PathLike) -> Path:
+    """The newest complete ``checkpoint_*`` directory of a run. Raises CheckpointError if none."""
+    run_directory = Path(run_directory)
+    found = sorted(p for p in run_directory.glob("checkpoint_*") if (p / "meta.json").exists())
+    if not found:
+        raise CheckpointError(f"{run_directory}: no checkpoint found (expected checkpoint_*/meta.json)")
+    return found[-1]
+
+
+def confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, K) int64 counts; rows are true classes, columns predictions."""
+    idx = label.astype(np.int64) * num_classes + pred.astype(np.int64)
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def evaluate_batches(checkpoint: str | os.PathLike, batches: Iterable[dict], *,
+                     threads: Optional[int] = None) -> EvalResult:
+    """Run a checkpoint over ``{"image": uint8 (N,H,W,C), "label": (N,)}`` batches (no Ray)."""
+    state = load_checkpoint(checkpoint)
+    meta = state.meta
+    cfg = TrainConfig.from_dict(meta["config"], source=f"{checkpoint}/meta.json", check_paths=False)
+    names = meta["class_names"]
+    if threads:
+        torch.set_num_threads(threads)
+    model = create_model(cfg.model.name, num_classes=len(names), in_channels=len(meta["mean"]),
+                         **cfg.model.knobs())
+    model.load_state_dict(state.model_state)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    precision = "fp32" if cfg.precision.dtype == "fp16" else cfg.precision.dtype  # CPU here
+    s = StepSettings(device=torch.device("cpu"), precision=precision, mean=meta["mean"],
+                     std=meta["std"], channels_last=cfg.model.channels_last)
+    stats = evaluate(model, batches, s, collect_predictions=True)
+    pred, label = stats.extra["pred"].numpy(), stats.extra["label"].numpy()
+    cm = confusion_matrix(pred, label, len(names))
+    totals = cm.sum(axis=1)
+    per_class = [float(cm[i, i] / totals[i]) if totals[i] else float("nan") for i in range(len(names))]
+    n = max(1, stats.num_images)
+    return EvalResult(top1=stats.correct1 / n, loss=stats.loss_sum / n, num_images=stats.num_images,
+                      class_names=list(names), per_class=per_class, confusion=cm)
+
+
+def write_report(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, str]:
+    """Write ``metrics.json``, ``per_class.csv``, ``confusion_matrix.csv`` and
+    ``confusion_matrix.png`` into ``out_dir``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: str(out / f) for k, f in [("metrics", "metrics.json"), ("per_class", "per_class.csv"),
+                                           ("confusion_csv", "confusion_matrix.csv"),
+                                           ("confusion_png", "confusion_matrix.png")]}
+    Path(paths["metrics"]).write_text(json.dumps(
+        {"top1": result.top1, "loss": result.loss, "num_images": result.num_images,
+         "per_class": dict(zip(result.class_names, result.per_class))}, indent=2))
+    with open(paths["per_class"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "accuracy", "images"])
+        for name, acc, n in zip(result.class_names, result.per_class, result.confusion.sum(axis=1)):
+            w.writerow([name, f"{acc:.4f}", int(n)])
+    with open(paths["confusion_csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["true\\pred", *result.class_names])
+        for name, row in zip(result.class_names, result.confusion):
+            w.writerow([name, *map(int, row)])
+    k = len(result.class_names)
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * k + 2), max(4, 0.6 * k + 1)))
+    norm = result.confusion / np.maximum(result.confusion.sum(axis=1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), result.class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), result.class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"top-1 {100 * result.top1:.2f}% on {result.num_images} images")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, int(result.confusion[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(paths["confusion_png"], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def evaluate_main(cfg: TrainConfig, *, checkpoint: Optional[str] = None, data: Optional[str] = None,
+                  out: Optional[str] = None) -> int:
+    """CLI entry (Ray glue): pick checkpoint and data, stream batches with Ray Data, report."""
+    from cnn_ray.data.pipeline import build_eval_dataset, build_raw_dataset
+    from cnn_ray.data.sources import discover
+    from cnn_ray.train.launch import prepare_data, run_dir
+
+    ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir(cfg))
+    names = load_checkpoint(ckpt).meta["class_names"]
+    if data:
+        if not os.path.exists(os.path.expanduser(data)):
+            raise ConfigError(f"--data: path does not exist: {data!r}")
+        source = discover(data, cfg.data.format, class_names=names, channels=cfg.data.channels)
+        ds = build_raw_dataset(source, cfg.data, train=False)
+    else:
+        prepared = prepare_data(cfg)
+        if list(prepared.class_names) != list(names):
+            raise ConfigError(f"{ckpt}: checkpoint classes {names} differ from the data's "
+                              f"{prepared.class_names}")
+        ds = build_eval_dataset(prepared.val_files, cfg.data, image_shape=prepared.image_shape)
+    ds.context.enable_progress_bars = False
+    batches = ds.iter_torch_batches(batch_size=cfg.optim.eval_batch_size, prefetch_batches=2)
+    result = evaluate_batches(ckpt, batches, threads=cfg.scaling.torch_threads)
+    out_dir = out or os.path.join(os.path.dirname(ckpt), "eval", Path(ckpt).name)
+    paths = write_report(result, out_dir)
+    print(f"top1 {100 * result.top1:.2f}% on {result.num_images} images (checkpoint {ckpt})")
+    for name, acc in zip(result.class_names, result.per_class):
+        print(f"  {name:20s} {100 * acc:6.2f}%")
+    print(json.dumps(paths, indent=2))
+    return 0
