@@ -49,8 +49,12 @@ class AugmentBatches:
         self.image_size = image_size
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
+        import torch
+
         from cnn_ray.data.prepare import read_shard_images
 
+        if torch.get_num_threads() != 1:  # Data tasks are single-threaded; oversubscription is slow
+            torch.set_num_threads(1)
         images, labels, idx = read_shard_images(batch, self.image_shape)
         if self.image_size is not None and images.shape[1:3] != (self.image_size, self.image_size):
             images = resize_center_crop(images, self.image_size)
