@@ -1,0 +1,460 @@
+"""Find out what a data path holds: an ImageFolder tree, a manifest, or Parquet shards. No Ray here.
+
+:func:`discover` lists the input once (cheap: names and ``stat`` only, no pixels) and returns a
+:class:`Source`: its kind, class names, the records or files to read, a digest of the listing
+(paths, sizes, mtimes) for caching, and the problems found (bad records). :func:`split_holdout`
+makes the seeded stratified train/val split.
+
+Layouts:
+
+* ``folder`` — ``<root>/<class>/**/<image>``. Class names are the sorted sub-folder names and a
+  label is the index of its class. Image files are matched by extension (jpg jpeg png bmp gif
+  tif tiff webp, any case); other files and hidden names (``.*``) are ignored. An **empty class
+  folder is kept** (so label indices stay the same across train/val and runs) and reported: a
+  warning is logged and an entry with ``row=None`` is added to ``Source.problems``.
+* ``manifest`` — a ``.csv`` or ``.parquet`` table with ``path,label`` columns. Relative paths are
+  relative to the manifest's folder. Labels are class names (strings) or indices (integers).
+  Class names come from the ``class_names`` argument, else the sorted unique string labels
+  (integer labels without names get ``"0".."K-1"``). A row with a missing file, an empty path,
+  or an unknown label is a bad record (``Source.problems``: row, path, reason), not an error.
+* ``parquet`` — a directory or glob of ``.parquet`` files with an ``image`` column and an integer
+  ``label`` column. ``image`` holds encoded bytes (``binary``) or raw ``uint8`` pixels
+  (``fixed_size_binary``, ``fixed_size_list<uint8>``, ``list<uint8>``) whose HWC shape comes from
+  the file metadata key ``cnn_ray`` (JSON ``{"image_shape": [H, W, C]}``), else a ``shape``
+  column, else a square with the configured channel count. Optional ``class_names`` in the
+  same metadata. Prepared shards written by :mod:`cnn_ray.data.prepare` are valid input.
+* ``auto`` — a ``.csv`` file, or a ``.parquet`` file with a ``path`` column, is a manifest; a
+  directory or glob holding ``.parquet`` files is ``parquet``; a directory whose sub-folders hold
+  images is ``folder``.
+
+Only local (or locally mounted) paths are supported.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+METADATA_KEY = b"cnn_ray"
+Kind = Literal["folder", "manifest", "parquet"]
+
+
+class SourceError(ValueError):
+    """The input cannot be used at all (unknown layout, wrong schema). Names the file/folder."""
+
+
+class Record(NamedTuple):
+    """One image to read: its file, label index, and row id (position in the input listing)."""
+
+    path: str
+    label: int
+    row: int
+
+
+@dataclass
+class Source:
+    """What a data path holds (see the module docstring for the layouts).
+
+    ``records`` (folder/manifest) and ``files`` (parquet) list the inputs in a fixed order;
+    ``row`` ids are unique and stable within the source: for folder/manifest the record's
+    position in the listing (manifest: the 0-based data row), for parquet the row's position
+    across ``files`` in order. ``problems`` are bad records ``{"path", "reason", "row"}`` found
+    while listing (``row=None`` for a whole-folder note such as an empty class).
+    """
+
+    kind: Kind
+    path: str
+    class_names: list[str]
+    records: list[Record] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    file_rows: list[int] = field(default_factory=list)
+    image_encoding: Literal["file", "bytes", "array"] = "file"
+    image_shape: Optional[tuple[int, int, int]] = None  # raw-array parquet only: (H, W, C)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    listing_digest: str = ""
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the input, bad records included (parquet: all rows of all files)."""
+        if self.kind == "parquet":
+            return int(sum(self.file_rows))
+        return len(self.records) + sum(1 for p in self.problems if p.get("row") is not None)
+
+    def labels(self) -> np.ndarray:
+        """``(num_rows,)`` ``int64`` label per row id; ``-1`` where a folder/manifest row is bad.
+
+        For parquet this reads the ``label`` column of every file (cheap: one column).
+        """
+        if self.kind == "parquet":
+            parts = [pq.read_table(f, columns=["label"])["label"].to_numpy(zero_copy_only=False)
+                     for f in self.files]
+            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        out = np.full(self.num_rows, -1, dtype=np.int64)
+        for r in self.records:
+            out[r.row] = r.label
+        return out
+
+
+# ------------------------------------------------------------------------------- discover
+def discover(
+    path: str,
+    format: Literal["auto", "folder", "parquet", "manifest"] = "auto",
+    *,
+    class_names: Optional[Sequence[str]] = None,
+    channels: int = 3,
+) -> Source:
+    """List the input at ``path`` and return a :class:`Source`.
+
+    Args:
+        path: ImageFolder root, manifest file, Parquet file/directory, or a glob of Parquet files.
+        format: layout; ``auto`` detects it (see the module docstring).
+        class_names: fix the label order (e.g. the training set's, when listing a val set);
+            folder classes or manifest labels not in it become bad records.
+        channels: for raw-array Parquet without a stored shape: infer a square of this depth.
+
+    Raises:
+        SourceError: the path does not exist, its layout cannot be detected, or a Parquet
+            file/manifest lacks the expected columns (the message names the file).
+    """
+    path = os.path.expanduser(str(path))
+    kind = detect_format(path) if format == "auto" else format
+    names = list(class_names) if class_names is not None else None
+    if kind == "folder":
+        return _discover_folder(path, names)
+    if kind == "manifest":
+        return _discover_manifest(path, names)
+    if kind == "parquet":
+        return _discover_parquet(path, names, channels)
+    raise SourceError(f"unknown data format {format!r}: expected auto, folder, parquet or manifest")
+
+
+def detect_format(path: str) -> Kind:
+    """Guess the layout of ``path`` (rules in the module docstring). Raises :class:`SourceError`."""
+    if _is_glob(path):
+        if any(p.lower().endswith(".parquet") for p in glob.glob(path)):
+            return "parquet"
+        raise SourceError(f"{path}: glob matches no .parquet files")
+    if os.path.isfile(path):
+        low = path.lower()
+        if low.endswith(".csv"):
+            return "manifest"
+        if low.endswith(".parquet"):
+            return "manifest" if "path" in pq.read_schema(path).names else "parquet"
+        raise SourceError(f"{path}: cannot detect the format of this file: expected a .csv or "
+                          ".parquet manifest, a .parquet shard, or an ImageFolder directory")
+    if os.path.isdir(path):
+        entries = [e for e in os.scandir(path) if not e.name.startswith(".")]
+        if any(e.is_file() and e.name.lower().endswith(".parquet") for e in entries) or _parquet_files(path):
+            return "parquet"
+        if any(e.is_dir() and _has_image(e.path) for e in entries):
+            return "folder"
+        raise SourceError(f"{path}: cannot detect the format: no .parquet files and no class "
+                          "sub-folders holding images (expected <root>/<class>/<image>)")
+    raise SourceError(f"{path}: path does not exist")
+
+
+def _is_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?[")
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+
+
+def _has_image(folder: str) -> bool:
+    for _, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(_is_image(f) for f in files):
+            return True
+    return False
+
+
+def _digest(items: Sequence[Any]) -> str:
+    h = hashlib.sha256()
+    for item in items:
+        h.update(repr(item).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------- folder
+def _discover_folder(root: str, class_names: Optional[list[str]]) -> Source:
+    if not os.path.isdir(root):
+        raise SourceError(f"{root}: not a directory (format=folder expects <root>/<class>/<image>)")
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not found:
+        raise SourceError(f"{root}: no class sub-folders (format=folder expects <root>/<class>/<image>)")
+    names = class_names if class_names is not None else found
+    index = {n: i for i, n in enumerate(names)}
+    src = Source(kind="folder", path=root, class_names=list(names))
+    listing: list[tuple] = []
+    row = 0
+    for cls in found:
+        files = _list_images(os.path.join(root, cls))
+        if not files:
+            reason = "empty class folder: no image files (class kept so label indices stay stable)"
+            log.warning("%s: %s", os.path.join(root, cls), reason)
+            src.problems.append({"path": os.path.join(root, cls), "reason": reason, "row": None})
+        for f, size, mtime in files:
+            listing.append((f, size, mtime))
+            if cls in index:
+                src.records.append(Record(f, index[cls], row))
+            else:
+                src.problems.append({"path": f, "row": row,
+                                     "reason": f"class folder {cls!r} is not one of the known classes"})
+            row += 1
+    for missing in sorted(set(names) - set(found)):
+        log.warning("%s: no folder for class %r", root, missing)
+    src.listing_digest = _digest(listing)
+    return src
+
+
+def _list_images(folder: str) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of image files under ``folder``, recursively, sorted by path."""
+    out = []
+    for dirpath, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if _is_image(name):
+                p = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(p)
+                except OSError:
+                    continue  # vanished or a dangling link
+                out.append((p, st.st_size, st.st_mtime_ns))
+    out.sort()
+    return out
+
+
+# ------------------------------------------------------------------------------- manifest
+def _read_manifest(path: str) -> pa.Table:
+    if not os.path.isfile(path):
+        raise SourceError(f"{path}: manifest file does not exist")
+    try:
+        if path.lower().endswith(".csv"):
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+                column_types={"path": pa.string()}))
+        else:
+            table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SourceError(f"{path}: cannot read manifest: {exc}") from None
+    missing = [c for c in ("path", "label") if c not in table.column_names]
+    if missing:
+        raise SourceError(f"{path}: manifest needs columns 'path' and 'label'; missing "
+                          f"{missing}, found {table.column_names}")
+    return table
+
+
+def _discover_manifest(path: str, class_names: Optional[list[str]]) -> Source:
+    table = _read_manifest(path)
+    base = os.path.dirname(os.path.abspath(path))
+    paths = table["path"].to_pylist()
+    label_col = table["label"]
+    is_int = pa.types.is_integer(label_col.type)
+    if not is_int and not pa.types.is_string(label_col.type) and not pa.types.is_large_string(label_col.type):
+        raise SourceError(f"{path}: manifest column 'label' must hold class names (string) or "
+                          f"indices (integer), got {label_col.type}")
+    labels = label_col.to_pylist()
+    if class_names is None:
+        if is_int:
+            top = max((v for v in labels if v is not None), default=-1)
+            class_names = [str(i) for i in range(top + 1)]
+        else:
+            class_names = sorted({v for v in labels if v is not None and v != ""})
+    index = {n: i for i, n in enumerate(class_names)}
+    st_manifest = os.stat(path)
+    src = Source(kind="manifest", path=path, class_names=list(class_names))
+    listing: list[tuple] = [(path, st_manifest.st_size, st_manifest.st_mtime_ns)]
+    for row, (p, lab) in enumerate(zip(paths, labels)):
+        full = p if p is None or os.path.isabs(p) else os.path.join(base, os.path.expanduser(p))
+        reason = None
+        if not p:
+            reason = "empty path"
+        elif lab is None or lab == "":
+            reason = "empty label"
+        elif is_int and not 0 <= lab < len(class_names):
+            reason = f"label index {lab} out of range [0, {len(class_names)})"
+        elif not is_int and lab not in index:
+            reason = f"unknown label {lab!r} (known: {len(class_names)} classes)"
+        if reason is None:
+            try:
+                st = os.stat(full)
+                listing.append((full, st.st_size, st.st_mtime_ns))
+            except OSError:
+                reason = "file not found"
+        if reason is None:
+            src.records.append(Record(full, int(lab) if is_int else index[lab], row))
+        else:
+            src.problems.append({"path": full or "", "reason": f"manifest row {row}: {reason}", "row": row})
+    src.listing_digest = _digest(listing + [("bad", len(src.problems))])
+    return src
+
+
+# -------------------------------------------------------------------------------- parquet
+def _parquet_files(path: str) -> list[str]:
+    if _is_glob(path):
+        files = [p for p in glob.glob(path, recursive=True) if os.path.isfile(p)]
+    elif os.path.isfile(path):
+        files = [path]
+    elif os.path.isdir(path):
+        files = []
+        for dirpath, dirs, names in os.walk(path, followlinks=True):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+            files += [os.path.join(dirpath, n) for n in names
+                      if n.lower().endswith(".parquet") and not n.startswith((".", "_"))]
+    else:
+        files = []
+    return sorted(f for f in files if f.lower().endswith(".parquet"))
+
+
+def read_metadata(schema: pa.Schema) -> dict[str, Any]:
+    """The ``cnn_ray`` JSON from a Parquet/Arrow schema's metadata (``{}`` if absent)."""
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+_EXPECTED = ("expected columns 'image' (encoded bytes as binary, or uint8 pixels as "
+             "fixed_size_binary / fixed_size_list<uint8> / list<uint8>) and 'label' (integer)")
+
+
+def _array_storage(t: pa.DataType) -> tuple[pa.DataType, Optional[tuple[int, ...]]]:
+    """Unwrap an extension type (e.g. Ray's tensor type), returning (storage type, shape or None)."""
+    if isinstance(t, pa.ExtensionType):
+        shape = getattr(t, "shape", None)
+        return t.storage_type, tuple(shape) if shape else None
+    return t, None
+
+
+def image_encoding(t: pa.DataType) -> Optional[Literal["bytes", "array"]]:
+    """``bytes`` (encoded files), ``array`` (raw uint8 pixels) or ``None`` (unsupported type)."""
+    t, _ = _array_storage(t)
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "bytes"
+    if pa.types.is_fixed_size_binary(t):
+        return "array"
+    if (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)) \
+            and pa.types.is_uint8(t.value_type):
+        return "array"
+    return None
+
+
+def _infer_shape(f: str, schema: pa.Schema, channels: int) -> tuple[int, int, int]:
+    meta = read_metadata(schema)
+    if meta.get("image_shape"):
+        return tuple(int(v) for v in meta["image_shape"])  # type: ignore[return-value]
+    storage, ext_shape = _array_storage(schema.field("image").type)
+    if ext_shape and len(ext_shape) == 3:
+        return ext_shape  # type: ignore[return-value]
+    if "shape" in schema.names:
+        first = pq.ParquetFile(f).read_row_group(0, columns=["shape"])["shape"][0].as_py()
+        if first and len(first) in (2, 3):
+            return (int(first[0]), int(first[1]), int(first[2]) if len(first) == 3 else 1)
+    if pa.types.is_fixed_size_binary(storage):
+        n = storage.byte_width
+    elif pa.types.is_fixed_size_list(storage):
+        n = storage.list_size
+    else:
+        col = pq.ParquetFile(f).read_row_group(0, columns=["image"])["image"]
+        n = len(col[0].as_py()) if len(col) else 0
+    side = int(round(math.sqrt(n / channels))) if n else 0
+    if side <= 0 or side * side * channels != n:
+        raise SourceError(f"{f}: cannot tell the image shape of {n}-byte arrays: store "
+                          "image_shape [H, W, C] in the 'cnn_ray' JSON file metadata or add a "
+                          f"'shape' column (a square of {channels} channels does not fit)")
+    return (side, side, channels)
+
+
+def _discover_parquet(path: str, class_names: Optional[list[str]], channels: int) -> Source:
+    files = _parquet_files(path)
+    if not files:
+        raise SourceError(f"{path}: no .parquet files found")
+    encoding = shape = names_meta = None
+    rows, listing = [], []
+    for f in files:
+        try:
+            pf = pq.ParquetFile(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SourceError(f"{f}: cannot read Parquet file: {exc}") from None
+        schema = pf.schema_arrow
+        enc = image_encoding(schema.field("image").type) if "image" in schema.names else None
+        if enc is None or "label" not in schema.names or not pa.types.is_integer(schema.field("label").type):
+            found = ", ".join(f"{n}: {schema.field(n).type}" for n in schema.names)
+            raise SourceError(f"{f}: wrong schema: {_EXPECTED}; found {{{found}}}")
+        if encoding is None:
+            encoding = enc
+            names_meta = read_metadata(schema).get("class_names")
+            shape = _infer_shape(f, schema, channels) if enc == "array" else None
+        elif enc != encoding or (enc == "array" and _infer_shape(f, schema, channels) != shape):
+            raise SourceError(f"{f}: image column differs from {files[0]} ({enc} vs {encoding}"
+                              f"{', shape' if enc == encoding else ''}); all files must match")
+        rows.append(pf.metadata.num_rows)
+        st = os.stat(f)
+        listing.append((f, st.st_size, st.st_mtime_ns))
+    src = Source(kind="parquet", path=path, class_names=[], files=files, file_rows=rows,
+                 image_encoding=encoding, image_shape=shape)
+    if class_names is not None:
+        src.class_names = list(class_names)
+    elif names_meta:
+        src.class_names = list(names_meta)
+    else:
+        top = int(src.labels().max(initial=-1))
+        src.class_names = [str(i) for i in range(top + 1)]
+    src.listing_digest = _digest(listing)
+    return src
+
+
+# ------------------------------------------------------------------------------------ split
+def split_holdout(
+    n_or_labels: int | Sequence[int] | np.ndarray | Sequence[Record],
+    val_fraction: float,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/val split, stratified by label.
+
+    Args:
+        n_or_labels: a row count (unstratified), a label per row, or a list of :class:`Record`.
+            Labels ``< 0`` (bad rows) go to neither split.
+        val_fraction: share of each class held out (rounded per class; each class with at
+            least two rows keeps one or more in train).
+        seed: the same seed and input give the same split.
+
+    Returns:
+        ``(train_idx, val_idx)``: sorted ``int64`` positions into ``n_or_labels``.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if isinstance(n_or_labels, (int, np.integer)):
+        labels = np.zeros(int(n_or_labels), dtype=np.int64)
+    elif len(n_or_labels) and isinstance(n_or_labels[0], Record):
+        labels = np.array([r.label for r in n_or_labels], dtype=np.int64)
+    else:
+        labels = np.asarray(n_or_labels, dtype=np.int64)
+    train, val = [], []
+    for cls in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == cls)
+        # one stream per class: adding a class does not change the other classes' splits
+        perm = np.random.default_rng([seed, int(cls)]).permutation(members)
+        k = int(round(len(members) * val_fraction))
+        k = min(k, len(members) - 1) if len(members) > 1 else k
+        val.append(perm[:k])
+        train.append(perm[k:])
+    return _sorted_concat(train), _sorted_concat(val)
+
+
+def _sorted_concat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
