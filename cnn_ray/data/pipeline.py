@@ -69,7 +69,7 @@ def read_shards(files: list[str], data: DataConfig, *, seed: int, train: bool) -
     shuffle = None
     if train and data.shuffle != "none":
         shuffle = ray.data.FileShuffleConfig(seed=seed, reseed_after_execution=True)
-    return ray.data.read_parquet(files, shuffle=shuffle, columns=["image", "label", "idx"])
+    return ray.data.read_parquet(files, shuffle=shuffle)
 
 
 def build_train_dataset(files: list[str], data: DataConfig, augment: AugmentConfig, *,

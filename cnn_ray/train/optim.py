@@ -56,15 +56,7 @@ def build_scheduler(
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler
     if cfg.schedule == "onecycle":
-        # The cycle ends on the last step taken (OneCycleLR extrapolates past total_steps - 1);
-        # it needs >= 2 steps in each phase, so tiny (smoke) runs get a stretched cycle.
-        total = max(total + 1, 4)
-        pct_start = min(max(cfg.pct_start, 2.0 / total), 0.5)
-        return sched.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct_start,
-            anneal_strategy="linear", div_factor=25.0, final_div_factor=1e3,
-            cycle_momentum=False,
-        ), True
+        return sched.LambdaLR(optimizer, OneCycleFactor(total, cfg.pct_start)), True
     if cfg.schedule == "plateau":
         return sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.gamma,
                                        patience=cfg.plateau_patience), False
@@ -78,6 +70,31 @@ def build_scheduler(
         return main, True
     warm = sched.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
     return sched.SequentialLR(optimizer, [warm, main], milestones=[warmup]), True
+
+
+class OneCycleFactor:
+    """LR multiplier of the one-cycle policy as a function of the optimiser step.
+
+    Linear warm-up from ``1/div_factor`` to 1 over the first ``pct_start`` of ``total_steps``,
+    then linear decay to ``1/(div_factor * final_div_factor)``; clamped at the end, so a few
+    steps more than planned (a streaming split's last partial batch) keep the final value
+    instead of raising like ``torch.optim.lr_scheduler.OneCycleLR``. A callable object (not a
+    lambda) so ``LambdaLR.state_dict()`` saves it. Source: Smith & Topin, "Super-Convergence",
+    2018; the triangular schedule of airbench / Page's ResNet-9 DAWNBench entry.
+    """
+
+    def __init__(self, total_steps: int, pct_start: float, div_factor: float = 25.0,
+                 final_div_factor: float = 1e3):
+        self.total_steps = max(2, int(total_steps))
+        self.warmup = max(1, int(round(pct_start * self.total_steps)))
+        self.start = 1.0 / div_factor
+        self.end = 1.0 / (div_factor * final_div_factor)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return self.start + (1.0 - self.start) * step / self.warmup
+        frac = min(1.0, (step - self.warmup) / max(1, self.total_steps - self.warmup))
+        return 1.0 + (self.end - 1.0) * frac
 
 
 def steps_per_epoch(num_rows: int, world_size: int, micro_batch: int, grad_accum_steps: int) -> int:
