@@ -1,0 +1,180 @@
+"""The model registry: ``@register_model``, ``create_model``, ``list_models``, ``count_flops``.
+
+Modelled on timm's ``timm/models/_registry.py`` and ``_factory.py``: a factory registers under its
+function name, ``create_model`` looks it up and calls it, dropping knobs that are ``None`` so a
+sweep can leave a knob unset. Unlike timm, a knob a family does not accept is an error, not
+silently ignored: the accepted knobs are the keyword parameters of the factory's signature.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+Factory = Callable[..., nn.Module]
+
+_REGISTRY: dict[str, Factory] = {}
+_POSITIONAL = ("num_classes", "in_channels")  # every factory takes these; they are not knobs
+
+
+def register_model(fn: Optional[Factory] = None, *, name: Optional[str] = None):
+    """Register a model factory ``fn(num_classes, in_channels, **knobs) -> nn.Module``.
+
+    Use as ``@register_model`` (registers under ``fn.__name__``) or
+    ``@register_model(name="other_name")``. The knobs a family accepts are the factory's
+    keyword parameters other than ``num_classes`` and ``in_channels``; give them defaults.
+
+    Raises:
+        ValueError: the name is already registered, or the factory does not take
+            ``num_classes`` and ``in_channels``.
+    """
+
+    def _register(f: Factory) -> Factory:
+        key = name or f.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"model {key!r} is already registered")
+        params = inspect.signature(f).parameters
+        missing = [p for p in _POSITIONAL if p not in params]
+        if missing:
+            raise ValueError(f"model factory {key!r} must accept {missing}")
+        _REGISTRY[key] = f
+        return f
+
+    return _register(fn) if fn is not None else _register
+
+
+def list_models() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_knobs(name: str) -> dict[str, Any]:
+    """The knobs model ``name`` accepts, mapped to their defaults.
+
+    Raises:
+        ValueError: ``name`` is not registered (the message lists the registered names).
+    """
+    params = inspect.signature(_lookup(name)).parameters
+    return {k: p.default for k, p in params.items() if k not in _POSITIONAL}
+
+
+def create_model(name: str, num_classes: int, in_channels: int = 3, **knobs: Any) -> nn.Module:
+    """Build registered model ``name``: input ``(N, in_channels, H, W)`` float, output
+    ``(N, num_classes)`` logits.
+
+    Knobs whose value is ``None`` are dropped, so the model's default applies. The knobs used
+    across the project are ``width_mult`` (float), ``depth`` (int), ``kernel_size`` (int),
+    ``separable`` (bool) and ``dropout`` (float); each family accepts the subset that makes sense
+    (see :func:`model_knobs` and each factory's docstring).
+
+    Raises:
+        ValueError: ``name`` is not registered (the message lists the registered names); a knob is
+            not accepted by that family (the message names the model, the knob and the accepted
+            knobs); ``num_classes`` or ``in_channels`` is below 1; or the factory rejects a
+            knob's value.
+    """
+    factory = _lookup(name)
+    if num_classes < 1 or in_channels < 1:
+        raise ValueError(f"{name}: num_classes and in_channels must be >= 1, "
+                         f"got {num_classes} and {in_channels}")
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    accepted = model_knobs(name)
+    unknown = sorted(k for k in knobs if k not in accepted)
+    if unknown:
+        raise ValueError(f"model {name!r} does not accept knob(s) {unknown}; "
+                         f"accepted: {sorted(accepted)}")
+    return factory(num_classes=num_classes, in_channels=in_channels, **knobs)
+
+
+def _lookup(name: str) -> Factory:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; registered: {list_models()}") from None
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> int:
+    """Forward FLOPs per image of ``model`` on a zero input of ``input_shape`` ``(N, C, H, W)``.
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode``: convolutions and matmuls only, a
+    multiply-add counts as 2 FLOPs (so FLOPs = 2 x MACs); normalisation, activations and
+    pooling are not counted. The model runs in eval mode under ``torch.no_grad`` and its
+    train/eval mode is restored afterwards. The total is divided by ``N``.
+    """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    x = torch.zeros(input_shape, device=device, dtype=dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops()) // input_shape[0]
+
+
+def load_pretrained(model: nn.Module, path: Union[str, Path]) -> list[str]:
+    """Load a local state dict from ``path`` into ``model`` (transfer learning); nothing is
+    downloaded.
+
+    The file is read with ``torch.load(path, weights_only=True, map_location="cpu")``. It may hold
+    a state dict, or a dict with the state dict under ``"model"`` or ``"state_dict"``; a DDP
+    ``"module."`` prefix is removed. Parameters of the classifier head (the last ``nn.Linear``)
+    whose shapes differ, e.g. because ``num_classes`` differs, are skipped and keep their fresh
+    initialisation.
+
+    Returns:
+        The state-dict keys that were skipped.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file does not hold a state dict, or keys are missing/unexpected, or a
+            parameter outside the head has a different shape (the message names the file and
+            the keys).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"pretrained weights not found: {path}")
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if isinstance(state, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{path}: does not match the model; missing keys {missing[:10]}, "
+                         f"unexpected keys {unexpected[:10]}")
+    head = _head_prefix(model)
+    mismatched = [k for k in own if own[k].shape != state[k].shape]
+    bad = [k for k in mismatched if head is None or not k.startswith(head)]
+    if bad:
+        raise ValueError(f"{path}: shape mismatch outside the classifier head: "
+                         + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                                     for k in bad[:10]))
+    for k in mismatched:
+        state[k] = own[k]
+    model.load_state_dict(state)
+    return mismatched
+
+
+def _head_prefix(model: nn.Module) -> Optional[str]:
+    """The state-dict prefix (``"fc."``) of the last ``nn.Linear`` in ``model``, if any."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    return None if last is None else last + "."

@@ -1,0 +1,199 @@
+"""The model registry: every registered model builds, runs forward/backward in fp32 and in
+channels-last + bf16 autocast on CPU; knobs, errors, FLOP counting, local pretrained loading.
+No Ray. Small inputs (batch 2, 32x32) keep the file fast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cnn_ray.models import (count_flops, create_model, list_models, load_pretrained, model_knobs,
+                            register_model)
+
+NUM_CLASSES = 7
+
+# Documented FLOPs per 32x32 image of resnet9 at width_mult=1 (0.76 GFLOP = 0.38 G multiply-adds).
+RESNET9_GFLOP_RANGE = (0.6, 0.9)
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Batch-2 tensors gain nothing from intra-op threads, and OpenMP threads that spin-wait
+    make the file many times slower when the CPUs are shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_fp32(name):
+    model = create_model(name, num_classes=NUM_CLASSES, in_channels=3)
+    x = torch.randn(2, 3, 32, 32)
+    logits = model(x)
+    assert logits.shape == (2, NUM_CLASSES)
+    assert logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    logits.logsumexp(dim=1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{name}: no gradient for {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_channels_last_bf16_autocast_one_channel(name):
+    """Also covers ``in_channels=1`` (grayscale): the stem is rebuilt for it. Batch 2 because
+    bf16 convolutions take PyTorch's slow reference path on CPUs without AVX512-BF16/AMX."""
+    model = create_model(name, num_classes=NUM_CLASSES, in_channels=1)
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 32, 32).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    assert logits.shape == (2, NUM_CLASSES)
+    assert torch.isfinite(logits.float()).all()
+    nn.functional.cross_entropy(logits.float(), torch.tensor([0, 1])).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"{name}: no gradient for {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_eval_on_other_sizes(name):
+    """Adaptive pooling: the smallest supported size (16) and a non-square larger one work."""
+    model = create_model(name, num_classes=NUM_CLASSES).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 16, 16)).shape == (1, NUM_CLASSES)
+        assert model(torch.randn(1, 3, 48, 40)).shape == (1, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_count_flops_positive_int(name):
+    flops = count_flops(create_model(name, num_classes=10))
+    assert isinstance(flops, int) and flops > 0
+
+
+def test_resnet9_flops_in_documented_range():
+    model = create_model("resnet9", num_classes=10, width_mult=1.0)
+    gflop = count_flops(model, (1, 3, 32, 32)) / 1e9
+    assert RESNET9_GFLOP_RANGE[0] <= gflop <= RESNET9_GFLOP_RANGE[1]
+    assert count_flops(model, (2, 3, 32, 32)) == int(gflop * 1e9)  # per image, not per batch
+    assert model.training  # mode restored
+    assert count_flops(create_model("resnet9", 10, width_mult=0.5)) < gflop * 1e9 / 3
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if "width_mult" in model_knobs(n)])
+def test_width_mult_changes_params(name):
+    wide = 2.0 if name == "shufflenet_v2" else 1.5
+    assert _params(create_model(name, 10, width_mult=wide)) > _params(create_model(name, 10))
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if "depth" in model_knobs(n)])
+def test_depth_changes_blocks(name):
+    def n_convs(model):
+        return sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+    assert n_convs(create_model(name, 10, depth=3)) > n_convs(create_model(name, 10, depth=1))
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if "kernel_size" in model_knobs(n)])
+def test_kernel_size_knob(name):
+    model = create_model(name, 10, kernel_size=5)
+    assert any(isinstance(m, nn.Conv2d) and m.kernel_size == (5, 5) for m in model.modules())
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if "separable" in model_knobs(n)])
+def test_separable_knob(name):
+    plain, sep = create_model(name, 10), create_model(name, 10, separable=True)
+    assert any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in sep.modules())
+    assert _params(sep) < _params(plain)
+
+
+def test_dropout_knob():
+    model = create_model("resnet9", 10, dropout=0.3)
+    assert any(isinstance(m, nn.Dropout) and m.p == 0.3 for m in model.modules())
+    shuffle = create_model("shufflenet_v2", 10, dropout=0.3)
+    assert any(isinstance(m, nn.Dropout2d) for m in shuffle.modules())
+
+
+def test_none_knobs_are_dropped():
+    model = create_model("mobilenet_v2", 10, width_mult=None, depth=None, kernel_size=None,
+                         separable=None, dropout=None)
+    assert _params(model) == _params(create_model("mobilenet_v2", 10))
+
+
+def test_unknown_knob_names_model_and_knob():
+    with pytest.raises(ValueError, match=r"mobilenet_v2.*kernel_size"):
+        create_model("mobilenet_v2", 10, kernel_size=5)
+
+
+def test_unknown_model_lists_names():
+    with pytest.raises(ValueError, match="no_such_net") as err:
+        create_model("no_such_net", 10)
+    assert "resnet9" in str(err.value) and "simple_cnn" in str(err.value)
+
+
+@pytest.mark.parametrize("name,knobs", [("resnet9", {"width_mult": 0}),
+                                        ("resnet9", {"dropout": 1.0}),
+                                        ("simple_cnn", {"depth": 0}),
+                                        ("shufflenet_v2", {"width_mult": 0.75})])
+def test_bad_knob_values(name, knobs):
+    with pytest.raises(ValueError, match=name):
+        create_model(name, 10, **knobs)
+
+
+def test_list_models_sorted_and_complete():
+    names = list_models()
+    assert names == sorted(names)
+    expected = {"simple_cnn", "dwsep_cnn", "resnet18", "resnet9", "airbench", "mobilenet_v2",
+                "shufflenet_v2", "efficientnet_b0"}
+    assert expected <= set(names)
+
+
+def test_register_model_with_explicit_name():
+    @register_model(name="_test_tiny_net")
+    def _tiny(num_classes: int, in_channels: int = 3, width_mult: float = 1.0) -> nn.Module:
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(in_channels, num_classes))
+
+    try:
+        assert "_test_tiny_net" in list_models()
+        model = create_model("_test_tiny_net", 4, 2, width_mult=None)
+        assert model(torch.randn(1, 2, 16, 16)).shape == (1, 4)
+        with pytest.raises(ValueError, match="already registered"):
+            register_model(_tiny, name="_test_tiny_net")
+    finally:
+        from cnn_ray.models import registry
+        registry._REGISTRY.pop("_test_tiny_net", None)
+
+
+def test_load_pretrained_skips_head_when_classes_differ(tmp_path):
+    source = create_model("resnet9", num_classes=100, width_mult=0.25)
+    path = tmp_path / "weights.pt"
+    torch.save({"model": {"module." + k: v for k, v in source.state_dict().items()}}, path)
+
+    target = create_model("resnet9", num_classes=10, width_mult=0.25)
+    skipped = load_pretrained(target, path)
+    head = [n for n, m in target.named_modules() if isinstance(m, nn.Linear)][-1]
+    assert skipped == [head + ".weight"]  # resnet9's linear has no bias
+    stem_key = "0.0.weight"
+    assert torch.equal(target.state_dict()[stem_key], source.state_dict()[stem_key])
+
+
+def test_load_pretrained_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_pretrained(create_model("simple_cnn", 10), tmp_path / "missing.pt")
+    path = tmp_path / "other.pt"
+    torch.save(create_model("resnet9", 10, width_mult=0.25).state_dict(), path)
+    with pytest.raises(ValueError, match="other.pt"):
+        load_pretrained(create_model("resnet9", 10, width_mult=0.5), path)  # body shapes differ
