@@ -65,12 +65,12 @@ def synthetic_images_per_sec(cfg: TrainConfig, num_classes: int, *, steps: int =
     ``scaling.torch_threads``. Inputs are created once, so no input cost is measured.
     """
     from cnn_ray.train.optim import build_optimizer
-    from cnn_ray.train.techniques import autocast_context
+    from cnn_ray.train.techniques import autocast_context, resolve_precision
 
     torch.set_num_threads(threads or cfg.scaling.torch_threads or os.cpu_count() or 1)
-    precision = precision or cfg.precision.dtype
-    channels_last = cfg.model.channels_last if channels_last is None else channels_last
     device = torch.device("cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(precision or cfg.precision.dtype, device)
+    channels_last = cfg.model.channels_last if channels_last is None else channels_last
     model = create_model(cfg.model.name, num_classes=num_classes, in_channels=cfg.data.channels,
                          **cfg.model.knobs()).to(device)
     bs = cfg.per_worker_batch_size()

@@ -178,9 +178,15 @@ class OptimConfig(_Strict):
 
 
 class PrecisionConfig(_Strict):
-    """``fp32``, ``bf16`` (autocast; CPU or CUDA) or ``fp16`` (autocast + GradScaler on CUDA)."""
+    """``auto``, ``fp32``, ``bf16`` (autocast; CPU or CUDA) or ``fp16`` (autocast + GradScaler,
+    CUDA only).
 
-    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    ``auto`` picks, on each worker's device: CUDA -> bf16 where supported, else fp16; CPU -> bf16
+    where oneDNN has native bf16 kernels (AVX-512-BF16 / AMX), else fp32 (on CPUs without them
+    bf16 convolutions fall back to slow reference kernels, ~20x slower than fp32).
+    """
+
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
 
 class ScalingConfig(_Strict):

@@ -22,6 +22,7 @@ from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.models import create_model
 from cnn_ray.train.checkpoint import CheckpointError, load_checkpoint
 from cnn_ray.train.loop import StepSettings, evaluate
+from cnn_ray.train.techniques import resolve_precision
 
 
 @dataclass
@@ -66,7 +67,8 @@ def evaluate_batches(checkpoint: str | os.PathLike, batches: Iterable[dict], *,
     model.load_state_dict(state.model_state)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    precision = "fp32" if cfg.precision.dtype == "fp16" else cfg.precision.dtype  # CPU here
+    precision = resolve_precision("fp32" if cfg.precision.dtype == "fp16" else cfg.precision.dtype,
+                                  torch.device("cpu"))
     s = StepSettings(device=torch.device("cpu"), precision=precision, mean=meta["mean"],
                      std=meta["std"], channels_last=cfg.model.channels_last)
     stats = evaluate(model, batches, s, collect_predictions=True)

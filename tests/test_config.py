@@ -16,7 +16,7 @@ def _raw(tmp_path, **extra):
 
 def test_defaults_and_round_trip(tmp_path):
     cfg = TrainConfig.from_dict(_raw(tmp_path))
-    assert cfg.optim.optimizer == "sgd" and cfg.precision.dtype == "bf16"
+    assert cfg.optim.optimizer == "sgd" and cfg.precision.dtype == "auto"
     again = TrainConfig.from_dict(cfg.to_dict())
     assert again == cfg
 

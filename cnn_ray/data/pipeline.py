@@ -133,18 +133,10 @@ def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig]
     ``data.bad_input`` (``skip`` drops them, ``fail`` raises ``BadInputError`` naming the file).
     Output rows as :func:`build_train_dataset` / :func:`build_eval_dataset`.
     """
-    from cnn_ray.data.prepare import _decode_block
+    from cnn_ray.data.prepare import decode_block, parquet_work_items
 
     if source.kind == "parquet":
-        import pyarrow.parquet as pq
-
-        items, first = [], 0
-        for f in source.files:
-            meta, local = pq.read_metadata(f), 0
-            for g in range(meta.num_row_groups):
-                items.append({"file": f, "row_group": g, "file_row": local, "rid": first})
-                local += meta.row_group(g).num_rows
-                first += meta.row_group(g).num_rows
+        items = parquet_work_items(source)
         batch_size = 1
     else:
         items = [{"path": r.path, "label": r.label, "rid": r.row} for r in source.records]
@@ -156,7 +148,7 @@ def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig]
         ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
     kw = {"size": data.image_size, "channels": data.channels, "encoding": source.image_encoding,
           "src_shape": source.image_shape, "rows_per_block": rows_per_block}
-    ds = ds.map_batches(_decode_block, batch_size=batch_size, batch_format="pyarrow", fn_kwargs=kw,
+    ds = ds.map_batches(decode_block, batch_size=batch_size, batch_format="pyarrow", fn_kwargs=kw,
                         num_cpus=data.data_cpus)
     shape = (data.image_size, data.image_size, data.channels)
     return ds.map_batches(

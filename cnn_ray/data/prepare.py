@@ -331,13 +331,7 @@ def _decoded_blocks(src: Source, route: np.ndarray, cfg: DataConfig, *, seed: in
     fn_kwargs = {"size": size, "channels": channels, "encoding": src.image_encoding,
                  "src_shape": src.image_shape, "rows_per_block": rows_per_block}
     if src.kind == "parquet":
-        items, first = [], 0
-        for f in src.files:
-            meta, local = pq.read_metadata(f), 0
-            for g in range(meta.num_row_groups):
-                items.append({"file": f, "row_group": g, "file_row": local, "rid": first})
-                local += meta.row_group(g).num_rows
-                first += meta.row_group(g).num_rows
+        items = parquet_work_items(src)
         batch_size = 1
     else:
         keep = [r for r in src.records if route[r.row] != _DROP]
@@ -348,7 +342,7 @@ def _decoded_blocks(src: Source, route: np.ndarray, cfg: DataConfig, *, seed: in
         return
     num_blocks = math.ceil(len(items) / batch_size)
     ds = ray.data.from_items(items, override_num_blocks=num_blocks)
-    ds = ds.map_batches(_decode_block, batch_size=batch_size, batch_format="pyarrow",
+    ds = ds.map_batches(decode_block, batch_size=batch_size, batch_format="pyarrow",
                         fn_kwargs=fn_kwargs, compute=ray.data.TaskPoolStrategy(size=min(pool, num_blocks)),
                         num_cpus=num_cpus)
     ds.context.execution_options.preserve_order = True  # same input -> same order -> same idx
@@ -356,7 +350,19 @@ def _decoded_blocks(src: Source, route: np.ndarray, cfg: DataConfig, *, seed: in
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
 
 
-def _decode_block(batch: pa.Table, *, rows_per_block: int, **kw) -> Iterator[pa.Table]:
+def parquet_work_items(src: Source) -> list[dict[str, Any]]:
+    """One decode work item per row group of a Parquet source: file, row group, first rows."""
+    items, first = [], 0
+    for f in src.files:
+        meta, local = pq.read_metadata(f), 0
+        for g in range(meta.num_row_groups):
+            items.append({"file": f, "row_group": g, "file_row": local, "rid": first})
+            local += meta.row_group(g).num_rows
+            first += meta.row_group(g).num_rows
+    return items
+
+
+def decode_block(batch: pa.Table, *, rows_per_block: int, **kw) -> Iterator[pa.Table]:
     """Ray Data task: a block of work items -> decoded tables (bad rows: zero image + a reason)."""
     if "row_group" not in batch.column_names:
         rid = batch.column("rid").cast(pa.int64())

@@ -15,6 +15,33 @@ from torch import nn
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX-512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """The precision to run: ``requested`` unless it is ``auto`` (see ``PrecisionConfig``).
+
+    ``auto``: CUDA -> ``bf16`` if ``torch.cuda.is_bf16_supported()`` else ``fp16``; CPU ->
+    ``bf16`` if :func:`cpu_has_fast_bf16` else ``fp32``. An explicit ``bf16`` on a CPU without
+    native bf16 is kept (the user asked for it) with a warning, because it runs far slower.
+    """
+    if requested == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if requested == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        import warnings
+
+        warnings.warn("precision.dtype=bf16 on a CPU without native bf16 kernels runs on slow "
+                      "reference convolutions; use precision.dtype=auto or fp32", stacklevel=2)
+    return requested
+
+
 def apply_channels_last(model: nn.Module) -> nn.Module:
     """Store conv weights (and, by the caller, inputs) as NHWC (``torch.channels_last``).
 

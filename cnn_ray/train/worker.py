@@ -34,7 +34,7 @@ from cnn_ray.train.loop import (
     train_one_epoch,
 )
 from cnn_ray.train.optim import build_optimizer, build_scheduler, steps_per_epoch
-from cnn_ray.train.techniques import apply_channels_last, make_grad_scaler
+from cnn_ray.train.techniques import apply_channels_last, make_grad_scaler, resolve_precision
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -66,7 +66,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if cfg.run.smoke:
         spe = min(spe, 2)
     scheduler, per_step = build_scheduler(optimizer, cfg.optim, spe)
-    scaler = make_grad_scaler(device, cfg.precision.dtype)
+    scaler = make_grad_scaler(device, resolve_precision(cfg.precision.dtype, device))
 
     start_epoch, best, stale = 0, None, 0
     checkpoint = ray.train.get_checkpoint()
@@ -79,8 +79,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         stale = int(state.meta.get("metrics", {}).get("epochs_without_improvement", 0))
         log(f"resumed from checkpoint at epoch {start_epoch}")
 
+    precision = resolve_precision(cfg.precision.dtype, device)
+    log(f"precision {precision} (asked {cfg.precision.dtype}) on {device}, {threads} threads, "
+        f"channels_last={cfg.model.channels_last}")
     settings = StepSettings(
-        device=device, precision=cfg.precision.dtype, mean=meta["mean"], std=meta["std"],
+        device=device, precision=precision, mean=meta["mean"], std=meta["std"],
         channels_last=cfg.model.channels_last, label_smoothing=cfg.optim.label_smoothing,
         grad_accum_steps=cfg.optim.grad_accum_steps, grad_clip_norm=cfg.optim.grad_clip_norm,
         max_bad_steps=cfg.optim.max_bad_steps, log_every=cfg.run.log_every,
