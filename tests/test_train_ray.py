@@ -20,7 +20,7 @@ def _cfg(data, tmp_path, **over) -> TrainConfig:
         "data": {"train": str(data["train"]), "val": str(data["test"]), "image_size": 32,
                  "shard_size": 500, "data_cpus": 0.5, "shuffle_buffer": 256},
         "model": {"name": "simple_cnn"},
-        "optim": {"batch_size": 64, "epochs": 3, "lr": 0.05, "schedule": "onecycle"},
+        "optim": {"batch_size": 64, "epochs": 2, "lr": 0.05, "schedule": "onecycle"},
         "precision": {"dtype": "bf16"},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1, "torch_threads": 1},
         "run": {"name": "ddp", "storage_path": str(tmp_path / "runs"), "max_failures": 1,
@@ -40,31 +40,31 @@ def test_two_worker_ddp_run_and_resume(ray_session, cifar_ddp, tmp_path):
     assert m["val_images"] == 500  # the whole validation set, aggregated over both ranks
     assert m["train_images"] == 2000  # every training image once per epoch (1000 per rank)
     assert 0.0 <= m["data_wait_share"] <= 1.0 and m["images_per_sec"] > 0
-    assert m["val_top1"] > 0.2  # learns something in 3 epochs (chance is 0.1)
+    assert m["val_top1"] > 0.18  # learns something in 2 epochs (chance is 0.1)
     assert "val_top5" in m  # 10 classes
     run_dir = Path(cfg.run.storage_path) / "ddp"
     lines = read_jsonl(run_dir / "metrics.jsonl")
-    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    assert [line["epoch"] for line in lines] == [1, 2]
     assert json.loads((run_dir / "class_names.json").read_text())["class_names"][0] == "airplane"
     assert (run_dir / "config.yaml").exists()
     state = load_checkpoint(result.checkpoint.path)
-    assert state.epoch == 3 and state.meta["config"]["model"]["name"] == "simple_cnn"
+    assert state.epoch == 2 and state.meta["config"]["model"]["name"] == "simple_cnn"
     assert state.optimizer_state is not None and state.scheduler_state is not None
 
-    # Re-submitting the same run name with a larger budget continues from epoch 3.
-    more = _cfg(cifar_ddp, tmp_path, optim__epochs=4)
+    # Re-submitting the same run name with a larger budget continues from epoch 2.
+    more = _cfg(cifar_ddp, tmp_path, optim__epochs=3)
     result2 = run_training(more)
-    assert result2.metrics["epoch"] == 4
-    assert [line["epoch"] for line in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert result2.metrics["epoch"] == 3
+    assert [line["epoch"] for line in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
 
 
-def test_killed_worker_resumes_from_last_checkpoint(ray_session, cifar_ddp, tmp_path):
-    cfg = _cfg(cifar_ddp, tmp_path, run__name="faulty")
+def test_killed_worker_resumes_from_last_checkpoint(ray_session, cifar_small, tmp_path):
+    cfg = _cfg(cifar_small, tmp_path, run__name="faulty")
     marker = tmp_path / "killed.txt"
     result = run_training(cfg, fault_injection={"rank": 1, "epoch": 1, "step": 2, "marker": str(marker)})
     assert marker.exists(), "the fault was never injected"
-    assert result.metrics["epoch"] == 3
+    assert result.metrics["epoch"] == 2
     epochs = [line["epoch"] for line in read_jsonl(Path(cfg.run.storage_path) / "faulty" / "metrics.jsonl")]
     # epoch 1 finished and was checkpointed before the kill in epoch 2; the restarted group
     # continued from it: epoch 1 is never trained twice.
-    assert epochs == [1, 2, 3]
+    assert epochs == [1, 2]
