@@ -1,0 +1,147 @@
+"""The sweep file and the ``tune`` command (``jobs/tune.py``, ``cnn-ray tune``).
+
+A sweep file (YAML) has five sections; unknown keys anywhere are errors naming the key::
+
+    base: ../configs/cifar10.yaml        # a recipe (path relative to this file) or a mapping
+    space:                               # dotted config keys -> distributions (cnn_ray.tune.space)
+      optim.lr: {loguniform: [0.01, 1.0]}
+      model:
+        family:
+          resnet9: {model.width_mult: {choice: [0.5, 1.0]}}
+          simple_cnn: {}
+    sweep:     {name: cifar10_sweep, num_samples: 16, metric: val_top1, mode: max,
+                workers_per_trial: 1, max_concurrent_trials: null, max_failures: 0}
+    scheduler: {kind: asha, max_t: 8, grace_period: 1, reduction_factor: 3}
+    searcher:  {kind: random, seed: 0}
+
+Overrides ``a.b=value`` apply to the sweep file after ``base`` is read in, e.g.
+``base.run.storage_path=/x``, ``sweep.num_samples=4``, ``scheduler.kind=fifo`` or
+``space.optim.lr={loguniform: [0.001, 0.1]}`` (a dotted space key is matched as written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cnn_ray.cli import read_yaml
+from cnn_ray.config import ConfigError, TrainConfig, format_validation_error
+from cnn_ray.tune.sweep import SchedulerSettings, SearcherSettings, SweepSettings
+
+
+class SweepFile(BaseModel):
+    """A whole sweep file, validated (``extra="forbid"``: typos are named errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: TrainConfig
+    space: dict[str, Any]
+    sweep: SweepSettings = Field(default_factory=SweepSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    searcher: SearcherSettings = Field(default_factory=SearcherSettings)
+
+
+def read_sweep_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a sweep file and inline ``base`` when it is a path (relative to the sweep file).
+
+    Raises:
+        ConfigError: the file or the recipe is missing or not a YAML mapping.
+    """
+    raw = read_yaml(path)
+    base = raw.get("base")
+    if isinstance(base, str):
+        p = Path(os.path.expanduser(base))
+        if not p.is_absolute():
+            p = Path(path).resolve().parent / p
+        if not p.is_file():
+            raise ConfigError(f"{path}: base: recipe not found: {base} (looked at {p})")
+        raw["base"] = read_yaml(p)
+    return raw
+
+
+def apply_sweep_overrides(raw: dict[str, Any], overrides: Sequence[str],
+                          *, source: str = "command line") -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a sweep file's dict.
+
+    Like :func:`cnn_ray.cli.apply_overrides`, but at each level a key already written with
+    dots (``optim.lr`` in ``space``) is matched whole, longest first, so
+    ``space.optim.lr.loguniform=[0.001, 0.1]`` edits ``space["optim.lr"]``. New keys become
+    nested sections, which the space and the config read the same way.
+
+    Raises:
+        ConfigError: an override without ``=``, or one that descends into a value.
+    """
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{source}: override {item!r}: expected key.path=value")
+        key, _, text = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"{source}: override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(text) if text != "" else ""
+        except yaml.YAMLError:
+            value = text
+        _set_override(out, parts, value, item, source)
+    return out
+
+
+def _set_override(node: dict, parts: list[str], value: Any, item: str, source: str) -> None:
+    done: list[str] = []
+    while True:
+        rest = ".".join(parts)
+        if rest in node or len(parts) == 1:
+            node[rest] = value
+            return
+        for j in range(len(parts) - 1, 0, -1):
+            head = ".".join(parts[:j])
+            if head in node:
+                break
+        else:
+            j, head = 1, parts[0]
+            node[head] = {}
+        if not isinstance(node[head], dict):
+            raise ConfigError(f"{source}: override {item!r}: {'.'.join(done + [head])} is not "
+                              "a section")
+        node, parts, done = node[head], parts[j:], done + [head]
+
+
+def load_sweep_file(path: str | os.PathLike, overrides: Sequence[str] = (), *,
+                    check_paths: bool = True) -> SweepFile:
+    """Sweep file + overrides -> validated :class:`SweepFile` (the space is checked later,
+    against the base, by :func:`cnn_ray.tune.space.parse_space`).
+
+    Raises:
+        ConfigError: naming each bad key as a dotted path (``base.optim.lr``,
+            ``sweep.num_samples``, ``scheduler.kind``).
+    """
+    raw = apply_sweep_overrides(read_sweep_file(path), overrides)
+    try:
+        spec = SweepFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+    if check_paths:
+        spec.base.check_paths(f"{path}: base")
+    return spec
+
+
+def tune_main(config_path: str, overrides: Sequence[str] = (), *, resume: bool = False) -> int:
+    """``cnn-ray tune --config SWEEP.yaml [--resume] [key=value ...]``.
+
+    Without ``--resume`` a saved sweep of the same name is resumed when there is one (and it
+    is the same sweep); with ``--resume`` it must exist. Returns 0 when the sweep finished and
+    at least one trial reported, else 1 (interrupted: run it again to continue). Config problems raise :class:`ConfigError` (exit status 2 in the CLI).
+    """
+    from cnn_ray.tune.sweep import run_sweep
+
+    spec = load_sweep_file(config_path, overrides)
+    # run_sweep validates everything, then connects to RAY_ADDRESS or starts local Ray.
+    result = run_sweep(spec.base, spec.space, settings=spec.sweep, scheduler=spec.scheduler,
+                       searcher=spec.searcher, resume=True if resume else None)
+    return 0 if result.best is not None and not result.interrupted else 1

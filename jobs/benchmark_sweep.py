@@ -1,0 +1,200 @@
+"""ASHA vs FIFO on the same sampled configurations of a seeded CIFAR-10 subset.
+
+    python jobs/benchmark_sweep.py            # 16 trials x <= 8 epochs, 10,000 + 2,000 images
+    python jobs/benchmark_sweep.py --quick    # 4 trials x 2 epochs, 1,000 + 200 images
+
+The configurations (learning rate, weight decay, and the architecture: resnet9 or dwsep_cnn with
+their own knobs) are drawn ONCE with a seeded searcher; the same list then runs under ASHA and
+under FIFO (every trial to the end) with the same trial resources and concurrency. Printed (and
+written with ``--json``): both wall times (``Tuner.fit``, seconds), the ratio ASHA / FIFO
+(target <= 0.40), both best validation top-1, the epochs each sweep trained, the per-trial
+start-up overhead (trial function start -> first epoch's training loop, seconds; target <= 5
+s), and the hardware. The data is prepared once before either sweep is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, on any node
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="4 trials, 2 epochs, 1,000 train images")
+    p.add_argument("--trials", type=int, help="sampled configurations (16; quick 4)")
+    p.add_argument("--epochs", type=int, help="max epochs per trial (8; quick 2)")
+    p.add_argument("--train-per-class", type=int, help="train images per class (1000; quick 100)")
+    p.add_argument("--val-per-class", type=int, help="validation images per class (200; quick 20)")
+    p.add_argument("--cpus", type=float, help="logical CPUs for a local Ray (default: all cores)")
+    p.add_argument("--concurrency", type=int, help="trials at once (default: as many as fit)")
+    p.add_argument("--threads", type=int, help="torch threads per trial (default: cores / trials "
+                   "at once)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the subset and the sampled configs")
+    p.add_argument("--order", choices=["asha-first", "fifo-first"], default="asha-first")
+    p.add_argument("--storage", help="where sweeps are written (default: a fresh folder in "
+                   "~/cnn_ray_runs/benchmark_sweep)")
+    p.add_argument("--json", help="write the figures to this JSON file")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.trials = args.trials or (4 if quick else 16)
+    args.epochs = args.epochs or (2 if quick else 8)
+    args.train_per_class = args.train_per_class or (100 if quick else 1000)
+    args.val_per_class = args.val_per_class or (20 if quick else 200)
+    return args
+
+
+def make_data(args) -> dict[str, Path]:
+    """Seeded ImageFolder subsets of the real CIFAR-10 JPEGs (made once, then reused)."""
+    from cnn_ray.datasets import default_cache_dir, extract_cifar10, make_subset
+
+    root = extract_cifar10()
+    out = {}
+    for split, src, n in (("train", "train", args.train_per_class), ("val", "test", args.val_per_class)):
+        dst = default_cache_dir() / "subsets" / f"cifar10-{src}-{n}pc-seed{args.seed}"
+        if not (dst / ".complete").exists():
+            make_subset(root / src, dst, n, seed=args.seed)
+            (dst / ".complete").touch()
+        out[split] = dst
+    return out
+
+
+def base_config(args, data: dict[str, Path], storage: str, threads: int):
+    from cnn_ray.config import TrainConfig
+
+    return TrainConfig.from_dict({
+        "data": {"train": str(data["train"]), "val": str(data["val"]), "image_size": 32,
+                 "shard_size": 10_000, "data_cpus": 0.5, "shuffle_buffer": 2048},
+        "augment": {"random_crop": {"enabled": True, "padding": 4}, "hflip": {"enabled": True}},
+        "model": {"name": "resnet9", "channels_last": True},
+        "optim": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.1,
+                  "schedule": "onecycle", "batch_size": 256, "epochs": args.epochs},
+        "precision": {"dtype": "bf16"},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1, "torch_threads": threads},
+        "run": {"name": "bench", "storage_path": storage, "keep_checkpoints": 1,
+                "seed": args.seed, "log_every": 1000},
+    })
+
+
+SPACE = {
+    "optim.lr": {"loguniform": [0.01, 0.5]},
+    "optim.weight_decay": {"loguniform": [1.0e-5, 1.0e-3]},
+    "model": {"family": {
+        "resnet9": {"model.width_mult": {"choice": [0.25, 0.5]}},
+        "dwsep_cnn": {"model.width_mult": {"choice": [0.5, 1.0]}, "model.depth": {"randint": [1, 2]}},
+    }},
+}
+
+
+def hardware(ray_cpus: float) -> dict:
+    import ray
+    import torch
+
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "ray_cpus": ray_cpus,
+            "gpus": torch.cuda.device_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "ray": ray.__version__, "load_avg_1m": os.getloadavg()[0]}
+
+
+def sweep_figures(result, elapsed: float) -> dict:
+    startups = [t.startup_s for t in result.trials if t.startup_s is not None]
+    return {
+        "tune_fit_seconds": round(result.wall_seconds, 1),
+        "run_sweep_seconds": round(elapsed, 1),
+        "best_val_top1": result.best.best if result.best else None,
+        "best_config": result.best.config if result.best else None,
+        "epochs_trained": sum(t.epochs for t in result.trials),
+        "statuses": {s: sum(t.status == s for t in result.trials)
+                     for s in sorted({t.status for t in result.trials})},
+        "startup_seconds_median": round(statistics.median(startups), 2) if startups else None,
+        "startup_seconds_max": round(max(startups), 2) if startups else None,
+        "startup_seconds": startups,
+        "concurrency": result.concurrency,
+        "path": result.path,
+    }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    from cnn_ray.train.launch import prepare_data
+    from cnn_ray.tune import parse_space, run_sweep
+
+    data = make_data(args)
+    cpus = args.cpus or float(os.cpu_count() or 1)
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()
+        else:
+            ray.init(num_cpus=cpus, include_dashboard=False)
+    cpus = ray.cluster_resources().get("CPU", cpus)
+    # a trial holds 1 worker CPU + 0.5 for its Ray Data tasks (+ 0.01 for its driver)
+    concurrency = args.concurrency or max(1, int(cpus // 1.51))
+    threads = args.threads or max(1, int((os.cpu_count() or 1) // concurrency))
+    storage = args.storage or str(Path.home() / "cnn_ray_runs" / "benchmark_sweep" /
+                                  time.strftime("%Y%m%d-%H%M%S"))
+    base = base_config(args, data, storage, threads)
+    points = parse_space(SPACE, base).variants(args.trials, seed=args.seed)
+    print(f"[benchmark_sweep] {args.trials} configurations x <= {args.epochs} epochs, "
+          f"{args.train_per_class * 10} train / {args.val_per_class * 10} val images, "
+          f"{concurrency} trials at once x {threads} threads, storage {storage}", flush=True)
+    prepare_data(base)  # once, before anything is timed; both sweeps reuse it
+
+    schedulers = {
+        "asha": {"kind": "asha", "max_t": args.epochs, "grace_period": 1,
+                 "reduction_factor": 2 if args.quick else 3},
+        "fifo": {"kind": "fifo"},
+    }
+    order = ["asha", "fifo"] if args.order == "asha-first" else ["fifo", "asha"]
+    figures: dict = {"settings": {k: v for k, v in vars(args).items()},
+                     "space": SPACE, "configs": points}
+    for kind in order:
+        t0 = time.time()
+        result = run_sweep(base, SPACE, name=f"sweep_{kind}", points=points,
+                           scheduler=schedulers[kind], max_concurrent_trials=concurrency,
+                           resume=False, verbose=1)
+        figures[kind] = sweep_figures(result, time.time() - t0)
+        figures[kind]["scheduler"] = schedulers[kind]
+
+    asha, fifo = figures["asha"], figures["fifo"]
+    ratio = asha["tune_fit_seconds"] / fifo["tune_fit_seconds"]
+    startup_max = max([s for s in (asha["startup_seconds_max"], fifo["startup_seconds_max"])
+                       if s is not None] or [float("nan")])
+    figures["ratio_asha_over_fifo"] = round(ratio, 3)
+    figures["target_ratio_met"] = ratio <= 0.40
+    figures["startup_seconds_max"] = startup_max
+    figures["target_startup_met"] = startup_max <= 5.0
+    figures["hardware"] = hardware(cpus)
+    print(json.dumps(figures, indent=2, default=str))
+    print(f"\nASHA {asha['tune_fit_seconds']:.0f} s ({asha['epochs_trained']} epochs, best top-1 "
+          f"{asha['best_val_top1']:.4f})  vs  FIFO {fifo['tune_fit_seconds']:.0f} s "
+          f"({fifo['epochs_trained']} epochs, best top-1 {fifo['best_val_top1']:.4f})")
+    print(f"ratio ASHA/FIFO {ratio:.2f} (target <= 0.40: {'met' if ratio <= 0.40 else 'NOT met'}); "
+          f"trial start-up median {asha['startup_seconds_median']} / {fifo['startup_seconds_median']}"
+          f" s, max {startup_max} s (target <= 5 s: "
+          f"{'met' if startup_max <= 5.0 else 'NOT met'}); {figures['hardware']['cpu']}, "
+          f"{figures['hardware']['cores']} cores, load {figures['hardware']['load_avg_1m']:.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
