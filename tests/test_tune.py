@@ -99,7 +99,7 @@ def test_asha_stops_some_trials_early(asha):
     assert stopped and all(t.epochs == 1 for t in stopped), result.table()
     assert any(t.status == "completed" and t.epochs == 2 for t in result.trials)
     assert result.best is not None and result.best.best == min(t.best for t in result.trials)
-    assert result.concurrency == 2  # (1 worker CPU + 0.5 data CPU + 0.01) per trial on 4 CPUs
+    assert result.concurrency == 2  # (1 worker CPU + 0.5 data CPU) per trial on 4 CPUs
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(asha):
@@ -112,7 +112,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(asha):
     for trial_id in finished:
         assert starts.count(trial_id) == 1, (trial_id, starts)  # never ran again
     for trial_id in first.unfinished:
-        assert starts.count(trial_id) == 2, (trial_id, starts)  # restarted once
+        # running when interrupted: restarted once more; still pending then: started once now
+        expected = 2 if trial_id in asha["starts_first"] else 1
+        assert starts.count(trial_id) == expected, (trial_id, starts)
     assert len(set(starts)) == 4
     for t in result.trials:  # a restarted trial continued from its Train checkpoint
         epochs = [m["epoch"] for m in read_jsonl(Path(result.path) / "train_runs" / t.trial_id /
