@@ -57,6 +57,14 @@ class DataConfig(_Strict):
     data_cpus: float = Field(
         0.5, gt=0.0, description="logical CPUs each Ray Data augmentation task reserves"
     )
+    cache: Literal["none", "memory"] = Field(
+        "none", description="none: stream and augment in Ray Data every epoch; memory: read the "
+        "prepared shards once into Ray's object store (shared by all workers and sweep trials) "
+        "and augment on each Train worker (cnn_ray.data.memory; small data sets, sweeps)"
+    )
+    cache_max_mb: float = Field(
+        4096.0, gt=0.0, description="cache: memory refuses data sets larger than this (MB)"
+    )
 
 
 # ---------------------------------------------------------------------------- augmentation
@@ -245,6 +253,11 @@ class TrainConfig(_Strict):
             raise ValueError(
                 "precision.dtype=fp16 needs scaling.use_gpu=true (fp16 autocast + GradScaler is a "
                 "CUDA path); on CPU use bf16"
+            )
+        if self.data.cache == "memory" and self.data.use_raw:
+            raise ValueError(
+                "data.cache=memory keeps the prepared shards in memory; it needs "
+                "data.use_raw=false (raw files are decoded every epoch)"
             )
         return self
 

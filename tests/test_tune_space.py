@@ -162,10 +162,11 @@ def test_trial_config_names_the_bad_key(base):
 def test_concurrency_fits_the_cluster(base):
     plan = SweepPlan(base, {"optim.lr": {"grid": [0.1, 0.2, 0.3, 0.4, 0.5]}},
                      SweepSettings(workers_per_trial=1, num_samples=1), *_defaults())
-    # a trial holds 1 worker CPU + 0.5 data CPU + 0.01 driver CPU
+    # a trial holds 1 worker CPU + 0.5 data CPU (its driver none), and 1 CPU stays free for reads
+    assert fit_concurrency(plan, {"CPU": 2.0}) == 1
     assert fit_concurrency(plan, {"CPU": 4.0}) == 2
     assert fit_concurrency(plan, {"CPU": 16.0}) == 5  # never more than the trials
-    assert "cluster has" in _error(fit_concurrency, plan, {"CPU": 1.0})
+    assert "cluster has" in _error(fit_concurrency, plan, {"CPU": 1.5})
     plan.settings.max_concurrent_trials = 3
     assert "sweep.max_concurrent_trials=3" in _error(fit_concurrency, plan, {"CPU": 4.0})
 

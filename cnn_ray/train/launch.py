@@ -22,7 +22,8 @@ from ray.train import DataConfig
 from ray.train.torch import TorchTrainer
 
 from cnn_ray.config import ConfigError, TrainConfig
-from cnn_ray.data.pipeline import RawData, build_eval_dataset, build_raw_dataset, build_train_dataset
+from cnn_ray.data.pipeline import (RawData, build_eval_dataset, build_raw_dataset,
+                                   build_train_dataset)
 from cnn_ray.train.worker import train_loop_per_worker
 
 
@@ -140,7 +141,10 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def build_datasets(cfg: TrainConfig, prepared) -> dict[str, ray.data.Dataset]:
-    """``{"train", "val"}`` Ray Datasets over prepared shards, or raw files (``RawData``)."""
+    """``{"train", "val"}`` Ray Datasets over prepared shards, or raw files (``RawData``).
+
+    (``data.cache: memory`` uses :func:`put_in_memory` instead.)
+    """
     if isinstance(prepared, RawData):
         train = build_raw_dataset(prepared.train_source, cfg.data, cfg.augment, seed=cfg.run.seed,
                                   train=True)
@@ -149,12 +153,38 @@ def build_datasets(cfg: TrainConfig, prepared) -> dict[str, ray.data.Dataset]:
         train = build_train_dataset(prepared.train_files, cfg.data, cfg.augment,
                                     image_shape=prepared.image_shape, seed=cfg.run.seed)
         val = build_eval_dataset(prepared.val_files, cfg.data, image_shape=prepared.image_shape)
-    if prepared.num_val * int(np.prod(prepared.image_shape)) <= MATERIALIZE_VAL_BYTES:
-        # Deterministic and small: decode once into the object store instead of every epoch.
-        val = val.materialize()
+        if prepared.num_val * int(np.prod(prepared.image_shape)) <= MATERIALIZE_VAL_BYTES:
+            # Deterministic and small: decode once into the object store, not every epoch.
+            val = val.materialize()
     for ds in (train, val):
         ds.context.enable_progress_bars = False  # rank 0 prints one line per epoch instead
     return {"train": train, "val": val}
+
+
+def put_in_memory(cfg: TrainConfig, prepared) -> dict[str, Any]:
+    """``data.cache: memory``: read the prepared shards once and ``ray.put`` them.
+
+    Returns ``{"train": ObjectRef, "val": ObjectRef}`` of :func:`read_prepared_arrays` dicts
+    (uint8 NHWC images, int64 labels and idx). The caller owns the objects: they live while it
+    holds the refs (the job driver, or the sweep driver for all its trials).
+
+    Raises:
+        ConfigError: raw data (``data.use_raw``) or a data set over ``data.cache_max_mb``.
+    """
+    from cnn_ray.data.memory import read_prepared_arrays
+
+    if isinstance(prepared, RawData):
+        raise ConfigError("data.cache=memory needs prepared shards; set data.use_raw=false")
+    shape = tuple(int(v) for v in prepared.image_shape)
+    total = (prepared.num_train + prepared.num_val) * int(np.prod(shape))
+    if total > cfg.data.cache_max_mb * 1e6:
+        raise ConfigError(
+            f"data.cache=memory: the prepared data set holds {total / 1e6:.0f} MB of images, more "
+            f"than data.cache_max_mb={cfg.data.cache_max_mb:g}; raise it or stream with "
+            "data.cache=none")
+    train = read_prepared_arrays(prepared.train_files, shape)
+    val = read_prepared_arrays(prepared.val_files, shape, image_size=cfg.data.image_size)
+    return {"train": ray.put(train), "val": ray.put(val)}
 
 
 def build_trainer(
@@ -164,8 +194,14 @@ def build_trainer(
     name: Optional[str] = None,
     callbacks: Optional[list] = None,
     fault_injection: Optional[dict] = None,
+    memory: Optional[dict[str, Any]] = None,
 ) -> TorchTrainer:
-    """The ``TorchTrainer`` for ``cfg`` over prepared shards (no resources requested yet)."""
+    """The ``TorchTrainer`` for ``cfg`` over prepared shards (no resources requested yet).
+
+    ``memory``: with ``data.cache: memory``, refs from :func:`put_in_memory` to reuse (a sweep
+    puts the data once for all trials); None puts them now. The trainer then gets no Ray
+    Datasets: each worker ``ray.get``s the arrays and keeps its share.
+    """
     name = name or cfg.run.name
     meta = {
         "class_names": list(prepared.class_names), "mean": list(prepared.mean),
@@ -179,7 +215,11 @@ def build_trainer(
     }
     if fault_injection:
         loop_config["fault_injection"] = fault_injection
-    datasets = build_datasets(cfg, prepared)
+    if cfg.data.cache == "memory":
+        loop_config["memory"] = memory or put_in_memory(cfg, prepared)
+        datasets, dataset_config = None, None
+    else:
+        datasets, dataset_config = build_datasets(cfg, prepared), SplitValDataConfig()
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
@@ -197,7 +237,7 @@ def build_trainer(
             callbacks=callbacks or None,
         ),
         datasets=datasets,
-        dataset_config=SplitValDataConfig(),
+        dataset_config=dataset_config,
     )
 
 

@@ -42,7 +42,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     ``loop_config`` keys: ``config`` (``TrainConfig.to_dict()``), ``data_meta`` (class_names,
     mean, std, num_train, num_val, image_shape), ``run_dir`` (local path for metrics files or
-    None), optional ``fault_injection`` (tests: kill this worker process once).
+    None), optional ``memory`` (``data.cache: memory``: ``{"train", "val"}`` object refs of the
+    prepared arrays; no Ray Datasets then) and ``fault_injection`` (tests: kill this worker
+    process once).
     """
     cfg = TrainConfig.from_dict(loop_config["config"], source="train_loop_config", check_paths=False)
     meta = loop_config["data_meta"]
@@ -88,30 +90,41 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         grad_accum_steps=cfg.optim.grad_accum_steps, grad_clip_norm=cfg.optim.grad_clip_norm,
         max_bad_steps=cfg.optim.max_bad_steps, log_every=cfg.run.log_every,
     )
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
     fault = loop_config.get("fault_injection")
     run_dir = loop_config.get("run_dir")
+    if loop_config.get("memory") is not None:  # data.cache: memory
+        cached = _from_object_store(loop_config["memory"], rank, world, log)
+        train_shard = val_shard = None
+    else:
+        cached = None
+        train_shard = ray.train.get_dataset_shard("train")
+        val_shard = ray.train.get_dataset_shard("val")
 
     for epoch in range(start_epoch, cfg.optim.epochs):
-        batches = train_shard.iter_torch_batches(
-            batch_size=micro_bs, prefetch_batches=cfg.data.prefetch_batches, drop_last=False,
-            local_shuffle_buffer_size=(cfg.data.shuffle_buffer or None)
-            if cfg.data.shuffle == "local" else None,
-            local_shuffle_seed=cfg.run.seed * 100_003 + epoch * 1_009 + rank
-            if cfg.data.shuffle == "local" and cfg.data.shuffle_buffer else None,
-            pin_memory=device.type == "cuda",
-        )
+        if cached is not None:
+            batches = cached[0].batches(
+                micro_bs, augment=cfg.augment, seed=cfg.run.seed, epoch=epoch, rank=rank,
+                shuffle=cfg.data.shuffle != "none", prefetch=max(1, cfg.data.prefetch_batches))
+        else:
+            batches = train_shard.iter_torch_batches(
+                batch_size=micro_bs, prefetch_batches=cfg.data.prefetch_batches, drop_last=False,
+                local_shuffle_buffer_size=(cfg.data.shuffle_buffer or None)
+                if cfg.data.shuffle == "local" else None,
+                local_shuffle_seed=cfg.run.seed * 100_003 + epoch * 1_009 + rank
+                if cfg.data.shuffle == "local" and cfg.data.shuffle_buffer else None,
+                pin_memory=device.type == "cuda",
+            )
         batches = _with_fault(batches, fault, rank, epoch)
         max_steps = 2 if cfg.run.smoke else None
         train_stats = train_one_epoch(
             model, batches, optimizer, settings, scheduler=scheduler, scheduler_per_step=per_step,
             scaler=scaler, max_steps=max_steps, log=log,
         ).reduce(distributed_reduce)
+        val_batches = cached[1].batches(cfg.optim.eval_batch_size, shuffle=False, prefetch=1) \
+            if cached is not None else val_shard.iter_torch_batches(
+                batch_size=cfg.optim.eval_batch_size, prefetch_batches=cfg.data.prefetch_batches)
         val_stats = evaluate(
-            model, val_shard.iter_torch_batches(batch_size=cfg.optim.eval_batch_size,
-                                                prefetch_batches=cfg.data.prefetch_batches),
-            settings, max_batches=2 if cfg.run.smoke else None,
+            model, val_batches, settings, max_batches=2 if cfg.run.smoke else None,
         ).reduce(distributed_reduce)
         metrics = _epoch_metrics(epoch, train_stats, val_stats, num_classes, optimizer, world)
         if not per_step:
@@ -133,6 +146,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if stop:
             log(f"early stopping: val_top1 has not improved for {stale} epochs")
             break
+
+
+def _from_object_store(refs: dict, rank: int, world: int, log):
+    """``data.cache: memory``: this worker's share of the arrays the driver put (zero-copy)."""
+    from cnn_ray.data.memory import InMemoryShard
+
+    t0 = time.perf_counter()
+    train = InMemoryShard.from_arrays(ray.get(refs["train"]), rank=rank, world=world, equal=True)
+    val = InMemoryShard.from_arrays(ray.get(refs["val"]), rank=rank, world=world, equal=False)
+    log(f"data in memory: {len(train)} train + {len(val)} val images per worker "
+        f"({(train.nbytes + val.nbytes) / 1e6:.0f} MB) in {time.perf_counter() - t0:.2f}s")
+    return train, val
 
 
 def _epoch_metrics(epoch: int, tr: EpochStats, va: EpochStats, num_classes: int, optimizer,

@@ -15,10 +15,13 @@ How it fits together (Ray 2.60, Train V2; see ``shared/RAY_NOTES.md``):
   ``build_trainer(cfg, prepared, name=<trial id>, callbacks=[TuneReportCallback()]).fit()``.
   Each epoch's ``ray.train.report`` is one Tune result. The Train run is stored at
   ``<sweep dir>/train_runs/<trial id>``, so a restored sweep's trial finds its checkpoints.
-* The trial's own driver reserves :attr:`SweepSettings.trial_driver_cpus` (0.01 CPU); its Train
-  workers reserve ``workers_per_trial * scaling.cpus_per_worker`` through their own placement
-  group and Ray Data needs ``data.data_cpus``. ``max_concurrent_trials`` is derived from the
-  cluster's CPUs (and GPUs) unless given, and must fit.
+* The trial's own function only waits on its Train run and reserves no CPU
+  (:attr:`SweepSettings.trial_driver_cpus`, default 0; a token 1 MiB of memory, as Tune
+  refuses an empty request); its Train workers reserve ``workers_per_trial *
+  scaling.cpus_per_worker`` through their own placement group and Ray Data needs
+  ``data.data_cpus`` per trial, with at least one whole CPU free (its read tasks take a full
+  CPU). ``max_concurrent_trials`` is derived from the cluster's CPUs (and GPUs) unless given,
+  and must fit.
 * Schedulers stop trials on the ``epoch`` metric (not ``training_iteration``): a trial resumed
   after an interruption restarts Tune's iteration count but continues Train's epochs. ASHA's
   rung records are saved beside the experiment (:class:`ResumableASHA`), since Tune restores
@@ -32,7 +35,6 @@ How it fits together (Ray 2.60, Train V2; see ``shared/RAY_NOTES.md``):
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -51,6 +53,7 @@ KNOWN_METRICS = ("val_top1", "val_top5", "val_loss", "best_val_top1", "train_top
 TRAIN_RUNS = "train_runs"           # <sweep dir>/train_runs/<trial id>: each trial's Train run
 TRIAL_STARTS = "trial_starts.jsonl"  # one line per start of a trial function
 SPEC_FILE = "sweep_spec.json"        # what the sweep was asked to do (resume checks it)
+TRIAL_DRIVER_MEMORY = 2**20          # bytes: the trial function's logical reservation
 ASHA_STATE = "asha_rungs.json"       # ASHA's recorded rung values (Tune does not save them)
 
 
@@ -71,7 +74,7 @@ class SweepSettings(_Strict):
     max_concurrent_trials: Optional[int] = Field(None, ge=1, description="default: as many as "
                                                  "the cluster's CPUs (and GPUs) fit")
     max_failures: int = Field(0, ge=0, description="times Tune retries an errored trial")
-    trial_driver_cpus: float = Field(0.01, gt=0.0, le=1.0, description="CPU the trial's own "
+    trial_driver_cpus: float = Field(0.0, ge=0.0, le=1.0, description="CPU the trial's own "
                                      "function reserves (it only waits on its Train run)")
 
     @field_validator("metric")
@@ -180,14 +183,29 @@ class SweepPlan:
         return len(self.points) if self.points is not None else self.settings.num_samples
 
     def trial_resources(self) -> dict[str, float]:
-        """What one running trial holds: Train workers + its Ray Data tasks + its driver."""
+        """What one running trial holds: Train workers + its Ray Data tasks + its driver
+        (no Ray Data tasks with ``data.cache: memory``: the arrays are put once by the sweep)."""
         s = self.base.scaling
-        cpus = s.num_workers * s.cpus_per_worker + self.base.data.data_cpus
+        cpus = s.num_workers * s.cpus_per_worker + self._data_cpus()
         cpus += self.settings.trial_driver_cpus
         out = {"CPU": cpus}
         if s.use_gpu:
             out["GPU"] = float(s.num_workers)
         return out
+
+    def _data_cpus(self) -> float:
+        return 0.0 if self.base.data.cache == "memory" else self.base.data.data_cpus
+
+    def fits(self, k: int, cluster: dict[str, float]) -> bool:
+        """Whether ``k`` trials fit at once. Besides each trial's share, one whole CPU must stay
+        free: Ray Data's file listing and Parquet read tasks reserve a full CPU each, so a
+        pipeline left 0.99 CPU never starts (the trial hangs). With ``data.cache: memory``
+        trials run no Ray Data at all, so neither is needed."""
+        s, cpus = self.base.scaling, cluster.get("CPU", 0.0)
+        workers = k * (s.num_workers * s.cpus_per_worker + self.settings.trial_driver_cpus)
+        data = max(k * self._data_cpus(), 1.0) if self._data_cpus() else 0.0
+        gpus_ok = not s.use_gpu or k * s.num_workers <= cluster.get("GPU", 0.0) + 1e-9
+        return workers + data <= cpus + 1e-9 and gpus_ok
 
     def spec(self) -> dict:
         """The semantic content of the sweep (what a resume must match)."""
@@ -203,14 +221,17 @@ def fit_concurrency(plan: SweepPlan, cluster: dict[str, float]) -> int:
     """How many trials fit the cluster at once; raises :class:`ConfigError` if none does or if
     ``sweep.max_concurrent_trials`` asks for more than fit."""
     need = plan.trial_resources()
-    fits = min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items())
+    fits = 0
+    while plan.fits(fits + 1, cluster):
+        fits += 1
     s = plan.base.scaling
     if fits < 1:
         raise ConfigError(
             f"one trial needs {need} (sweep.workers_per_trial {s.num_workers} x "
             f"base.scaling.cpus_per_worker {s.cpus_per_worker} + base.data.data_cpus "
             f"{plan.base.data.data_cpus} + sweep.trial_driver_cpus "
-            f"{plan.settings.trial_driver_cpus}), but the cluster has {cluster}")
+            f"{plan.settings.trial_driver_cpus}) and one CPU left free for Ray Data's read "
+            f"tasks, but the cluster has {cluster}")
     asked = plan.settings.max_concurrent_trials
     if asked is not None and asked > fits:
         raise ConfigError(
@@ -221,7 +242,8 @@ def fit_concurrency(plan: SweepPlan, cluster: dict[str, float]) -> int:
 
 
 # ------------------------------------------------------------------------------ the trial
-def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: Optional[str]) -> None:
+def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: Optional[str],
+              memory: Optional[list] = None) -> None:
     """The Tune function trainable: one Train run for one sampled configuration.
 
     Records its start (``trial_starts.jsonl``: ``event`` ``start`` with the trial id, unix time
@@ -230,11 +252,11 @@ def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: 
     every epoch's report reaches Tune through ``TuneReportCallback``.
     """
     import ray.tune
+    started = time.time()  # before the imports: a fresh trial actor pays for them too
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from cnn_ray.train.launch import build_trainer, run_dir, write_run_files
 
-    started = time.time()
     trial_id = ray.tune.get_context().get_trial_id()
     if starts_log:
         _append_jsonl(starts_log, {"event": "start", "trial_id": trial_id, "time": started,
@@ -242,7 +264,11 @@ def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: 
     cfg = trial_config(base, config, source=f"trial {trial_id}", name=trial_id,
                        storage_path=runs_dir)
     write_run_files(cfg, run_dir(cfg), prepared)
-    trainer = build_trainer(cfg, prepared, name=trial_id, callbacks=[TuneReportCallback()])
+    shared = None
+    if memory and cfg.data.cache == "memory" and cfg.data.image_size == base["data"]["image_size"]:
+        shared = memory[0]  # the sweep's arrays (same prepared shards, same eval size)
+    trainer = build_trainer(cfg, prepared, name=trial_id, callbacks=[TuneReportCallback()],
+                            memory=shared)
     if starts_log:  # datasets built (the small validation set materialised): a start-up phase
         _append_jsonl(starts_log, {"event": "trainer_built", "trial_id": trial_id,
                                    "time": time.time()})
@@ -382,12 +408,19 @@ def make_trainable(plan: SweepPlan, prepared):
     """The trial function with its shared objects bound and its driver's tiny reservation."""
     from ray import tune
 
+    from cnn_ray.train.launch import put_in_memory
+
     base = plan.base.to_dict()
+    # data.cache: memory -> the arrays go into the object store once, for every trial (the refs
+    # travel wrapped in a list so that with_parameters hands the trials refs, not copies).
+    memory = [put_in_memory(plan.base, prepared)] if plan.base.data.cache == "memory" else None
     fn = tune.with_parameters(
-        run_trial, base=base, prepared=prepared, runs_dir=plan.runs_dir,
+        run_trial, base=base, prepared=prepared, runs_dir=plan.runs_dir, memory=memory,
         starts_log=f"{plan.exp_dir}/{TRIAL_STARTS}" if plan.local else None,
     )
-    return tune.with_resources(fn, {"CPU": plan.settings.trial_driver_cpus})
+    # Tune refuses an all-zero request; a token of memory lets the driver reserve no CPU.
+    return tune.with_resources(fn, tune.PlacementGroupFactory(
+        [{"CPU": plan.settings.trial_driver_cpus, "memory": TRIAL_DRIVER_MEMORY}]))
 
 
 # ------------------------------------------------------------------------------ run
