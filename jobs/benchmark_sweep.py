@@ -42,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--storage", help="where sweeps are written (default: a fresh folder in "
                    "~/cnn_ray_runs/benchmark_sweep)")
     p.add_argument("--json", help="write the figures to this JSON file")
+    p.add_argument("--startup-probe", type=int, metavar="N", help="only measure N bare "
+                   "TorchTrainer.fit() start-ups (1 worker, empty training function): the floor "
+                   "of any trial's start-up on this machine")
     args = p.parse_args(argv)
     quick = args.quick
     args.trials = args.trials or (4 if quick else 16)
@@ -134,10 +137,46 @@ def sweep_figures(result, elapsed: float) -> dict:
     }
 
 
+def _probe_fn(config: dict) -> None:
+    import ray.train
+
+    ray.train.report({"entered": time.time()})
+
+
+def startup_probe(n: int, storage: str) -> dict:
+    """Seconds from ``TorchTrainer.fit()`` to the training function's first line (bare Train
+    V2: controller actor + worker actor + process group), ``n`` times in one Ray session."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    out = []
+    for i in range(n):
+        t0 = time.time()
+        result = TorchTrainer(
+            _probe_fn, scaling_config=ray.train.ScalingConfig(
+                num_workers=1, resources_per_worker={"CPU": 1}),
+            run_config=ray.train.RunConfig(name=f"probe{i}", storage_path=storage),
+        ).fit()
+        out.append({"to_function_s": round(result.metrics["entered"] - t0, 2),
+                    "fit_s": round(time.time() - t0, 2)})
+        print(f"[benchmark_sweep] bare Train start-up {i + 1}/{n}: {out[-1]}", flush=True)
+    return {"runs": out, "median_to_function_s":
+            statistics.median(r["to_function_s"] for r in out)}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
+
+    if args.startup_probe:
+        ray.init(num_cpus=args.cpus or float(os.cpu_count() or 1), include_dashboard=False)
+        probe = startup_probe(args.startup_probe, args.storage or "/tmp/cnn_ray_startup_probe")
+        probe["hardware"] = hardware(ray.cluster_resources().get("CPU", 0.0))
+        print(json.dumps(probe, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(probe, indent=2))
+        return 0
 
     from cnn_ray.train.launch import prepare_data
     from cnn_ray.tune import run_sweep
@@ -154,7 +193,7 @@ def main(argv=None) -> int:
     cpus = ray.cluster_resources().get("CPU", cpus)
     storage = args.storage or str(Path.home() / "cnn_ray_runs" / "benchmark_sweep" /
                                   time.strftime("%Y%m%d-%H%M%S"))
-    # How many trials fit at once (1 worker CPU + 0.5 Data CPU each, one CPU kept for reads),
+    # How many trials fit at once (data.cache=memory: 1 worker CPU each, no Ray Data tasks),
     # then split the cores between them.
     plan = SweepPlan(base_config(args, data, storage, 1), SPACE,
                      SweepSettings(num_samples=args.trials,

@@ -16,7 +16,8 @@ from cnn_ray.train.checkpoint import (
     restore_training_state,
     save_checkpoint,
 )
-from cnn_ray.train.optim import build_optimizer, build_scheduler
+from cnn_ray.train.optim import (build_optimizer, build_scheduler, schedule_total_steps,
+                                 stretch_schedule)
 
 
 def _trained(schedule="onecycle"):
@@ -66,6 +67,32 @@ def test_round_trip_restores_everything(tmp_path, schedule):
         s.step()
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.allclose(a, b)
+
+
+def test_resume_with_a_larger_budget_stretches_the_one_cycle(tmp_path):
+    """A checkpoint of a 2-epoch one-cycle run resumed with optim.epochs=4 keeps its step count
+    but decays over the new budget (without the refit the extra epochs run at the final LR)."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    short = OptimConfig(lr=0.1, schedule="onecycle", epochs=2)
+    opt = build_optimizer(model, short)
+    sched, _ = build_scheduler(opt, short, 10)
+    for _ in range(20):  # the whole 2-epoch budget
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] < 1e-4  # at the end of the cycle
+    path = save_checkpoint(tmp_path / "ck", model=model, epoch=2, config={}, class_names=["a", "b"],
+                           mean=[0.5], std=[0.2], optimizer=opt, scheduler=sched)
+    longer = OptimConfig(lr=0.1, schedule="onecycle", epochs=4)
+    opt2 = build_optimizer(model, longer)
+    sched2, _ = build_scheduler(opt2, longer, 10)
+    planned = schedule_total_steps(sched2)
+    restore_training_state(load_checkpoint(path), model=model, optimizer=opt2, scheduler=sched2)
+    assert schedule_total_steps(sched2) == 20  # the checkpoint's budget came back
+    assert stretch_schedule(sched2, planned) == 20 and schedule_total_steps(sched2) == 40
+    assert sched2.last_epoch == 20  # the step count is kept
+    assert 0.02 < opt2.param_groups[0]["lr"] < 0.1  # half-way through the new decay, not ~0
+    assert stretch_schedule(sched2, planned) is None  # already fitted: no change
 
 
 def test_grad_scaler_state_round_trip(tmp_path):

@@ -61,6 +61,14 @@ def test_fp16_needs_gpu(tmp_path):
         TrainConfig.from_dict(_raw(tmp_path, precision={"dtype": "fp16"}))
 
 
+def test_memory_cache_needs_prepared_shards(tmp_path):
+    with pytest.raises(ConfigError, match="data.cache=memory .* data.use_raw=false"):
+        TrainConfig.from_dict(_raw(tmp_path, data={"train": str(tmp_path), "use_raw": True,
+                                                   "cache": "memory"}))
+    with pytest.raises(ConfigError, match="data.cache"):
+        TrainConfig.from_dict(_raw(tmp_path, data={"train": str(tmp_path), "cache": "gpu"}))
+
+
 def test_overrides_are_typed_and_nested():
     out = apply_overrides({"optim": {"lr": 0.1}}, ["optim.lr=0.05", "model.name=resnet18",
                                                    "augment.cutout.enabled=true",

@@ -158,6 +158,27 @@ def test_bad_inputs_skip_and_odd_modes(ray_session, odd_folder, tmp_path):
     assert any(np.array_equal(img, big) for img in images)
 
 
+@pytest.mark.slow
+def test_training_over_bad_inputs_counts_and_lists_them(ray_session, odd_folder, tmp_path):
+    """Bad files never reach (or stop) training: the run finishes, every epoch's metrics count
+    the left-out records, and the run directory lists them with their reasons."""
+    from cnn_ray.config import TrainConfig
+    from cnn_ray.train.launch import run_training
+
+    cfg = TrainConfig.from_dict({
+        "data": {"train": str(odd_folder), "val_fraction": 0.2, "shard_size": 8, "cache": "memory",
+                 "prepared_dir": str(tmp_path / "prepared")},
+        "model": {"name": "simple_cnn"}, "optim": {"batch_size": 4, "epochs": 2},
+        "precision": {"dtype": "fp32"}, "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+        "run": {"name": "dirty", "storage_path": str(tmp_path / "runs")},
+    })
+    result = run_training(cfg)
+    assert result.metrics["epoch"] == 2 and result.metrics["bad_inputs"] == 3
+    listed = [json.loads(line) for line in open(tmp_path / "runs" / "dirty" / "bad_inputs.jsonl")]
+    assert sorted(os.path.basename(b["path"]) for b in listed) == ["empty.jpg", "text.jpg",
+                                                                  "truncated.jpg"]
+
+
 def test_bad_inputs_fail_names_file(ray_session, odd_folder, tmp_path):
     cfg = DataConfig(train=str(odd_folder), shard_size=8, bad_input="fail")
     with pytest.raises(BadInputError, match=r"(truncated|empty|text)\.jpg: "):

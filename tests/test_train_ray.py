@@ -68,3 +68,23 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_session, cifar_small, tm
     # epoch 1 finished and was checkpointed before the kill in epoch 2; the restarted group
     # continued from it: epoch 1 is never trained twice.
     assert epochs == [1, 2]
+
+
+def test_memory_cache_two_workers_and_killed_worker(ray_session, cifar_ddp, tmp_path):
+    """data.cache=memory: no Ray Datasets, equal disjoint train shares, the whole val set, and a
+    killed worker's restarted group gets the same arrays back from the object store."""
+    cfg = _cfg(cifar_ddp, tmp_path, run__name="mem", data__cache="memory")
+    marker = tmp_path / "killed.txt"
+    result = run_training(cfg, fault_injection={"rank": 0, "epoch": 1, "step": 3,
+                                                "marker": str(marker)})
+    assert marker.exists(), "the fault was never injected"
+    m = result.metrics
+    assert m["epoch"] == 2 and m["world_size"] == 2
+    assert m["train_images"] == 2000 and m["val_images"] == 500
+    assert m["val_top1"] > 0.18 and m["data_wait_share"] < 0.5
+    run_dir = Path(cfg.run.storage_path) / "mem"
+    assert [line["epoch"] for line in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    events = read_jsonl(run_dir / "events.jsonl")
+    assert sorted(e["rank"] for e in events) == [0, 0, 1, 1]  # both workers, twice
+    starts = [e["resumed_from_epoch"] for e in events if e["rank"] == 0]
+    assert starts == [0, 1]  # one restart, from the epoch-1 checkpoint

@@ -169,6 +169,13 @@ def test_concurrency_fits_the_cluster(base):
     assert "cluster has" in _error(fit_concurrency, plan, {"CPU": 1.5})
     plan.settings.max_concurrent_trials = 3
     assert "sweep.max_concurrent_trials=3" in _error(fit_concurrency, plan, {"CPU": 4.0})
+    # data.cache=memory: trials run no Ray Data tasks, so neither the Data share nor the free
+    # CPU for reads is needed
+    mem = SweepPlan(base.model_copy(update={"data": base.data.model_copy(update={"cache": "memory"})}),
+                    {"optim.lr": {"grid": [0.1, 0.2, 0.3, 0.4, 0.5]}},
+                    SweepSettings(workers_per_trial=1, num_samples=1), *_defaults())
+    assert mem.trial_resources()["CPU"] == 1.0
+    assert fit_concurrency(mem, {"CPU": 2.0}) == 2 and fit_concurrency(mem, {"CPU": 1.0}) == 1
 
 
 def _defaults():

@@ -207,6 +207,7 @@ def build_trainer(
         "class_names": list(prepared.class_names), "mean": list(prepared.mean),
         "std": list(prepared.std), "num_train": int(prepared.num_train),
         "num_val": int(prepared.num_val), "image_shape": list(prepared.image_shape),
+        "bad_inputs": int(getattr(prepared, "bad_count", 0) or 0),
     }
     directory = run_dir(cfg, name)
     loop_config: dict[str, Any] = {

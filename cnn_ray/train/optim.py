@@ -9,6 +9,7 @@ through checkpoints.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -95,6 +96,35 @@ class OneCycleFactor:
             return self.start + (1.0 - self.start) * step / self.warmup
         frac = min(1.0, (step - self.warmup) / max(1, self.total_steps - self.warmup))
         return 1.0 + (self.end - 1.0) * frac
+
+
+def schedule_total_steps(scheduler) -> Optional[int]:
+    """Total optimiser steps of a one-cycle schedule (None for other schedules)."""
+    lambdas = getattr(scheduler, "lr_lambdas", None) or []
+    return lambdas[0].total_steps if lambdas and isinstance(lambdas[0], OneCycleFactor) else None
+
+
+def stretch_schedule(scheduler, total_steps: Optional[int]) -> Optional[int]:
+    """After a checkpoint restore: fit a one-cycle schedule to the CURRENT epoch budget.
+
+    ``LambdaLR.load_state_dict`` brings back the saved :class:`OneCycleFactor`, whose
+    ``total_steps`` is the budget of the run that wrote the checkpoint; resuming with a larger
+    ``optim.epochs`` would then train the extra epochs at the final (minimum) LR. This keeps the
+    restored step count and warm-up and sets ``total_steps`` so the decay ends at the new budget.
+    Returns the previous total when it changed, else None. Other schedules are left as restored.
+    """
+    lambdas = getattr(scheduler, "lr_lambdas", None) or []
+    if total_steps is None or not lambdas or not isinstance(lambdas[0], OneCycleFactor):
+        return None
+    factor = lambdas[0]
+    old = factor.total_steps
+    if old == max(2, int(total_steps)):
+        return None
+    factor.total_steps = max(2, int(total_steps), factor.warmup + 1)
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+    return old
 
 
 def steps_per_epoch(num_rows: int, world_size: int, micro_batch: int, grad_accum_steps: int) -> int:

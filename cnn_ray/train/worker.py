@@ -33,7 +33,8 @@ from cnn_ray.train.loop import (
     evaluate,
     train_one_epoch,
 )
-from cnn_ray.train.optim import build_optimizer, build_scheduler, steps_per_epoch
+from cnn_ray.train.optim import (build_optimizer, build_scheduler, schedule_total_steps,
+                                 steps_per_epoch, stretch_schedule)
 from cnn_ray.train.techniques import apply_channels_last, make_grad_scaler, resolve_precision
 
 
@@ -75,8 +76,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_checkpoint(d)
+        planned = schedule_total_steps(scheduler)  # the current config's budget
         restore_training_state(state, model=model, optimizer=optimizer, scheduler=scheduler,
                                scaler=scaler)
+        previous = stretch_schedule(scheduler, planned)
+        if previous is not None:
+            log(f"one-cycle schedule refitted to optim.epochs={cfg.optim.epochs}: "
+                f"{previous} -> {planned} total steps")
         start_epoch, best = state.epoch, state.best
         stale = int(state.meta.get("metrics", {}).get("epochs_without_improvement", 0))
         log(f"resumed from checkpoint at epoch {start_epoch}")
@@ -92,6 +98,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     fault = loop_config.get("fault_injection")
     run_dir = loop_config.get("run_dir")
+    if run_dir:  # one line per worker per (re)start of the group: where it ran, what a fault cost
+        _append_jsonl(Path(run_dir) / "events.jsonl",
+                      {"event": "start", "rank": rank, "resumed_from_epoch": start_epoch,
+                       "world_size": world, "node_id": ray.get_runtime_context().get_node_id()})
     if loop_config.get("memory") is not None:  # data.cache: memory
         cached = _from_object_store(loop_config["memory"], rank, world, log)
         train_shard = val_shard = None
@@ -127,6 +137,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             model, val_batches, settings, max_batches=2 if cfg.run.smoke else None,
         ).reduce(distributed_reduce)
         metrics = _epoch_metrics(epoch, train_stats, val_stats, num_classes, optimizer, world)
+        metrics["bad_inputs"] = int(meta.get("bad_inputs", 0))  # records left out (listed in
+        # bad_inputs.jsonl of the prepared dir and the run dir)
         if not per_step:
             scheduler.step(metrics["val_loss"])
         improved = best is None or metrics["val_top1"] > best

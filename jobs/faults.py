@@ -1,0 +1,582 @@
+"""Faults survived and bad inputs handled: the figures of the cluster/hardening issue.
+
+    python jobs/faults.py                  # every fault + every bad input, ~10 min on 2 cores
+    python jobs/faults.py --only bad_inputs
+    python jobs/faults.py --only faults --json faults.json
+
+Faults run on a 2-node local cluster (``ray.cluster_utils.Cluster``: a head and one worker
+node, 2 logical CPUs each, one machine) training a small CNN on a seeded CIFAR-10 subset from
+the real JPEGs (1,000 train / 200 validation images, 2 workers spread over both nodes,
+checkpoint every epoch, 4 epochs, shared storage = a local folder both nodes see):
+
+- ``undisturbed``: the reference run (final validation top-1, epochs);
+- ``worker_killed``: one Train worker process SIGKILLed mid-epoch;
+- ``node_removed``: the worker node removed (its raylet and workers killed) mid-run;
+- ``driver_killed``: ``jobs/train.py`` SIGKILLed after an epoch, then run again with the
+  same ``run.name``;
+- ``sweep_driver_killed``: ``jobs/tune.py`` (4 trials) SIGKILLed after its first trial ends,
+  then run again: finished trials must not run again;
+- ``kill_during_save``: a process writing checkpoints in a loop SIGKILLed at random moments,
+  10 times: the newest complete checkpoint must load every time (write, then rename).
+
+For each training fault it prints: survived (finished all epochs), completed epochs lost
+(completed before the fault minus the epoch it resumed from; 0 with a checkpoint per epoch),
+the partial epoch lost (share of one epoch in flight at the fault), and the final top-1 next to
+the undisturbed run's. A fault that does not finish within its time limit counts as a hang.
+
+Bad inputs are generated here (nothing binary is committed) and each one goes through the entry
+point a user would hit, under both policies where it applies; ``handled`` means a skip with a
+count and a listed reason, a converted image, or an error naming the file/key -- never a hang
+(time limit) or an unrelated traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, on any node
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 4
+FAULTS = ["worker_killed", "node_removed", "driver_killed", "sweep_driver_killed",
+          "kill_during_save"]
+
+
+# ------------------------------------------------------------------------------ helpers
+def _subset(per_class: int, split: str) -> Path:
+    from cnn_ray.datasets import default_cache_dir, extract_cifar10, make_subset
+
+    root = extract_cifar10()
+    dst = default_cache_dir() / "subsets" / f"cifar10-{split}-{per_class}pc-seed0"
+    if not (dst / ".complete").exists():
+        make_subset(root / split, dst, per_class, seed=0)
+        (dst / ".complete").touch()
+    return dst
+
+
+def _recipe(storage: Path, name: str) -> dict:
+    return {
+        "data": {"train": str(_subset(100, "train")), "val": str(_subset(20, "test")),
+                 "image_size": 32, "shard_size": 500, "data_cpus": 0.25,
+                 "prepared_dir": str(storage / "prepared")},
+        "model": {"name": "simple_cnn", "channels_last": True},
+        "optim": {"optimizer": "sgd", "lr": 0.05, "batch_size": 128, "epochs": EPOCHS},
+        "precision": {"dtype": "auto"},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 0.5, "torch_threads": 1,
+                    "placement_strategy": "SPREAD"},
+        "run": {"name": name, "storage_path": str(storage), "max_failures": 3, "seed": 0,
+                "log_every": 1000},
+    }
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _wait_for(pred, timeout: float, poll: float = 0.2) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(poll)
+    return False
+
+
+def _checkpoints(run: Path) -> list[Path]:
+    return sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
+
+
+def _outcome(run: Path, fault_time: float | None, reference_top1: float | None) -> dict:
+    """What a fault cost, from the run's metrics.jsonl and events.jsonl (see the docstring)."""
+    metrics = _jsonl(run / "metrics.jsonl")
+    events = _jsonl(run / "events.jsonl")
+    starts = [e for e in events if e.get("rank", 0) == 0]  # one per (re)start of the group
+    epochs = sorted({int(m["epoch"]) for m in metrics})
+    out = {"finished": epochs == list(range(1, EPOCHS + 1)),
+           "final_val_top1": metrics[-1]["val_top1"] if metrics else None,
+           "undisturbed_val_top1": reference_top1, "restarts": max(0, len(starts) - 1),
+           "checkpoints_kept": len(_checkpoints(run)),
+           "nodes_per_start": _nodes_per_start(events)}
+    if fault_time is not None:
+        done_before = [m for m in metrics if m["time"] <= fault_time]
+        after = [s for s in starts if s["time"] > fault_time]
+        resumed = after[0]["resumed_from_epoch"] if after else None
+        completed = max((int(m["epoch"]) for m in done_before), default=0)
+        out["completed_epochs_before_fault"] = completed
+        out["resumed_from_epoch"] = resumed
+        out["completed_epochs_lost"] = None if resumed is None else completed - resumed
+        epoch_s = sorted(m["epoch_seconds"] + m.get("eval_seconds", 0.0) for m in metrics)
+        last_mark = max([m["time"] for m in done_before]
+                        + [s["time"] for s in starts if s["time"] <= fault_time] or [fault_time])
+        if epoch_s:
+            out["partial_epoch_lost"] = round(min(1.0, (fault_time - last_mark)
+                                                  / epoch_s[len(epoch_s) // 2]), 2)
+    if out["final_val_top1"] is not None and reference_top1 is not None:
+        out["top1_minus_undisturbed"] = round(out["final_val_top1"] - reference_top1, 4)
+    return out
+
+
+def _nodes_per_start(events: list[dict]) -> list[int]:
+    """Distinct nodes of each (re)start of the worker group (every rank logs one line)."""
+    evs = sorted(events, key=lambda e: e["time"])
+    w = max(1, int(evs[0]["world_size"])) if evs else 1
+    return [len({e["node_id"] for e in evs[i:i + w]}) for i in range(0, len(evs), w)]
+
+
+def _run_in_thread(fn) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = fn()
+        except BaseException as e:  # noqa: BLE001 - reported as the outcome
+            box["error"] = f"{type(e).__name__}: {e}"
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, box
+
+
+def _released(timeout: float = 60.0) -> bool:
+    from cnn_ray.tune.sweep import wait_for_release
+
+    return wait_for_release(timeout)
+
+
+# ------------------------------------------------------------------------------ faults
+def fault_scenarios(args) -> dict:
+    import ray
+    import yaml
+    from ray.cluster_utils import Cluster
+
+    from cnn_ray.config import TrainConfig
+    from cnn_ray.train.launch import prepare_data, run_training
+
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    storage = Path(tempfile.mkdtemp(prefix="cnn_ray_faults_"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    node2 = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONPATH": str(REPO)}
+    results: dict = {"storage": str(storage), "nodes": 2}
+    limit = args.fault_timeout
+
+    def cfg(name: str) -> TrainConfig:
+        return TrainConfig.from_dict(_recipe(storage, name))
+
+    prepare_data(cfg("prepare"), progress=False)
+
+    want = set(args.faults or FAULTS)
+    if not want & {"worker_killed", "node_removed", "driver_killed"}:
+        return _later_faults(args, want, cluster, storage, env, results)
+
+    # undisturbed --------------------------------------------------------------------
+    t0 = time.time()
+    run_training(cfg("undisturbed"))
+    ref = _outcome(storage / "undisturbed", None, None)
+    ref["seconds"] = round(time.time() - t0, 1)
+    results["undisturbed"] = ref
+    top1 = ref["final_val_top1"]
+    print(f"[faults] undisturbed: {json.dumps(ref)}", flush=True)
+
+    # one Train worker SIGKILLed mid-epoch ----------------------------------------------
+    marker = storage / "worker_killed.marker"
+    t, box = _run_in_thread(lambda: run_training(
+        cfg("worker_killed"), fault_injection={"rank": 1, "epoch": 1, "step": 2,
+                                              "marker": str(marker)}))
+    t.join(limit)
+    fault_time = marker.stat().st_mtime if marker.exists() else None
+    res = _outcome(storage / "worker_killed", fault_time, top1)
+    res.update(hang=t.is_alive(), error=box.get("error"), fault_happened=fault_time is not None)
+    results["worker_killed"] = res
+    print(f"[faults] worker_killed: {json.dumps(res)}", flush=True)
+    _released()
+
+    # worker node removed mid-run --------------------------------------------------------
+    run = storage / "node_removed"
+    t, box = _run_in_thread(lambda: run_training(cfg("node_removed")))
+    removed = _wait_for(lambda: len(_jsonl(run / "metrics.jsonl")) >= 1, limit)
+    fault_time = None
+    if removed:
+        time.sleep(1.0)  # mid-epoch 2
+        fault_time = time.time()
+        cluster.remove_node(node2)
+    t.join(limit)
+    res = _outcome(run, fault_time, top1)
+    res.update(hang=t.is_alive(), error=box.get("error"), fault_happened=fault_time is not None)
+    results["node_removed"] = res
+    print(f"[faults] node_removed: {json.dumps(res)}", flush=True)
+    _released()
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+
+    # job driver SIGKILLed, then re-submitted with the same run name ---------------------
+    recipe = storage / "driver_killed.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(storage, "driver_killed")))
+    run = storage / "driver_killed"
+    cmd = [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(recipe)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    fault_time = None
+    if _wait_for(lambda: len(_jsonl(run / "metrics.jsonl")) >= 1, limit):
+        time.sleep(1.0)
+        fault_time = time.time()
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _released()
+    try:
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
+        rc, hang = second.returncode, False
+    except subprocess.TimeoutExpired:
+        rc, hang = None, True
+    res = _outcome(run, fault_time, top1)
+    res.update(hang=hang, resubmit_exit_code=rc, fault_happened=fault_time is not None)
+    results["driver_killed"] = res
+    print(f"[faults] driver_killed: {json.dumps(res)}", flush=True)
+    _released()
+
+    return _later_faults(args, want, cluster, storage, env, results)
+
+
+def _later_faults(args, want, cluster, storage: Path, env: dict, results: dict) -> dict:
+    import ray
+
+    limit = args.fault_timeout
+    if "sweep_driver_killed" in want:
+        results["sweep_driver_killed"] = sweep_driver_killed(storage, env, limit)
+        print(f"[faults] sweep_driver_killed: {json.dumps(results['sweep_driver_killed'])}",
+              flush=True)
+    ray.shutdown()
+    cluster.shutdown()
+    if "kill_during_save" in want:
+        results["kill_during_save"] = kill_during_save(storage / "save_kills", kills=10)
+        print(f"[faults] kill_during_save: {json.dumps(results['kill_during_save'])}", flush=True)
+    return results
+
+
+def sweep_driver_killed(storage: Path, env: dict, limit: float) -> dict:
+    """``jobs/tune.py`` SIGKILLed after its first finished trial, then run again."""
+    sweep_dir = storage / "sweeps"
+    cmd = [sys.executable, str(REPO / "jobs" / "tune.py"), "--config",
+           str(REPO / "jobs" / "configs" / "sweep_smoke.yaml"),
+           f"base.data.train={_subset(100, 'train')}", f"base.data.val={_subset(20, 'test')}",
+           f"base.run.storage_path={sweep_dir}", "base.data.prepared_dir=" + str(storage / "prepared"),
+           "base.data.shard_size=500", "base.data.cache=memory", "base.precision.dtype=auto",
+           "sweep.name=killed_sweep", "sweep.max_concurrent_trials=2"]
+    exp = sweep_dir / "killed_sweep"
+
+    def finished_trials() -> set[str]:
+        done = set()
+        for m in (exp / "train_runs").glob("*/metrics.jsonl") if exp.exists() else []:
+            rows = _jsonl(m)
+            if rows and int(rows[-1]["epoch"]) >= 2:  # ran to max_t (ASHA stops are not counted)
+                done.add(m.parent.name)
+        return done
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    killed = _wait_for(lambda: len(finished_trials()) >= 1 or proc.poll() is not None, limit)
+    fault_time = time.time()
+    done_before = finished_trials()
+    finished_early = proc.poll() is not None
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _released()
+    try:
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
+        rc, hang = second.returncode, False
+    except subprocess.TimeoutExpired:
+        rc, hang = None, True
+    starts = _jsonl(exp / "trial_starts.jsonl")
+    rerun = sorted({s["trial_id"] for s in starts
+                    if s.get("event", "start") == "start" and s["time"] > fault_time
+                    and s["trial_id"] in done_before})
+    res = {"fault_happened": killed and not finished_early, "finished_trials_before_kill":
+           sorted(done_before), "finished_trials_rerun": rerun, "resume_exit_code": rc,
+           "hang": hang, "trials_total": len({s["trial_id"] for s in starts}),
+           "finished": rc == 0}
+    return res
+
+
+SAVER = r"""
+import sys, torch, torchvision
+sys.path.insert(0, sys.argv[2])
+from pathlib import Path
+from cnn_ray.train.checkpoint import save_checkpoint
+model = torchvision.models.resnet18(num_classes=10)
+opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+root = Path(sys.argv[1]); epoch = len(list(root.glob("epoch_*")))
+while True:
+    epoch += 1
+    save_checkpoint(root / f"epoch_{epoch:04d}", model=model, epoch=epoch, config={}, class_names=list("abcdefghij"),
+                    mean=[0.5] * 3, std=[0.25] * 3, optimizer=opt)
+    print(epoch, flush=True)
+"""
+
+
+def _complete(root: Path) -> list[Path]:
+    """Checkpoint dirs under their final names (a save in progress is ``<name>.tmp-<random>``)."""
+    return sorted(p for p in root.glob("epoch_*") if ".tmp-" not in p.name)
+
+
+def kill_during_save(root: Path, kills: int = 10, seed: int = 0) -> dict:
+    """SIGKILL a checkpoint-writing loop at random moments; the newest complete checkpoint
+    must load after every kill, and no partial one may look complete."""
+    from cnn_ray.train.checkpoint import load_checkpoint
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    loaded, partial_visible, lost = 0, 0, 0
+    for _ in range(kills):
+        before = _complete(root)
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(root), str(REPO)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc.stdout.readline()  # one checkpoint written: the loop is warm
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done = _complete(root)
+        lost += len(set(before) - set(done))
+        try:
+            load_checkpoint(done[-1])
+            loaded += 1
+        except Exception:  # noqa: BLE001 - counted
+            partial_visible += 1
+    leftovers = [p.name for p in root.iterdir() if ".tmp-" in p.name]
+    return {"kills": kills, "newest_loaded_after_kill": loaded, "partial_looked_complete":
+            partial_visible, "checkpoints_lost": lost, "interrupted_tmp_dirs_left": len(leftovers),
+            "survived": loaded == kills and lost == 0}
+
+
+# ------------------------------------------------------------------------------ bad inputs
+def _image_bytes():
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+
+    def save(img, fmt, **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    big = np.linspace(0, 255, 6000, dtype=np.uint8)[None, :, None].repeat(4000, 0).repeat(3, 2)
+    return {
+        "truncated_jpeg": ("bad", save(rgb.resize((64, 64)), "JPEG")[:300]),
+        "zero_byte": ("bad", b""),
+        "text_as_jpg": ("bad", b"this is not an image\n"),
+        "cmyk_jpeg": ("converted", save(rgb.convert("CMYK"), "JPEG")),
+        "png_16bit": ("converted", save(Image.fromarray(np.full((40, 40), 40000, np.uint16)), "PNG")),
+        "rgba_png": ("converted", save(rgb.convert("RGBA"), "PNG")),
+        "grayscale": ("converted", save(rgb.convert("L"), "PNG")),
+        "image_6000x4000": ("converted", save(Image.fromarray(big), "JPEG", quality=70)),
+    }, save(rgb, "JPEG")
+
+
+def bad_input_cases(args) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from cnn_ray.cli import load_train_config
+    from cnn_ray.config import DataConfig
+    from cnn_ray.data.prepare import prepare_dataset
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False)
+    work = Path(tempfile.mkdtemp(prefix="cnn_ray_badinput_"))
+    files, good = _image_bytes()
+    cases: dict[str, dict] = {}
+
+    def folder(name: str, extra: dict[str, bytes], *, empty_class: bool = False) -> Path:
+        root = work / name
+        for cls in ("cat", "dog"):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(4):
+                (root / cls / f"ok{i}.jpg").write_bytes(good)
+        if empty_class:
+            (root / "zebra").mkdir()
+        for rel, blob in extra.items():
+            (root / rel).write_bytes(blob)
+        return root
+
+    def timed(fn):
+        t, box = _run_in_thread(fn)
+        t.join(args.case_timeout)
+        return box, t.is_alive()
+
+    # image files: each alone in a small tree, under skip and under fail
+    for name, (kind, blob) in files.items():
+        ext = ".png" if "png" in name or name == "grayscale" else ".jpg"
+        src = folder(name, {f"cat/{name}{ext}": blob})
+        skip, hang1 = timed(lambda: prepare_dataset(
+            DataConfig(train=str(src), val_fraction=0.25, shard_size=100, bad_input="skip"),
+            str(work / f"{name}-skip"), progress=False))
+        fail, hang2 = timed(lambda: prepare_dataset(
+            DataConfig(train=str(src), val_fraction=0.25, shard_size=100, bad_input="fail"),
+            str(work / f"{name}-fail"), progress=False))
+        data = skip.get("result")
+        listed = _jsonl(work / f"{name}-skip" / "bad_inputs.jsonl")
+        if kind == "bad":
+            ok = (data is not None and data.bad_count == 1 and len(listed) == 1
+                  and name in listed[0]["path"] and "error" in fail
+                  and "BadInputError" in fail["error"] and f"{name}{ext}" in fail["error"])
+            outcome = {"skip": f"skipped {data.bad_count if data else '?'}: "
+                       f"{listed[0]['reason'] if listed else skip.get('error')}",
+                       "fail": fail.get("error")}
+        else:
+            ok = (data is not None and data.bad_count == 0
+                  and data.num_train + data.num_val == 9 and "result" in fail)
+            outcome = {"skip": "converted" if ok else skip.get("error"),
+                       "fail": "converted" if "result" in fail else fail.get("error")}
+        cases[name] = {"handled": bool(ok) and not (hang1 or hang2), "hang": hang1 or hang2,
+                       **outcome}
+
+    # an empty class folder: kept as a class (stable label indices), listed with its reason
+    src = folder("empty_class", {}, empty_class=True)
+    box, hang = timed(lambda: prepare_dataset(DataConfig(train=str(src), shard_size=100),
+                                              str(work / "empty_class-out"), progress=False))
+    listed = _jsonl(work / "empty_class-out" / "bad_inputs.jsonl")
+    reason = next((b["reason"] for b in listed if b["path"].endswith("zebra")), None)
+    cases["empty_class_folder"] = {"handled": (reason is not None or "zebra" in box.get("error", ""))
+                                   and not hang, "hang": hang,
+                                   "skip": reason or box.get("error")}
+
+    # manifest rows: a missing file (training manifest); a label not in the training classes
+    # (validation manifest next to an ImageFolder training tree with classes cat, dog)
+    src = folder("manifest_src", {})
+    rows = ["path,label"] + [f"{p},{p.parent.name}" for p in sorted(src.glob("*/*.jpg"))]
+    manifests = {"manifest_missing_file": ("train", f"{src}/cat/nope.jpg,cat"),
+                 "manifest_unknown_label": ("val", f"{src}/cat/ok0.jpg,unicorn")}
+    for name, (split, row) in manifests.items():
+        csv = work / f"{name}.csv"
+        csv.write_text("\n".join(rows + [row]) + "\n")
+        data_kw = {"train": str(csv)} if split == "train" else {"train": str(src), "val": str(csv)}
+        skip, hang1 = timed(lambda: prepare_dataset(
+            DataConfig(**data_kw, val_fraction=0.25, shard_size=100),
+            str(work / f"{name}-skip"), progress=False))
+        fail, hang2 = timed(lambda: prepare_dataset(
+            DataConfig(**data_kw, val_fraction=0.25, shard_size=100, bad_input="fail"),
+            str(work / f"{name}-fail"), progress=False))
+        listed = _jsonl(work / f"{name}-skip" / "bad_inputs.jsonl")
+        data = skip.get("result")
+        ok = (data is not None and data.bad_count == 1 and len(listed) == 1
+              and "error" in fail and ("nope.jpg" in fail["error"] or "unicorn" in fail["error"]))
+        cases[name] = {"handled": bool(ok) and not (hang1 or hang2), "hang": hang1 or hang2,
+                       "skip": listed[0]["reason"] if listed else skip.get("error"),
+                       "fail": fail.get("error")}
+
+    # a Parquet shard with the wrong schema
+    pq_dir = work / "wrong_schema"
+    pq_dir.mkdir()
+    pq.write_table(pa.table({"pixels": [b"x"], "y": [1]}), pq_dir / "part-0.parquet")
+    box, hang = timed(lambda: prepare_dataset(DataConfig(train=str(pq_dir), shard_size=100),
+                                              str(work / "wrong_schema-out"), progress=False))
+    err = box.get("error", "")
+    cases["parquet_wrong_schema"] = {"handled": "part-0.parquet" in err and "schema" in err
+                                     and not hang, "hang": hang, "error": err}
+
+    # config files with typos or impossible values; an existing run's files must survive
+    run_dir = work / "runs" / "keep"
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint_000001").mkdir()
+    (run_dir / "checkpoint_000001" / "model.pt").write_bytes(b"weights")
+    base = {"data": {"train": str(src)}, "run": {"name": "keep", "storage_path": str(work / "runs")}}
+    bad_configs = {
+        "config_typo": ({"optim": {"lrr": 0.1}}, "optim.lrr"),
+        "config_negative_lr": ({"optim": {"lr": -0.1}}, "optim.lr"),
+        "config_zero_workers": ({"scaling": {"num_workers": 0}}, "scaling.num_workers"),
+        "config_missing_data_path": ({"data": {"train": str(work / "nowhere")}}, "data.train"),
+        "config_wrong_type": ({"optim": {"epochs": "ten"}}, "optim.epochs"),
+    }
+    import yaml
+    for name, (patch, key) in bad_configs.items():
+        raw = json.loads(json.dumps(base))
+        for section, values in patch.items():
+            raw.setdefault(section, {}).update(values)
+        path = work / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        box, hang = timed(lambda: load_train_config(str(path)))
+        err = box.get("error", "")
+        intact = (run_dir / "checkpoint_000001" / "model.pt").read_bytes() == b"weights"
+        cases[name] = {"handled": "ConfigError" in err and key in err and intact and not hang,
+                       "hang": hang, "error": err, "run_files_intact": intact}
+    return cases
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=["faults", "bad_inputs"])
+    p.add_argument("--faults", nargs="+", choices=FAULTS, help="run only these faults")
+    p.add_argument("--fault-timeout", type=float, default=300.0, help="seconds per fault run")
+    p.add_argument("--case-timeout", type=float, default=120.0, help="seconds per bad input")
+    p.add_argument("--json", help="write the figures here")
+    args = p.parse_args(argv)
+    figures: dict = {}
+    if args.only in (None, "bad_inputs"):
+        figures["bad_inputs"] = bad_input_cases(args)
+        import ray
+        ray.shutdown()
+    if args.only in (None, "faults"):
+        figures["faults"] = fault_scenarios(args)
+
+    summary = {}
+    if "bad_inputs" in figures:
+        cases = figures["bad_inputs"]
+        summary["bad_inputs_handled"] = sum(c["handled"] for c in cases.values())
+        summary["bad_inputs_tried"] = len(cases)
+        summary["bad_input_hangs"] = sum(c["hang"] for c in cases.values())
+        for name, c in cases.items():
+            print(f"  bad input {name:26s} {'handled' if c['handled'] else 'NOT HANDLED'}: "
+                  f"{c.get('skip') or c.get('error')}"[:160])
+    if "faults" in figures:
+        f = figures["faults"]
+        names = [n for n in FAULTS if n in f]
+        survived = {n: bool(f[n].get("finished") or f[n].get("survived")) and not f[n].get("hang")
+                    and f[n].get("fault_happened", True)
+                    and not f[n].get("finished_trials_rerun")
+                    and f[n].get("completed_epochs_lost", 0) in (0, None) for n in names}
+        summary["faults_survived"] = sum(survived.values())
+        summary["faults_tried"] = len(names)
+        summary["fault_hangs"] = sum(bool(f[n].get("hang")) for n in names)
+        summary["checkpoints_lost"] = sum(
+            f[n].get("checkpoints_lost", 0) + (f[n].get("completed_epochs_lost") or 0)
+            for n in names)
+        if "undisturbed" in f:
+            print(f"  undisturbed: {f['undisturbed']['final_val_top1']:.4f} top-1 after {EPOCHS} "
+                  f"epochs, workers on {f['undisturbed']['nodes_per_start'][0]} nodes, "
+                  f"{f['undisturbed']['seconds']} s")
+        for n in names:
+            r = f[n]
+            print(f"  fault {n:20s} {'survived' if survived[n] else 'NOT SURVIVED'}: "
+                  + ", ".join(f"{k}={r[k]}" for k in (
+                      "completed_epochs_lost", "partial_epoch_lost", "restarts", "nodes_per_start",
+                      "final_val_top1",
+                      "top1_minus_undisturbed", "finished_trials_rerun", "newest_loaded_after_kill",
+                      "checkpoints_lost") if k in r))
+    figures["summary"] = summary
+    print(json.dumps(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
