@@ -276,15 +276,23 @@ def sweep_driver_killed(storage: Path, env: dict, limit: float) -> dict:
            f"base.data.train={_subset(100, 'train')}", f"base.data.val={_subset(20, 'test')}",
            f"base.run.storage_path={sweep_dir}", "base.data.prepared_dir=" + str(storage / "prepared"),
            "base.data.shard_size=500", "base.data.cache=memory", "base.precision.dtype=auto",
-           "sweep.name=killed_sweep", "sweep.max_concurrent_trials=2"]
+           "base.run.smoke=false", "sweep.name=killed_sweep", "sweep.max_concurrent_trials=2"]
     exp = sweep_dir / "killed_sweep"
 
     def finished_trials() -> set[str]:
-        done = set()
-        for m in (exp / "train_runs").glob("*/metrics.jsonl") if exp.exists() else []:
-            rows = _jsonl(m)
-            if rows and int(rows[-1]["epoch"]) >= 2:  # ran to max_t (ASHA stops are not counted)
-                done.add(m.parent.name)
+        """Trials Tune's saved experiment state records as TERMINATED (what a restore sees)."""
+        done: set[str] = set()
+        states = sorted(exp.glob("experiment_state-*.json")) if exp.exists() else []
+        if states:
+            try:
+                state = json.loads(states[-1].read_text())
+            except (OSError, ValueError):  # being rewritten right now
+                return done
+            for item in state.get("trial_data", []):
+                trial = json.loads(item[0]) if isinstance(item, list) else item
+                trial = json.loads(trial) if isinstance(trial, str) else trial
+                if trial.get("status") == "TERMINATED":
+                    done.add(trial.get("trial_id"))
         return done
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
