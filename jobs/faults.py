@@ -150,6 +150,17 @@ def _run_in_thread(fn) -> tuple[threading.Thread, dict]:
     return t, box
 
 
+def _run_again(cmd: list[str], env: dict, limit: float) -> tuple[int | None, bool]:
+    """After a killed driver: wait for its resources to be released, then run ``cmd`` again.
+    Returns ``(exit code, hung)``; a run past ``limit`` seconds is killed and counts as a hang."""
+    _released()
+    try:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True,
+                              timeout=limit).returncode, False
+    except subprocess.TimeoutExpired:
+        return None, True
+
+
 def _released(timeout: float = 60.0) -> bool:
     from cnn_ray.tune.sweep import wait_for_release
 
@@ -237,12 +248,7 @@ def fault_scenarios(args) -> dict:
         fault_time = time.time()
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    _released()
-    try:
-        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
-        rc, hang = second.returncode, False
-    except subprocess.TimeoutExpired:
-        rc, hang = None, True
+    rc, hang = _run_again(cmd, env, limit)
     res = _outcome(run, fault_time, top1)
     res.update(hang=hang, resubmit_exit_code=rc, fault_happened=fault_time is not None)
     results["driver_killed"] = res
@@ -304,12 +310,7 @@ def sweep_driver_killed(storage: Path, env: dict, limit: float) -> dict:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    _released()
-    try:
-        second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
-        rc, hang = second.returncode, False
-    except subprocess.TimeoutExpired:
-        rc, hang = None, True
+    rc, hang = _run_again(cmd, env, limit)
     starts = _jsonl(exp / "trial_starts.jsonl")
     rerun = sorted({s["trial_id"] for s in starts
                     if s.get("event", "start") == "start" and s["time"] > fault_time
