@@ -3,6 +3,7 @@
     python jobs/faults.py                  # every fault + every bad input, ~10 min on 2 cores
     python jobs/faults.py --only bad_inputs
     python jobs/faults.py --only faults --json faults.json
+    python jobs/faults.py --only one_node      # the same recipe on one node, for comparison
 
 Faults run on a 2-node local cluster (``ray.cluster_utils.Cluster``: a head and one worker
 node, 2 logical CPUs each, one machine) training a small CNN on a seeded CIFAR-10 subset from
@@ -322,6 +323,26 @@ def sweep_driver_killed(storage: Path, env: dict, limit: float) -> dict:
     return res
 
 
+def one_node_reference(args) -> dict:
+    """The undisturbed recipe on ONE node (plain local Ray, 2 CPUs, ``PACK``): what the 2-node
+    SPREAD run's accuracy is compared with."""
+    import ray
+
+    from cnn_ray.config import TrainConfig
+    from cnn_ray.train.launch import run_training
+
+    ray.init(num_cpus=2, include_dashboard=False)
+    storage = Path(tempfile.mkdtemp(prefix="cnn_ray_one_node_"))
+    raw = _recipe(storage, "one_node")
+    raw["scaling"]["placement_strategy"] = "PACK"
+    t0 = time.time()
+    run_training(TrainConfig.from_dict(raw))
+    out = _outcome(storage / "one_node", None, None)
+    out["seconds"] = round(time.time() - t0, 1)
+    ray.shutdown()
+    return out
+
+
 SAVER = r"""
 import sys, torch, torchvision
 sys.path.insert(0, sys.argv[2])
@@ -532,7 +553,7 @@ def bad_input_cases(args) -> dict:
 # ------------------------------------------------------------------------------ main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["faults", "bad_inputs"])
+    p.add_argument("--only", choices=["faults", "bad_inputs", "one_node"])
     p.add_argument("--faults", nargs="+", choices=FAULTS, help="run only these faults")
     p.add_argument("--fault-timeout", type=float, default=300.0, help="seconds per fault run")
     p.add_argument("--case-timeout", type=float, default=120.0, help="seconds per bad input")
@@ -543,6 +564,9 @@ def main(argv=None) -> int:
         figures["bad_inputs"] = bad_input_cases(args)
         import ray
         ray.shutdown()
+    if args.only in (None, "one_node"):
+        figures["one_node"] = one_node_reference(args)
+        print(f"[faults] one_node: {json.dumps(figures['one_node'])}", flush=True)
     if args.only in (None, "faults"):
         figures["faults"] = fault_scenarios(args)
 
