@@ -84,3 +84,16 @@ def make_subset(
         for f in rng.sample(files, per_class):
             shutil.copyfile(src / name / f, dst / name / f)
     return dst
+
+
+def cifar10_subset(split: str, per_class: int, *, seed: int = 0) -> Path:
+    """A seeded ImageFolder subset of the real CIFAR-10 JPEGs, made once and then reused.
+
+    ``split``: ``train`` or ``test``. Lives at ``<cache>/subsets/cifar10-<split>-<n>pc-seed<s>``;
+    a ``.complete`` marker is written last, so an interrupted copy is redone, not reused.
+    """
+    dst = default_cache_dir() / "subsets" / f"cifar10-{split}-{per_class}pc-seed{seed}"
+    if not (dst / ".complete").exists():
+        make_subset(extract_cifar10() / split, dst, per_class, seed=seed)
+        (dst / ".complete").touch()
+    return dst

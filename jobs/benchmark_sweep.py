@@ -56,17 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_data(args) -> dict[str, Path]:
     """Seeded ImageFolder subsets of the real CIFAR-10 JPEGs (made once, then reused)."""
-    from cnn_ray.datasets import default_cache_dir, extract_cifar10, make_subset
+    from cnn_ray.datasets import cifar10_subset
 
-    root = extract_cifar10()
-    out = {}
-    for split, src, n in (("train", "train", args.train_per_class), ("val", "test", args.val_per_class)):
-        dst = default_cache_dir() / "subsets" / f"cifar10-{src}-{n}pc-seed{args.seed}"
-        if not (dst / ".complete").exists():
-            make_subset(root / src, dst, n, seed=args.seed)
-            (dst / ".complete").touch()
-        out[split] = dst
-    return out
+    return {"train": cifar10_subset("train", args.train_per_class, seed=args.seed),
+            "val": cifar10_subset("test", args.val_per_class, seed=args.seed)}
 
 
 def base_config(args, data: dict[str, Path], storage: str, threads: int):

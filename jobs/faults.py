@@ -56,14 +56,9 @@ FAULTS = ["worker_killed", "node_removed", "driver_killed", "sweep_driver_killed
 
 # ------------------------------------------------------------------------------ helpers
 def _subset(per_class: int, split: str) -> Path:
-    from cnn_ray.datasets import default_cache_dir, extract_cifar10, make_subset
+    from cnn_ray.datasets import cifar10_subset
 
-    root = extract_cifar10()
-    dst = default_cache_dir() / "subsets" / f"cifar10-{split}-{per_class}pc-seed0"
-    if not (dst / ".complete").exists():
-        make_subset(root / split, dst, per_class, seed=0)
-        (dst / ".complete").touch()
-    return dst
+    return cifar10_subset(split, per_class, seed=0)
 
 
 def _recipe(storage: Path, name: str) -> dict:
