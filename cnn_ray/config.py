@@ -66,6 +66,12 @@ class DataConfig(_Strict):
         4096.0, gt=0.0, description="cache: memory refuses data sets larger than this (MB)"
     )
 
+    @property
+    def pipeline_cpus(self) -> float:
+        """Logical CPUs Ray Data needs while training: ``data_cpus`` when streaming, 0 with
+        ``cache: memory`` (no Ray Data runs after the arrays are put)."""
+        return 0.0 if self.cache == "memory" else self.data_cpus
+
 
 # ---------------------------------------------------------------------------- augmentation
 class RandomCrop(_Strict):

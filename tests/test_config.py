@@ -69,6 +69,13 @@ def test_memory_cache_needs_prepared_shards(tmp_path):
         TrainConfig.from_dict(_raw(tmp_path, data={"train": str(tmp_path), "cache": "gpu"}))
 
 
+def test_pipeline_cpus_only_when_streaming(tmp_path):
+    stream = TrainConfig.from_dict(_raw(tmp_path, data={"train": str(tmp_path), "data_cpus": 0.25}))
+    memory = TrainConfig.from_dict(_raw(tmp_path, data={"train": str(tmp_path), "data_cpus": 0.25,
+                                                        "cache": "memory"}))
+    assert stream.data.pipeline_cpus == 0.25 and memory.data.pipeline_cpus == 0.0
+
+
 def test_overrides_are_typed_and_nested():
     out = apply_overrides({"optim": {"lr": 0.1}}, ["optim.lr=0.05", "model.name=resnet18",
                                                    "augment.cutout.enabled=true",

@@ -88,3 +88,14 @@ def test_memory_cache_two_workers_and_killed_worker(ray_session, cifar_ddp, tmp_
     assert sorted(e["rank"] for e in events) == [0, 0, 1, 1]  # both workers, twice
     starts = [e["resumed_from_epoch"] for e in events if e["rank"] == 0]
     assert starts == [0, 1]  # one restart, from the epoch-1 checkpoint
+
+
+def test_cluster_fit_check_counts_data_cpus_only_when_streaming(ray_session, cifar_small, tmp_path):
+    """4 workers x 1 CPU fill the 4-CPU test cluster: streaming also needs data.data_cpus (a
+    named error before anything is requested); data.cache=memory runs no Ray Data and fits."""
+    from cnn_ray.config import ConfigError
+    from cnn_ray.train.launch import check_cluster_fits
+
+    with pytest.raises(ConfigError, match=r"data.data_cpus \(0.5, data.cache=none\)"):
+        check_cluster_fits(_cfg(cifar_small, tmp_path, scaling__num_workers=4))
+    check_cluster_fits(_cfg(cifar_small, tmp_path, scaling__num_workers=4, data__cache="memory"))

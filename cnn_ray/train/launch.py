@@ -84,18 +84,20 @@ def default_prepared_dir(cfg: TrainConfig) -> str:
 def check_cluster_fits(cfg: TrainConfig) -> None:
     """Fail fast (before requesting resources) if the workers plus Ray Data cannot fit.
 
-    Train workers reserve ``num_workers * cpus_per_worker`` CPUs; Ray Data's augmentation
-    tasks need ``data.data_cpus`` more, or the pipeline starves and the job hangs.
+    Train workers reserve ``num_workers * cpus_per_worker`` CPUs; when streaming, Ray Data's
+    augmentation tasks need ``data.data_cpus`` more, or the pipeline starves and the job hangs
+    (``data.pipeline_cpus``; 0 with ``data.cache: memory``).
     Raises :class:`ConfigError` naming the keys to change.
     """
     total = ray.cluster_resources()
     cpus = total.get("CPU", 0.0)
     need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
-    if need + cfg.data.data_cpus > cpus + 1e-9:
+    data = cfg.data.pipeline_cpus
+    if need + data > cpus + 1e-9:
         raise ConfigError(
             f"scaling.num_workers ({cfg.scaling.num_workers}) * scaling.cpus_per_worker "
-            f"({cfg.scaling.cpus_per_worker}) + data.data_cpus ({cfg.data.data_cpus}) = "
-            f"{need + cfg.data.data_cpus} CPUs, but the cluster has {cpus}: lower "
+            f"({cfg.scaling.cpus_per_worker}) + data.data_cpus ({data}, data.cache="
+            f"{cfg.data.cache}) = {need + data} CPUs, but the cluster has {cpus}: lower "
             "scaling.cpus_per_worker (a logical reservation; threads are set by "
             "scaling.torch_threads) or add nodes"
         )

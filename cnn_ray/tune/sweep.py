@@ -186,15 +186,12 @@ class SweepPlan:
         """What one running trial holds: Train workers + its Ray Data tasks + its driver
         (no Ray Data tasks with ``data.cache: memory``: the arrays are put once by the sweep)."""
         s = self.base.scaling
-        cpus = s.num_workers * s.cpus_per_worker + self._data_cpus()
+        cpus = s.num_workers * s.cpus_per_worker + self.base.data.pipeline_cpus
         cpus += self.settings.trial_driver_cpus
         out = {"CPU": cpus}
         if s.use_gpu:
             out["GPU"] = float(s.num_workers)
         return out
-
-    def _data_cpus(self) -> float:
-        return 0.0 if self.base.data.cache == "memory" else self.base.data.data_cpus
 
     def fits(self, k: int, cluster: dict[str, float]) -> bool:
         """Whether ``k`` trials fit at once. Besides each trial's share, one whole CPU must stay
@@ -203,7 +200,8 @@ class SweepPlan:
         trials run no Ray Data at all, so neither is needed."""
         s, cpus = self.base.scaling, cluster.get("CPU", 0.0)
         workers = k * (s.num_workers * s.cpus_per_worker + self.settings.trial_driver_cpus)
-        data = max(k * self._data_cpus(), 1.0) if self._data_cpus() else 0.0
+        per_trial = self.base.data.pipeline_cpus
+        data = max(k * per_trial, 1.0) if per_trial else 0.0
         gpus_ok = not s.use_gpu or k * s.num_workers <= cluster.get("GPU", 0.0) + 1e-9
         return workers + data <= cpus + 1e-9 and gpus_ok
 
