@@ -90,7 +90,7 @@ class InMemoryShard:
             im, lb, ix = read_shard_images(table, (h, w, c))
             if image_size is not None and im.shape[1:3] != (image_size, image_size):
                 im = resize_center_crop(im, image_size)
-            images.append(np.array(im, copy=True))  # own the memory (the Arrow buffer goes away)
+            images.append(im)  # a view of the Arrow buffer; np.concatenate below copies once
             labels.append(np.asarray(lb, dtype=np.int64))
             idx.append(np.asarray(ix, dtype=np.int64))
         if not images:
@@ -141,7 +141,6 @@ class InMemoryShard:
             sel = rows[start:start + batch_size]
             if drop_last and len(sel) < batch_size:
                 return None
-            sel = np.sort(sel) if not shuffle else sel
             images = self.images[sel]
             if augment is not None:
                 images = augment_batch(images, self.idx[sel], augment, seed=seed, epoch=epoch)
