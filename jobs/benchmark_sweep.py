@@ -226,6 +226,7 @@ def main(argv=None) -> int:
     figures["startup_seconds_max"] = startup_max
     figures["target_startup_met"] = startup_max <= 5.0
     figures["hardware"] = hardware(cpus)
+    figures["replay"] = replay_bound(fifo["path"], schedulers["asha"], concurrency)
     print(json.dumps(figures, indent=2, default=str))
     print(f"\nASHA {asha['tune_fit_seconds']:.0f} s ({asha['epochs_trained']} epochs, best top-1 "
           f"{asha['best_val_top1']:.4f})  vs  FIFO {fifo['tune_fit_seconds']:.0f} s "
@@ -235,9 +236,31 @@ def main(argv=None) -> int:
           f" s, max {startup_max} s (target <= 5 s: "
           f"{'met' if startup_max <= 5.0 else 'NOT met'}); {figures['hardware']['cpu']}, "
           f"{figures['hardware']['cores']} cores, load {figures['hardware']['load_avg_1m']:.1f}")
+    rp = figures["replay"]
+    print(f"replay of the FIFO curves through the same ASHA (jobs/replay_sweep.py): ratio "
+          f"{rp['ratio']}, {rp['epochs']} epochs; with a perfect predictor (oracle) ratio "
+          f"{rp['oracle_ratio']}, {rp['oracle_epochs']} epochs - the floor of async ASHA at "
+          f"{concurrency} trials at once; rank correlation of epoch k with the final top-1: "
+          f"{rp['rank_correlation']}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
     return 0
+
+
+def replay_bound(fifo_dir: str, asha: dict, concurrency: int) -> dict:
+    """The FIFO sweep's curves replayed through the benchmark's ASHA settings, as recorded and
+    with a perfect predictor (cnn_ray.tune.replay): what ASHA could have saved here at best."""
+    from cnn_ray.tune.replay import load_records, rank_correlation, replay
+    from cnn_ray.tune.sweep import SchedulerSettings
+
+    records = load_records(fifo_dir)
+    s = SchedulerSettings(**asha)
+    fifo = replay(records, SchedulerSettings(kind="fifo", max_t=s.max_t), concurrency=concurrency)
+    real = replay(records, s, concurrency=concurrency)
+    ideal = replay(records, s, concurrency=concurrency, oracle=True)
+    return {"ratio": round(real.wall_s / fifo.wall_s, 3), "epochs": real.epochs,
+            "best": real.best, "oracle_ratio": round(ideal.wall_s / fifo.wall_s, 3),
+            "oracle_epochs": ideal.epochs, "rank_correlation": rank_correlation(records)}
 
 
 if __name__ == "__main__":

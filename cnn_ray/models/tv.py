@@ -10,15 +10,17 @@ Small images: with ``small_input=True`` (the default, since the project's design
 the stem downsamples less, so a 32x32 image is not shrunk to 1x1 before the last stage; this costs
 4x (16x for ShuffleNet) the FLOPs of the ImageNet stem at the same resolution. Pass
 ``small_input=False`` for images of about 96 px and larger to keep the ImageNet stem.
+
+torchvision is imported when one of these models is built, not when the registry is: importing
+``torchvision.models`` pulls in ``torchvision.ops`` and ``torch._dynamo`` (about 1-2 s on a 2-core
+box), which every Train worker and trial process of the small families would otherwise pay.
 """
 
 from __future__ import annotations
 
 import math
 
-import torchvision.models as tvm
 from torch import nn
-from torchvision.models.efficientnet import MBConvConfig
 
 from .registry import register_model
 
@@ -56,6 +58,8 @@ def mobilenet_v2(num_classes: int, in_channels: int = 3, width_mult: float = 1.0
     if not width_mult > 0:
         raise ValueError(f"mobilenet_v2: width_mult must be > 0, got {width_mult}")
     _check_dropout("mobilenet_v2", dropout)
+    import torchvision.models as tvm
+
     model = tvm.mobilenet_v2(weights=None, num_classes=num_classes, width_mult=width_mult,
                              dropout=dropout)
     stem = model.features[0]
@@ -63,8 +67,8 @@ def mobilenet_v2(num_classes: int, in_channels: int = 3, width_mult: float = 1.0
     return model
 
 
-_SHUFFLENET = {0.5: tvm.shufflenet_v2_x0_5, 1.0: tvm.shufflenet_v2_x1_0,
-               1.5: tvm.shufflenet_v2_x1_5, 2.0: tvm.shufflenet_v2_x2_0}
+_SHUFFLENET = {0.5: "shufflenet_v2_x0_5", 1.0: "shufflenet_v2_x1_0", 1.5: "shufflenet_v2_x1_5",
+               2.0: "shufflenet_v2_x2_0"}  # width_mult -> torchvision builder
 
 
 @register_model
@@ -86,7 +90,9 @@ def shufflenet_v2(num_classes: int, in_channels: int = 3, width_mult: float = 1.
     if builder is None:
         raise ValueError(f"shufflenet_v2: width_mult must be one of {sorted(_SHUFFLENET)}, "
                          f"got {width_mult}")
-    model = builder(weights=None, num_classes=num_classes)
+    import torchvision.models as tvm
+
+    model = getattr(tvm, builder)(weights=None, num_classes=num_classes)
     model.conv1[0] = _adapt_stem(model.conv1[0], in_channels, small_input)
     if small_input:
         model.maxpool = nn.Identity()
@@ -97,10 +103,12 @@ def shufflenet_v2(num_classes: int, in_channels: int = 3, width_mult: float = 1.
     return model
 
 
-def _efficientnet_b0_setting(width_mult: float) -> list[MBConvConfig]:
+def _efficientnet_b0_setting(width_mult: float) -> list:
     """EfficientNet-B0's stages (Tan & Le, 2019, Table 1).
 
     Rows: expand ratio, kernel, stride, in channels, out channels, layers."""
+    from torchvision.models.efficientnet import MBConvConfig
+
     rows = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
             (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1)]
     return [MBConvConfig(*row, width_mult=width_mult, depth_mult=1.0) for row in rows]
@@ -123,7 +131,9 @@ def efficientnet_b0(num_classes: int, in_channels: int = 3, width_mult: float = 
     if not width_mult > 0:
         raise ValueError(f"efficientnet_b0: width_mult must be > 0, got {width_mult}")
     _check_dropout("efficientnet_b0", dropout)
-    model = tvm.EfficientNet(_efficientnet_b0_setting(width_mult), dropout=dropout,
+    from torchvision.models import EfficientNet
+
+    model = EfficientNet(_efficientnet_b0_setting(width_mult), dropout=dropout,
                              stochastic_depth_prob=0.2, num_classes=num_classes)
     stem = model.features[0]
     stem[0] = _adapt_stem(stem[0], in_channels, small_input)

@@ -13,6 +13,8 @@
   resources, resume.
 * :mod:`cnn_ray.tune.results`: trial table (CSV), learning curves (PNG), best config (YAML).
 * :mod:`cnn_ray.tune.jobs`: the sweep file (YAML) and the ``tune`` command.
+* :mod:`cnn_ray.tune.replay`: a finished FIFO sweep's curves replayed through ASHA settings
+  (``jobs/replay_sweep.py``): predicted savings, and the bound with a perfect predictor.
 """
 
 from cnn_ray.tune.results import SweepResult, TrialSummary

@@ -342,24 +342,30 @@ class ResumableASHA(ASHAScheduler):
 
 
 def build_scheduler(plan: SweepPlan):
-    """The Tune scheduler of ``plan.scheduler`` (FIFO for ``fifo``).
+    """The Tune scheduler of ``plan.scheduler`` (FIFO for ``fifo``); ASHA keeps its rung
+    records beside the experiment (local storage)."""
+    return scheduler_from(plan.scheduler,
+                          state_path=f"{plan.exp_dir}/{ASHA_STATE}" if plan.local else None)
 
-    Built without ``metric``/``mode``: ``TuneConfig`` passes them (Tune refuses both).
-    """
+
+def scheduler_from(s: SchedulerSettings, *, time_attr: Optional[str] = None,
+                   state_path: Optional[str] = None):
+    """A Tune scheduler from settings (``time_attr`` overrides ``s.time_attr``). Built without
+    ``metric``/``mode``: ``TuneConfig`` passes them (Tune refuses both); a replay calls
+    ``set_search_properties``. ``max_t`` must be set for ``asha``/``hyperband``."""
     from ray.tune.schedulers import FIFOScheduler, HyperBandScheduler, MedianStoppingRule
 
-    s = plan.scheduler
+    attr = time_attr or s.time_attr
     if s.kind == "fifo":
         return FIFOScheduler()
     if s.kind == "asha":
-        return ResumableASHA(time_attr=s.time_attr, max_t=s.max_t, grace_period=s.grace_period,
+        return ResumableASHA(time_attr=attr, max_t=s.max_t, grace_period=s.grace_period,
                              reduction_factor=s.reduction_factor, brackets=s.brackets,
-                             state_path=f"{plan.exp_dir}/{ASHA_STATE}" if plan.local else None)
+                             state_path=state_path)
     if s.kind == "median":
-        return MedianStoppingRule(time_attr=s.time_attr, grace_period=s.grace_period,
+        return MedianStoppingRule(time_attr=attr, grace_period=s.grace_period,
                                   min_samples_required=s.min_samples_required)
-    return HyperBandScheduler(time_attr=s.time_attr, max_t=s.max_t,
-                              reduction_factor=s.reduction_factor)
+    return HyperBandScheduler(time_attr=attr, max_t=s.max_t, reduction_factor=s.reduction_factor)
 
 
 def build_search_alg(plan: SweepPlan, concurrency: int):
