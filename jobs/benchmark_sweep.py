@@ -127,7 +127,42 @@ def sweep_figures(result, elapsed: float) -> dict:
         "startup_seconds": startups,
         "concurrency": result.concurrency,
         "path": result.path,
+        "startup_phases": startup_phases(result.path),
     }
+
+
+PHASES = (("trial_function", "trainer_built"), ("controller_to_worker_process", "process_started"),
+          ("ray_train_worker_setup", "import_started"), ("worker_imports", "entered"),
+          ("model_optimizer_checkpoint", "time"))
+
+
+def startup_phases(sweep_dir: str) -> dict:
+    """Median seconds of each start-up phase over a sweep's trials, from the trial-start log
+    (trial function start, trainer built) and each Train run's first ``events.jsonl`` line
+    (worker process created, worker module imports begin, training function entered, ready):
+    trial function -> trainer built -> worker process -> Ray Train worker set up (torch, process
+    group) -> our imports -> model, optimiser and checkpoint -> first epoch's loop."""
+    from cnn_ray.tune.sweep import TRAIN_RUNS, TRIAL_STARTS
+
+    starts: dict[str, dict] = {}
+    path = Path(sweep_dir) / TRIAL_STARTS
+    if not path.exists():
+        return {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        starts.setdefault(rec["trial_id"], {}).setdefault(rec["event"], rec["time"])
+    phases: dict[str, list[float]] = {name: [] for name, _ in PHASES}
+    for tid, marks in starts.items():
+        events = Path(sweep_dir) / TRAIN_RUNS / tid / "events.jsonl"
+        if "start" not in marks or "trainer_built" not in marks or not events.exists():
+            continue
+        first = json.loads(events.read_text().splitlines()[0])
+        times = [marks["start"], marks["trainer_built"]] + [first.get(k) for _, k in PHASES[1:]]
+        if any(t is None for t in times):
+            continue
+        for (name, _), a, b in zip(PHASES, times, times[1:]):
+            phases[name].append(b - a)
+    return {name: round(statistics.median(v), 2) for name, v in phases.items() if v}
 
 
 def _probe_fn(config: dict) -> None:
@@ -236,6 +271,7 @@ def main(argv=None) -> int:
           f" s, max {startup_max} s (target <= 5 s: "
           f"{'met' if startup_max <= 5.0 else 'NOT met'}); {figures['hardware']['cpu']}, "
           f"{figures['hardware']['cores']} cores, load {figures['hardware']['load_avg_1m']:.1f}")
+    print(f"start-up phases, median s (ASHA): {asha['startup_phases']}")
     rp = figures["replay"]
     print(f"replay of the FIFO curves through the same ASHA (jobs/replay_sweep.py): ratio "
           f"{rp['ratio']}, {rp['epochs']} epochs; with a perfect predictor (oracle) ratio "

@@ -159,15 +159,18 @@ def test_bad_inputs_skip_and_odd_modes(ray_session, odd_folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_training_over_bad_inputs_counts_and_lists_them(ray_session, odd_folder, tmp_path):
+@pytest.mark.parametrize("data", [{"cache": "memory"}, {"use_raw": True, "data_cpus": 0.5}],
+                         ids=["prepared", "use_raw"])
+def test_training_over_bad_inputs_counts_and_lists_them(ray_session, odd_folder, tmp_path, data):
     """Bad files never reach (or stop) training: the run finishes, every epoch's metrics count
-    the left-out records, and the run directory lists them with their reasons."""
+    the left-out records, and the run directory lists them with their reasons - also when
+    training decodes the raw files every epoch (each file listed once, not once per epoch)."""
     from cnn_ray.config import TrainConfig
     from cnn_ray.train.launch import run_training
 
     cfg = TrainConfig.from_dict({
-        "data": {"train": str(odd_folder), "val_fraction": 0.2, "shard_size": 8, "cache": "memory",
-                 "prepared_dir": str(tmp_path / "prepared")},
+        "data": {"train": str(odd_folder), "val_fraction": 0.2, "shard_size": 8,
+                 "prepared_dir": str(tmp_path / "prepared"), **data},
         "model": {"name": "simple_cnn"}, "optim": {"batch_size": 4, "epochs": 2},
         "precision": {"dtype": "fp32"}, "scaling": {"num_workers": 1, "cpus_per_worker": 1},
         "run": {"name": "dirty", "storage_path": str(tmp_path / "runs")},
@@ -177,6 +180,7 @@ def test_training_over_bad_inputs_counts_and_lists_them(ray_session, odd_folder,
     listed = [json.loads(line) for line in open(tmp_path / "runs" / "dirty" / "bad_inputs.jsonl")]
     assert sorted(os.path.basename(b["path"]) for b in listed) == ["empty.jpg", "text.jpg",
                                                                   "truncated.jpg"]
+    assert all(b["reason"] and b["split"] in ("train", "val") for b in listed)
 
 
 def test_bad_inputs_fail_names_file(ray_session, odd_folder, tmp_path):

@@ -104,11 +104,34 @@ def build_eval_dataset(files: list[str], data: DataConfig, *, image_shape: tuple
 
 
 class _RawBatches:
-    """``map_batches`` function after raw decoding: drop bad rows, then augment (train only)."""
+    """``map_batches`` function after raw decoding: drop bad rows, then augment (train only).
 
-    def __init__(self, cfg: AugmentConfig, *, image_shape, seed: int, train: bool, policy: str):
+    With ``bad_dir`` (a local folder), every skipped file is also recorded there as one
+    ``<sha1 of path>.json`` (``{"path", "reason", "split"}``), written atomically, so a file that
+    fails in every epoch is listed once; the training worker merges them into the run's
+    ``bad_inputs.jsonl`` (:func:`merge_raw_bad_inputs`)."""
+
+    def __init__(self, cfg: AugmentConfig, *, image_shape, seed: int, train: bool, policy: str,
+                 bad_dir: Optional[str] = None, split: str = "train"):
         self.inner = AugmentBatches(cfg, image_shape=image_shape, seed=seed, train=train)
         self.policy = policy
+        self.bad_dir, self.split = bad_dir, split
+
+    def _record(self, batch: pa.Table) -> None:
+        import hashlib
+        import json
+        import os
+
+        os.makedirs(self.bad_dir, exist_ok=True)
+        for path, reason in zip(batch.column("path").to_pylist(), batch.column("reason").to_pylist()):
+            if reason is None:
+                continue
+            name = hashlib.sha1(str(path).encode()).hexdigest()[:20]
+            target = os.path.join(self.bad_dir, f"{name}.json")
+            tmp = f"{target}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump({"path": path, "reason": reason, "split": self.split}, f)
+            os.replace(tmp, target)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         from cnn_ray.data.decode import BadInputError
@@ -118,6 +141,8 @@ class _RawBatches:
             if self.policy == "fail":
                 i = next(i for i, r in enumerate(reason.to_pylist()) if r is not None)
                 raise BadInputError(batch.column("path")[i].as_py(), reason[i].as_py())
+            if self.bad_dir:
+                self._record(batch)
             batch = batch.filter(reason.is_null())
         table = pa.table({"image": batch.column("image"), "label": batch.column("label"),
                           "idx": batch.column("rid")})
@@ -125,12 +150,14 @@ class _RawBatches:
 
 
 def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig] = None, *,
-                      seed: int = 0, train: bool = False, rows_per_block: int = 256) -> Dataset:
+                      seed: int = 0, train: bool = False, rows_per_block: int = 256,
+                      bad_dir: Optional[str] = None) -> Dataset:
     """Decode a raw folder/manifest/Parquet :class:`~cnn_ray.data.sources.Source` every pass.
 
     The ``data.use_raw`` path and ``jobs/evaluate.py --data``: no prepare step, decoding
     (``cnn_ray.data.decode``) runs in Ray Data tasks on every epoch. Bad files follow
-    ``data.bad_input`` (``skip`` drops them, ``fail`` raises ``BadInputError`` naming the file).
+    ``data.bad_input`` (``skip`` drops them, and with ``bad_dir`` lists each once there, see
+    :class:`_RawBatches`; ``fail`` raises ``BadInputError`` naming the file).
     Output rows as :func:`build_train_dataset` / :func:`build_eval_dataset`.
     """
     from cnn_ray.data.prepare import decode_block, parquet_work_items
@@ -153,7 +180,7 @@ def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig]
     shape = (data.image_size, data.image_size, data.channels)
     return ds.map_batches(
         _RawBatches(augment or AugmentConfig(), image_shape=shape, seed=seed, train=train,
-                    policy=data.bad_input),
+                    policy=data.bad_input, bad_dir=bad_dir, split="train" if train else "val"),
         batch_format="pyarrow", batch_size=None, num_cpus=data.data_cpus, zero_copy_batch=True,
     )
 
@@ -204,3 +231,40 @@ class RawData:
             raise ValueError(f"{data.train}: no readable training image in a sample of {len(pick)}")
         self.mean, self.std = (list(v) for v in finalize_stats(*sums))
         self.bad_count = len(train.problems) + len(val.problems)
+        # found while listing (missing files, unknown labels); unreadable files are found while
+        # decoding, each epoch, and listed by _RawBatches
+        self.problems = ([dict(p, split="train") for p in train.problems]
+                         + [dict(p, split="val") for p in val.problems])
+
+
+RAW_BAD_DIR = "bad_inputs_raw"  # <run dir>/bad_inputs_raw/: files skipped while decoding raw data
+
+
+def merge_raw_bad_inputs(run_dir: str) -> int:
+    """Merge the files :class:`_RawBatches` recorded under ``<run_dir>/bad_inputs_raw`` into
+    ``<run_dir>/bad_inputs.jsonl`` (one ``{"path", "reason", "split"}`` per line, each path once,
+    rewritten atomically). Returns the number of lines in ``bad_inputs.jsonl`` afterwards."""
+    import json
+    import os
+    from pathlib import Path
+
+    listing = Path(run_dir) / "bad_inputs.jsonl"
+    lines = [json.loads(x) for x in listing.read_text().splitlines() if x.strip()] \
+        if listing.exists() else []
+    seen = {(r.get("path"), r.get("split")) for r in lines}
+    raw = Path(run_dir) / RAW_BAD_DIR
+    added = False
+    for f in sorted(raw.glob("*.json")) if raw.is_dir() else []:
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced right now: the next merge picks it up
+        if (rec.get("path"), rec.get("split")) not in seen:
+            seen.add((rec.get("path"), rec.get("split")))
+            lines.append(rec)
+            added = True
+    if added:
+        tmp = listing.with_name(f"{listing.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        os.replace(tmp, listing)
+    return len(lines)

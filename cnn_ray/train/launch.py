@@ -22,7 +22,7 @@ from ray.train import DataConfig
 from ray.train.torch import TorchTrainer
 
 from cnn_ray.config import ConfigError, TrainConfig
-from cnn_ray.data.pipeline import (RawData, build_eval_dataset, build_raw_dataset,
+from cnn_ray.data.pipeline import (RAW_BAD_DIR, RawData, build_eval_dataset, build_raw_dataset,
                                    build_train_dataset)
 from cnn_ray.train.worker import train_loop_per_worker
 
@@ -132,7 +132,11 @@ def write_run_files(cfg: TrainConfig, directory: str, prepared) -> None:
         {"class_names": list(prepared.class_names),
          "class_to_idx": {c: i for i, c in enumerate(prepared.class_names)}}, indent=2))
     bad = Path(prepared.root) / "bad_inputs.jsonl"
-    if not isinstance(prepared, RawData) and bad.exists():
+    if isinstance(prepared, RawData):  # found while listing; decoding adds more (worker merges)
+        if prepared.problems:
+            _atomic_write(d / "bad_inputs.jsonl",
+                          "".join(json.dumps(p) + "\n" for p in prepared.problems))
+    elif bad.exists():
         _atomic_write(d / "bad_inputs.jsonl", bad.read_text())
 
 
@@ -142,15 +146,17 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build_datasets(cfg: TrainConfig, prepared) -> dict[str, ray.data.Dataset]:
-    """``{"train", "val"}`` Ray Datasets over prepared shards, or raw files (``RawData``).
+def build_datasets(cfg: TrainConfig, prepared,
+                   bad_dir: Optional[str] = None) -> dict[str, ray.data.Dataset]:
+    """``{"train", "val"}`` Ray Datasets over prepared shards, or raw files (``RawData``; files
+    that fail to decode are recorded under ``bad_dir`` when given).
 
     (``data.cache: memory`` uses :func:`put_in_memory` instead.)
     """
     if isinstance(prepared, RawData):
         train = build_raw_dataset(prepared.train_source, cfg.data, cfg.augment, seed=cfg.run.seed,
-                                  train=True)
-        val = build_raw_dataset(prepared.val_source, cfg.data, train=False)
+                                  train=True, bad_dir=bad_dir)
+        val = build_raw_dataset(prepared.val_source, cfg.data, train=False, bad_dir=bad_dir)
     else:
         train = build_train_dataset(prepared.train_files, cfg.data, cfg.augment,
                                     image_shape=prepared.image_shape, seed=cfg.run.seed)
@@ -210,6 +216,7 @@ def build_trainer(
         "std": list(prepared.std), "num_train": int(prepared.num_train),
         "num_val": int(prepared.num_val), "image_shape": list(prepared.image_shape),
         "bad_inputs": int(getattr(prepared, "bad_count", 0) or 0),
+        "raw": isinstance(prepared, RawData),
     }
     directory = run_dir(cfg, name)
     loop_config: dict[str, Any] = {
@@ -222,7 +229,8 @@ def build_trainer(
         loop_config["memory"] = memory or put_in_memory(cfg, prepared)
         datasets, dataset_config = None, None
     else:
-        datasets, dataset_config = build_datasets(cfg, prepared), SplitValDataConfig()
+        bad_dir = None if "://" in directory else f"{directory}/{RAW_BAD_DIR}"
+        datasets, dataset_config = build_datasets(cfg, prepared, bad_dir), SplitValDataConfig()
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1

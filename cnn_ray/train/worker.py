@@ -8,13 +8,16 @@ rank 0), and stop early when asked. The numeric work lives in :mod:`cnn_ray.trai
 
 from __future__ import annotations
 
+import time
+
+IMPORT_STARTED = time.time()  # start-up breakdown in events.jsonl: this module's imports begin
+
 import json
 import os
 import resource
 import shutil
 import signal
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -47,6 +50,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     prepared arrays; no Ray Datasets then) and ``fault_injection`` (tests: kill this worker
     process once).
     """
+    entered = time.time()
     cfg = TrainConfig.from_dict(loop_config["config"], source="train_loop_config", check_paths=False)
     meta = loop_config["data_meta"]
     ctx = ray.train.get_context()
@@ -101,7 +105,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if run_dir:  # one line per worker per (re)start of the group: where it ran, what a fault cost
         _append_jsonl(Path(run_dir) / "events.jsonl",
                       {"event": "start", "rank": rank, "resumed_from_epoch": start_epoch,
-                       "world_size": world, "node_id": ray.get_runtime_context().get_node_id()})
+                       "world_size": world, "node_id": ray.get_runtime_context().get_node_id(),
+                       # start-up breakdown (unix times): the worker process was created, this
+                       # module's imports began, the function was entered (model, optimiser,
+                       # checkpoint follow until "time")
+                       "process_started": _process_started(), "import_started": IMPORT_STARTED,
+                       "entered": entered})
     if loop_config.get("memory") is not None:  # data.cache: memory
         cached = _from_object_store(loop_config["memory"], rank, world, log)
         train_shard = val_shard = None
@@ -139,6 +148,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = _epoch_metrics(epoch, train_stats, val_stats, num_classes, optimizer, world)
         metrics["bad_inputs"] = int(meta.get("bad_inputs", 0))  # records left out (listed in
         # bad_inputs.jsonl of the prepared dir and the run dir)
+        if meta.get("raw") and run_dir and rank == 0:  # data.use_raw: files that failed to decode
+            from cnn_ray.data.pipeline import merge_raw_bad_inputs
+            metrics["bad_inputs"] = merge_raw_bad_inputs(run_dir)
         if not per_step:
             scheduler.step(metrics["val_loss"])
         improved = best is None or metrics["val_top1"] > best
@@ -218,6 +230,16 @@ def _format_metrics(m: dict) -> str:
     parts.append(f"data_wait {100 * m['data_wait_share']:.1f}%")
     parts.append(f"{m['epoch_seconds']:.1f}s")
     return " | ".join(parts)
+
+
+def _process_started() -> Optional[float]:
+    """This process's creation time (unix seconds, psutil; a Ray dependency), or None."""
+    try:
+        import psutil
+
+        return psutil.Process(os.getpid()).create_time()
+    except Exception:  # noqa: BLE001 (diagnostics only)
+        return None
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
