@@ -260,6 +260,18 @@ class TrainConfig(_Strict):
                 "precision.dtype=fp16 needs scaling.use_gpu=true (fp16 autocast + GradScaler is a "
                 "CUDA path); on CPU use bf16"
             )
+        if self.data.prepared_dir and "://" in self.data.prepared_dir:
+            raise ValueError(
+                f"data.prepared_dir={self.data.prepared_dir!r}: the prepare step writes shards "
+                "with local file I/O; expected a local path or a shared mount every node reads"
+            )
+        if "://" in self.run.storage_path and not self.data.prepared_dir and not self.data.use_raw:
+            raise ValueError(
+                f"run.storage_path={self.run.storage_path!r} is a storage URI and data.prepared_dir "
+                "is unset (its default lives under run.storage_path): set data.prepared_dir to a "
+                "local path or a shared mount every node reads (checkpoints, metrics and the run "
+                "files still go to the URI), or data.use_raw=true"
+            )
         if self.data.cache == "memory" and self.data.use_raw:
             raise ValueError(
                 "data.cache=memory keeps the prepared shards in memory; it needs "

@@ -120,3 +120,30 @@ def test_shipped_recipes_parse():
             continue
         cfg = load_train_config(str(path), check_paths=False)
         assert cfg.optim.epochs >= 1
+
+
+def test_storage_uri_needs_a_local_prepared_dir(tmp_path):
+    """Prepared shards are written with local file I/O: with run.storage_path a URI their
+    default place (under it) would be a local folder literally named 's3:'."""
+    with pytest.raises(ConfigError, match="run.storage_path='s3://b/runs' .* data.prepared_dir"):
+        TrainConfig.from_dict(_raw(tmp_path, run={"storage_path": "s3://b/runs"}))
+    with pytest.raises(ConfigError, match="data.prepared_dir='s3://b/prep'"):
+        TrainConfig.from_dict(_raw(tmp_path, data={"train": str(tmp_path),
+                                                   "prepared_dir": "s3://b/prep"}))
+    ok = TrainConfig.from_dict(_raw(tmp_path, run={"storage_path": "s3://b/runs"},
+                                    data={"train": str(tmp_path), "prepared_dir": str(tmp_path)}))
+    assert ok.run.storage_path == "s3://b/runs"
+
+
+def test_run_files_on_a_storage_uri(tmp_path):
+    from cnn_ray.train.runfiles import append_jsonl, read_text, write_text
+
+    for directory in (f"file://{tmp_path}/uri/run", str(tmp_path / "local" / "run")):
+        assert read_text(directory, "metrics.jsonl") is None
+        write_text(directory, "config.yaml", "a: 1\n")
+        append_jsonl(directory, "metrics.jsonl", {"epoch": 1})
+        append_jsonl(directory, "metrics.jsonl", {"epoch": 2})
+        assert read_text(directory, "config.yaml") == "a: 1\n"
+        assert read_text(directory, "metrics.jsonl") == '{"epoch": 1}\n{"epoch": 2}\n'
+    assert (tmp_path / "uri" / "run" / "metrics.jsonl").exists()
+    assert not list((tmp_path / "local" / "run").glob("*.tmp-*"))  # atomic writes cleaned up

@@ -88,6 +88,29 @@ def test_memory_cache_two_workers_and_killed_worker(ray_session, cifar_ddp, tmp_
     assert sorted(e["rank"] for e in events) == [0, 0, 1, 1]  # both workers, twice
     starts = [e["resumed_from_epoch"] for e in events if e["rank"] == 0]
     assert starts == [0, 1]  # one restart, from the epoch-1 checkpoint
+    # start-up breakdown, in order: process created, imports begin, function entered, ready
+    assert all(e["process_started"] <= e["import_started"] <= e["entered"] <= e["time"]
+               for e in events)
+
+
+def test_storage_uri_gets_run_files_metrics_and_resume(ray_session, cifar_small, tmp_path):
+    """run.storage_path as a URI (file:// here; s3:// and gs:// take the same pyarrow path):
+    Ray Train's checkpoints and our run files, metrics and events all land under it, and a
+    re-submitted run resumes and extends metrics.jsonl (rewritten whole: object stores have no
+    append)."""
+    uri = f"file://{tmp_path / 'bucket'}"
+    over = dict(run__name="remote", run__storage_path=uri, data__cache="memory",
+                data__prepared_dir=str(tmp_path / "prepared"), scaling__num_workers=1,
+                optim__epochs=1)
+    result = run_training(_cfg(cifar_small, tmp_path, **over))
+    assert result.metrics["epoch"] == 1
+    run_dir = tmp_path / "bucket" / "remote"
+    assert (run_dir / "config.yaml").exists() and (run_dir / "class_names.json").exists()
+    result = run_training(_cfg(cifar_small, tmp_path, **dict(over, optim__epochs=2)))
+    assert result.metrics["epoch"] == 2
+    assert [m["epoch"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    assert [e["resumed_from_epoch"] for e in read_jsonl(run_dir / "events.jsonl")] == [0, 1]
+    assert any(p.name.startswith("checkpoint_") for p in run_dir.iterdir())
 
 
 def test_cluster_fit_check_counts_data_cpus_only_when_streaming(ray_session, cifar_small, tmp_path):

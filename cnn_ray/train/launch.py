@@ -24,6 +24,7 @@ from ray.train.torch import TorchTrainer
 from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.data.pipeline import (RAW_BAD_DIR, RawData, build_eval_dataset, build_raw_dataset,
                                    build_train_dataset)
+from cnn_ray.train.runfiles import is_uri, write_text
 from cnn_ray.train.worker import train_loop_per_worker
 
 
@@ -122,28 +123,19 @@ def prepare_data(cfg: TrainConfig, *, force: bool = False, progress: bool = True
 
 
 def write_run_files(cfg: TrainConfig, directory: str, prepared) -> None:
-    """Save the resolved config, the class mapping and the bad-input list in the run dir."""
-    if "://" in directory:
-        return
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    _atomic_write(d / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    _atomic_write(d / "class_names.json", json.dumps(
+    """Save the resolved config, the class mapping and the bad-input list in the run dir (a
+    local path or a storage URI, see :mod:`cnn_ray.train.runfiles`)."""
+    write_text(directory, "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_text(directory, "class_names.json", json.dumps(
         {"class_names": list(prepared.class_names),
          "class_to_idx": {c: i for i, c in enumerate(prepared.class_names)}}, indent=2))
     bad = Path(prepared.root) / "bad_inputs.jsonl"
     if isinstance(prepared, RawData):  # found while listing; decoding adds more (worker merges)
         if prepared.problems:
-            _atomic_write(d / "bad_inputs.jsonl",
-                          "".join(json.dumps(p) + "\n" for p in prepared.problems))
+            write_text(directory, "bad_inputs.jsonl",
+                       "".join(json.dumps(p) + "\n" for p in prepared.problems))
     elif bad.exists():
-        _atomic_write(d / "bad_inputs.jsonl", bad.read_text())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        write_text(directory, "bad_inputs.jsonl", bad.read_text())
 
 
 def build_datasets(cfg: TrainConfig, prepared,
@@ -221,7 +213,7 @@ def build_trainer(
     directory = run_dir(cfg, name)
     loop_config: dict[str, Any] = {
         "config": cfg.to_dict(), "data_meta": meta,
-        "run_dir": None if "://" in directory else directory,
+        "run_dir": directory,
     }
     if fault_injection:
         loop_config["fault_injection"] = fault_injection
@@ -229,7 +221,7 @@ def build_trainer(
         loop_config["memory"] = memory or put_in_memory(cfg, prepared)
         datasets, dataset_config = None, None
     else:
-        bad_dir = None if "://" in directory else f"{directory}/{RAW_BAD_DIR}"
+        bad_dir = None if is_uri(directory) else f"{directory}/{RAW_BAD_DIR}"
         datasets, dataset_config = build_datasets(cfg, prepared, bad_dir), SplitValDataConfig()
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:

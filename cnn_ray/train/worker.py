@@ -12,7 +12,6 @@ import time
 
 IMPORT_STARTED = time.time()  # start-up breakdown in events.jsonl: this module's imports begin
 
-import json
 import os
 import resource
 import shutil
@@ -36,6 +35,7 @@ from cnn_ray.train.loop import (
     evaluate,
     train_one_epoch,
 )
+from cnn_ray.train.runfiles import append_jsonl, is_uri
 from cnn_ray.train.optim import (build_optimizer, build_scheduler, schedule_total_steps,
                                  steps_per_epoch, stretch_schedule)
 from cnn_ray.train.techniques import apply_channels_last, make_grad_scaler, resolve_precision
@@ -45,8 +45,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point for ``TorchTrainer(train_loop_per_worker=...)``.
 
     ``loop_config`` keys: ``config`` (``TrainConfig.to_dict()``), ``data_meta`` (class_names,
-    mean, std, num_train, num_val, image_shape), ``run_dir`` (local path for metrics files or
-    None), optional ``memory`` (``data.cache: memory``: ``{"train", "val"}`` object refs of the
+    mean, std, num_train, num_val, image_shape), ``run_dir`` (local path or storage URI for the
+    metrics and events files, or None), optional ``memory`` (``data.cache: memory``: ``{"train", "val"}`` object refs of the
     prepared arrays; no Ray Datasets then) and ``fault_injection`` (tests: kill this worker
     process once).
     """
@@ -102,8 +102,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     fault = loop_config.get("fault_injection")
     run_dir = loop_config.get("run_dir")
-    if run_dir:  # one line per worker per (re)start of the group: where it ran, what a fault cost
-        _append_jsonl(Path(run_dir) / "events.jsonl",
+    # one line per worker per (re)start of the group: where it ran, what a fault cost (on a
+    # storage URI only rank 0 writes: an object there is rewritten whole, ranks would race)
+    if run_dir and (rank == 0 or not is_uri(run_dir)):
+        _append_jsonl(run_dir, "events.jsonl",
                       {"event": "start", "rank": rank, "resumed_from_epoch": start_epoch,
                        "world_size": world, "node_id": ray.get_runtime_context().get_node_id(),
                        # start-up breakdown (unix times): the worker process was created, this
@@ -148,7 +150,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = _epoch_metrics(epoch, train_stats, val_stats, num_classes, optimizer, world)
         metrics["bad_inputs"] = int(meta.get("bad_inputs", 0))  # records left out (listed in
         # bad_inputs.jsonl of the prepared dir and the run dir)
-        if meta.get("raw") and run_dir and rank == 0:  # data.use_raw: files that failed to decode
+        if meta.get("raw") and run_dir and not is_uri(run_dir) and rank == 0:  # data.use_raw: files that failed to decode
             from cnn_ray.data.pipeline import merge_raw_bad_inputs
             metrics["bad_inputs"] = merge_raw_bad_inputs(run_dir)
         if not per_step:
@@ -163,7 +165,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             log(_format_metrics(metrics))
             if run_dir:
-                _append_jsonl(Path(run_dir) / "metrics.jsonl", metrics)
+                _append_jsonl(run_dir, "metrics.jsonl", metrics)
         _report(cfg, metrics, rank, save=(epoch + 1) % cfg.run.checkpoint_every == 0 or last,
                 model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, best=best,
                 meta=meta)
@@ -219,6 +221,23 @@ def _report(cfg: TrainConfig, metrics: dict, rank: int, *, save: bool, model, op
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+    _wait_until_committed(rank)
+
+
+def _wait_until_committed(rank: int, timeout_s: float = 300.0) -> None:
+    """Block every rank until the Train controller has committed the checkpoint just reported
+    (``ray.train.get_all_reported_checkpoints(COMMITTED)``). The controller registers reports
+    when it next polls the workers; without this barrier a worker killed within that interval
+    after a report takes the checkpoint's registration with it, and the restarted group
+    resumes one epoch earlier (seen in the killed-worker tests). A timeout or error is logged
+    and training goes on: the checkpoint is on storage either way."""
+    try:
+        ray.train.get_all_reported_checkpoints(
+            consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=timeout_s)
+    except Exception as exc:  # noqa: BLE001 (a barrier, not a correctness requirement)
+        if rank == 0:
+            print(f"[cnn_ray] checkpoint commit not confirmed ({type(exc).__name__}: {exc}); "
+                  "continuing", flush=True)
 
 
 def _format_metrics(m: dict) -> str:
@@ -242,10 +261,8 @@ def _process_started() -> Optional[float]:
         return None
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps({"time": time.time(), **record}) + "\n")
+def _append_jsonl(run_dir: str, name: str, record: dict) -> None:
+    append_jsonl(run_dir, name, {"time": time.time(), **record})
 
 
 def _rank0_logger(rank: int):
