@@ -8,6 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The Train controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s);
+# each checkpoint waits for the next poll to be committed (worker._wait_until_committed) and
+# every run's end is noticed at a poll. Tiny test epochs make that wait a large share of the
+# suite, so tests poll 4x as often (Train propagates the variable to its controller).
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
 from cnn_ray.datasets import default_archive, default_cache_dir, extract_cifar10, make_subset
 
 
