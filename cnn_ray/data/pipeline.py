@@ -120,18 +120,14 @@ class _RawBatches:
     def _record(self, batch: pa.Table) -> None:
         import hashlib
         import json
-        import os
 
-        os.makedirs(self.bad_dir, exist_ok=True)
+        from cnn_ray.train.runfiles import write_text
+
         for path, reason in zip(batch.column("path").to_pylist(), batch.column("reason").to_pylist()):
-            if reason is None:
-                continue
-            name = hashlib.sha1(str(path).encode()).hexdigest()[:20]
-            target = os.path.join(self.bad_dir, f"{name}.json")
-            tmp = f"{target}.tmp-{os.getpid()}"
-            with open(tmp, "w") as f:
-                json.dump({"path": path, "reason": reason, "split": self.split}, f)
-            os.replace(tmp, target)
+            if reason is not None:
+                name = hashlib.sha1(str(path).encode()).hexdigest()[:20]
+                write_text(self.bad_dir, f"{name}.json",
+                           json.dumps({"path": path, "reason": reason, "split": self.split}))
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         from cnn_ray.data.decode import BadInputError
@@ -245,12 +241,12 @@ def merge_raw_bad_inputs(run_dir: str) -> int:
     ``<run_dir>/bad_inputs.jsonl`` (one ``{"path", "reason", "split"}`` per line, each path once,
     rewritten atomically). Returns the number of lines in ``bad_inputs.jsonl`` afterwards."""
     import json
-    import os
     from pathlib import Path
 
-    listing = Path(run_dir) / "bad_inputs.jsonl"
-    lines = [json.loads(x) for x in listing.read_text().splitlines() if x.strip()] \
-        if listing.exists() else []
+    from cnn_ray.train.runfiles import read_text, write_text
+
+    text = read_text(run_dir, "bad_inputs.jsonl") or ""
+    lines = [json.loads(x) for x in text.splitlines() if x.strip()]
     seen = {(r.get("path"), r.get("split")) for r in lines}
     raw = Path(run_dir) / RAW_BAD_DIR
     added = False
@@ -264,7 +260,5 @@ def merge_raw_bad_inputs(run_dir: str) -> int:
             lines.append(rec)
             added = True
     if added:
-        tmp = listing.with_name(f"{listing.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in lines))
-        os.replace(tmp, listing)
+        write_text(run_dir, "bad_inputs.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
     return len(lines)

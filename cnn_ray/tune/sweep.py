@@ -279,9 +279,9 @@ def trial_dirname(trial) -> str:
 
 
 def _append_jsonl(path: str, record: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    from cnn_ray.train.runfiles import append_jsonl
+
+    append_jsonl(os.path.dirname(path), os.path.basename(path), record)
 
 
 # ------------------------------------------------------------------------------ Tune objects
