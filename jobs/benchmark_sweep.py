@@ -142,22 +142,18 @@ def startup_phases(sweep_dir: str) -> dict:
     (worker process created, worker module imports begin, training function entered, ready):
     trial function -> trainer built -> worker process -> Ray Train worker set up (torch, process
     group) -> our imports -> model, optimiser and checkpoint -> first epoch's loop."""
+    from cnn_ray.tune.results import read_trial_starts
     from cnn_ray.tune.sweep import TRAIN_RUNS, TRIAL_STARTS
 
-    starts: dict[str, dict] = {}
     path = Path(sweep_dir) / TRIAL_STARTS
-    if not path.exists():
-        return {}
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        starts.setdefault(rec["trial_id"], {}).setdefault(rec["event"], rec["time"])
+    starts, built = read_trial_starts(path), read_trial_starts(path, "trainer_built")
     phases: dict[str, list[float]] = {name: [] for name, _ in PHASES}
-    for tid, marks in starts.items():
+    for tid in starts:
         events = Path(sweep_dir) / TRAIN_RUNS / tid / "events.jsonl"
-        if "start" not in marks or "trainer_built" not in marks or not events.exists():
+        if tid not in built or not events.exists():
             continue
         first = json.loads(events.read_text().splitlines()[0])
-        times = [marks["start"], marks["trainer_built"]] + [first.get(k) for _, k in PHASES[1:]]
+        times = [starts[tid][0], built[tid][0]] + [first.get(k) for _, k in PHASES[1:]]
         if any(t is None for t in times):
             continue
         for (name, _), a, b in zip(PHASES, times, times[1:]):

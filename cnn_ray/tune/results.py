@@ -122,7 +122,7 @@ def summarize_sweep(plan, grid, *, wall_seconds: float, output_dir: Optional[str
     """Turn a Tune ``ResultGrid`` into a :class:`SweepResult`, write the files, print the table."""
     out_dir = Path(output_dir or (plan.exp_dir if plan.local else f"sweep_results/{plan.name}"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    starts = _read_starts(Path(plan.exp_dir) / "trial_starts.jsonl") if plan.local else {}
+    starts = read_trial_starts(Path(plan.exp_dir) / "trial_starts.jsonl") if plan.local else {}
     trials = [summarize_trial(plan, r, starts, set(unfinished or [])) for r in grid]
     trials.sort(key=lambda t: t.trial_id)
     best = pick_best(trials, plan.settings.mode)
@@ -224,13 +224,15 @@ def _kept_checkpoint(plan, trial_id: str, preferred: list[dict], rows: list[dict
     return str(found[-1]) if found else None
 
 
-def _read_starts(path: Path) -> dict[str, list[float]]:
+def read_trial_starts(path: Path, event: str = "start") -> dict[str, list[float]]:
+    """``trial_starts.jsonl``: trial id -> unix times of its ``event`` lines (``start``: each
+    start of the trial function; ``trainer_built``: its trainer was built), in file order."""
     out: dict[str, list[float]] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 rec = json.loads(line)
-                if rec.get("event", "start") == "start":
+                if rec.get("event", "start") == event:
                     out.setdefault(rec["trial_id"], []).append(float(rec["time"]))
     return out
 
