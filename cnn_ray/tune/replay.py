@@ -141,17 +141,15 @@ def replay(records: Sequence[TrialRecord], scheduler, *, mode: str = "max", conc
     sched.set_search_properties(metric_name, mode)
     sign = 1.0 if mode == "max" else -1.0
 
-    queue = list(records)
+    queue = list(range(len(records)))  # record indices, in start order
     running: list[tuple[float, int, int]] = []  # (time the epoch ends, record index, epoch)
-    index = {id(r): i for i, r in enumerate(records)}
-    trials = {i: SimpleNamespace(trial_id=r.trial_id) for i, r in enumerate(records)}
+    trials = [SimpleNamespace(trial_id=r.trial_id) for r in records]
     stopped_at: dict[str, int] = {}
     epochs, best, best_trial, now = 0, None, "", 0.0
 
-    def start(rec: TrialRecord, at: float) -> None:
-        i = index[id(rec)]
+    def start(i: int, at: float) -> None:
         sched.on_trial_add(None, trials[i])
-        heapq.heappush(running, (at + rec.seconds[0], i, 1))
+        heapq.heappush(running, (at + records[i].seconds[0], i, 1))
 
     for _ in range(min(concurrency, len(queue))):
         start(queue.pop(0), 0.0)
