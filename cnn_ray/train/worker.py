@@ -35,9 +35,9 @@ from cnn_ray.train.loop import (
     evaluate,
     train_one_epoch,
 )
-from cnn_ray.train.runfiles import append_jsonl, is_uri
 from cnn_ray.train.optim import (build_optimizer, build_scheduler, schedule_total_steps,
                                  steps_per_epoch, stretch_schedule)
+from cnn_ray.train.runfiles import append_jsonl, is_uri
 from cnn_ray.train.techniques import apply_channels_last, make_grad_scaler, resolve_precision
 
 
@@ -45,10 +45,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point for ``TorchTrainer(train_loop_per_worker=...)``.
 
     ``loop_config`` keys: ``config`` (``TrainConfig.to_dict()``), ``data_meta`` (class_names,
-    mean, std, num_train, num_val, image_shape), ``run_dir`` (local path or storage URI for the
-    metrics and events files, or None), optional ``memory`` (``data.cache: memory``: ``{"train", "val"}`` object refs of the
-    prepared arrays; no Ray Datasets then) and ``fault_injection`` (tests: kill this worker
-    process once).
+    mean, std, num_train, num_val, image_shape, bad_inputs, raw), ``run_dir`` (local path or
+    storage URI for the metrics and events files, or None), optional ``memory``
+    (``data.cache: memory``: ``{"train", "val"}`` object refs of the prepared arrays; no Ray
+    Datasets then) and ``fault_injection`` (tests: kill this worker process once).
     """
     entered = time.time()
     cfg = TrainConfig.from_dict(loop_config["config"], source="train_loop_config", check_paths=False)
@@ -150,8 +150,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = _epoch_metrics(epoch, train_stats, val_stats, num_classes, optimizer, world)
         metrics["bad_inputs"] = int(meta.get("bad_inputs", 0))  # records left out (listed in
         # bad_inputs.jsonl of the prepared dir and the run dir)
-        if meta.get("raw") and run_dir and not is_uri(run_dir) and rank == 0:  # data.use_raw: files that failed to decode
-            from cnn_ray.data.pipeline import merge_raw_bad_inputs
+        if meta.get("raw") and run_dir and not is_uri(run_dir) and rank == 0:
+            from cnn_ray.data.pipeline import merge_raw_bad_inputs  # use_raw: decode failures
             metrics["bad_inputs"] = merge_raw_bad_inputs(run_dir)
         if not per_step:
             scheduler.step(metrics["val_loss"])
