@@ -1,0 +1,139 @@
+"""Every private Ray / torch API cnn_ray uses, in one place (STYLE.md rule 15).
+
+Each function wraps one private name and says why the public API does not suffice.
+``tests/test_compat.py`` checks that the installed Ray and torch still have each of them and
+fails naming the one that went missing; :func:`check` does the same at run time.
+The dependency range in ``pyproject.toml`` is the one these were checked against (ray 2.60).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+# ------------------------------------------------------------------------------ Ray Tune
+def asha_rungs(scheduler) -> list[list[tuple[float, dict]]]:
+    """ASHA's recorded rung values: per bracket, ``[(milestone, {trial_id: value}), ...]``.
+
+    Private: ``AsyncHyperBandScheduler._brackets`` and ``_Bracket._rungs``. Tune does not save
+    them with the experiment, so a restored sweep would forget every recorded rung value.
+    """
+    return [[(m, rec) for m, rec in b._rungs] for b in scheduler._brackets]
+
+
+def experiment_trials(result_grid) -> list:
+    """The trials of a ``ResultGrid`` (private ``ResultGrid._experiment_analysis``): the
+    fallback when the experiment state cannot be read back from storage."""
+    return getattr(getattr(result_grid, "_experiment_analysis", None), "trials", None) or []
+
+
+# ------------------------------------------------------------------------------ Ray core
+def placement_group_rows() -> tuple[list, int]:
+    """(GCS placement-group table rows, the REMOVED state value).
+
+    Private: ``ray._private.state`` and ``ray.core.generated.gcs_pb2``; the public
+    ``placement_group_table`` omits the creator actor, needed to find orphaned groups.
+    """
+    from ray._private.state import state as global_state
+    from ray.core.generated import gcs_pb2
+
+    rows = [gcs_pb2.PlacementGroupTableData.FromString(b)
+            for b in global_state._connect_and_get_accessor().get_placement_group_table()]
+    return rows, gcs_pb2.PlacementGroupTableData.REMOVED
+
+
+def session_dir() -> str:
+    """This Ray session's directory (private ``ray._private.worker._global_node``); used to
+    measure object spilling, which no public API reports."""
+    import ray._private.worker as rw
+
+    return rw._global_node.get_session_dir_path()
+
+
+# ------------------------------------------------------------------------------ Ray Data / Train
+def data_execution_index(ctx) -> int:
+    """How many times the ``DataContext``'s datasets have been executed (private
+    ``DataContext._execution_idx``, the counter behind
+    ``RandomSeedConfig(reseed_after_execution=True)``); 0 when absent."""
+    return int(getattr(ctx, "_execution_idx", 0))
+
+
+def resolve_execution_options(data_config, dataset_name: str):
+    """``ray.train.DataConfig``'s execution options for one dataset (private
+    ``DataConfig._resolve_execution_options``): a custom ``configure`` must apply them the way
+    Ray's own does."""
+    return data_config._resolve_execution_options(dataset_name)
+
+
+# ------------------------------------------------------------------------------ torch
+def set_scheduler_last_lr(scheduler) -> None:
+    """Refresh ``LRScheduler.get_last_lr()`` after the groups' lr was set by hand (private
+    ``LRScheduler._last_lr``; no public setter)."""
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+
+# ------------------------------------------------------------------------------ checks
+def _checks() -> dict[str, Callable[[], Any]]:
+    def asha():
+        from ray.tune.schedulers import ASHAScheduler
+
+        s = ASHAScheduler(time_attr="training_iteration", metric="m", mode="max", max_t=4)
+        asha_rungs(s)
+
+    def grid():
+        import inspect
+
+        from ray.tune import ResultGrid
+
+        assert "self._experiment_analysis" in inspect.getsource(ResultGrid.__init__), \
+            "ResultGrid._experiment_analysis"
+
+    def pgs():
+        from ray._private.state import state  # noqa: F401
+        from ray.core.generated import gcs_pb2
+
+        assert hasattr(gcs_pb2.PlacementGroupTableData, "REMOVED")
+        for f in ("creator_actor_dead", "creator_actor_id", "creator_job_id", "is_detached"):
+            assert f in gcs_pb2.PlacementGroupTableData.DESCRIPTOR.fields_by_name, f
+
+    def node():
+        import ray._private.worker as rw
+
+        assert hasattr(rw, "_global_node"), "ray._private.worker._global_node"
+
+    def data_ctx():
+        import ray.data
+
+        assert hasattr(ray.data.DataContext.get_current(), "_execution_idx"), \
+            "DataContext._execution_idx"
+
+    def data_cfg():
+        import ray.train
+
+        assert callable(getattr(ray.train.DataConfig, "_resolve_execution_options", None)), \
+            "ray.train.DataConfig._resolve_execution_options"
+
+    def last_lr():
+        import torch
+
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        assert hasattr(sched, "_last_lr"), "LRScheduler._last_lr"
+        set_scheduler_last_lr(sched)
+        assert sched.get_last_lr() == [0.1]
+
+    return {"asha_rungs": asha, "experiment_trials": grid, "placement_group_rows": pgs,
+            "session_dir": node, "data_execution_index": data_ctx,
+            "resolve_execution_options": data_cfg, "set_scheduler_last_lr": last_lr}
+
+
+def check() -> list[str]:
+    """Names of the wrappers above whose private API the installed Ray / torch lacks
+    (``[]`` when all are present), each with the reason."""
+    missing = []
+    for name, fn in _checks().items():
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - reported by name
+            missing.append(f"{name}: {type(exc).__name__}: {exc}")
+    return missing
