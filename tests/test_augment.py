@@ -1,4 +1,4 @@
-"""Batch augmentation, eval resize, normalisation and channel stats (numeric core, no Ray)."""
+"""Batch augmentation, eval resize and normalisation (numeric core, no Ray)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from cnn_ray.data.augment import (
     N_DRAWS,
     _affine_grid,
     augment_batch,
-    channel_stats,
-    finalize_stats,
     normalize_batch,
     resize_center_crop,
     row_uniforms,
 )
+from cnn_ray.data.shards import ChannelStats
 
 TECHNIQUES = ("random_crop", "hflip", "random_resized_crop", "rotation", "affine", "color_jitter", "cutout")
 
@@ -362,7 +361,9 @@ def test_normalize_batch_layout_dtype_and_values(rng, dtype):
 def test_normalize_batch_standardises_data_with_those_stats(rng):
     scales = np.array([0.5, 1.0, 0.2])
     x = np.clip(rng.normal(128, 30, (64, 16, 16, 3)) * scales + 60, 0, 255).astype(np.uint8)
-    mean, std = finalize_stats(*channel_stats(x))
+    stats = ChannelStats(3)
+    stats.add_images(x)
+    mean, std = stats.mean_std()
     y = normalize_batch(torch.from_numpy(x), mean, std)
     per_channel = y.permute(1, 0, 2, 3).reshape(3, -1)
     torch.testing.assert_close(per_channel.mean(1), torch.zeros(3), atol=1e-4, rtol=0)
@@ -379,20 +380,3 @@ def test_normalize_batch_grayscale_and_errors(rng):
     with pytest.raises(ValueError):
         normalize_batch(x, [0.5], [0.0])
 
-
-# ------------------------------------------------------------------------- channel stats
-def test_channel_stats_match_numpy_over_a_split_batch(rng):
-    x = images(rng, 37, 9, 11, 3)
-    s1, q1, n1 = channel_stats(x[:20])
-    s2, q2, n2 = channel_stats(x[20:])
-    assert n1 + n2 == 37 * 9 * 11 and s1.dtype == np.float64
-    mean, std = finalize_stats(s1 + s2, q1 + q2, n1 + n2)
-    xf = x.reshape(-1, 3) / 255.0
-    np.testing.assert_allclose(mean, xf.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(std, xf.std(0), rtol=1e-9)
-    assert isinstance(mean, list) and all(isinstance(v, float) for v in mean + std)
-
-
-def test_finalize_stats_rejects_empty():
-    with pytest.raises(ValueError):
-        finalize_stats(np.zeros(3), np.zeros(3), 0)

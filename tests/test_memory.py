@@ -10,7 +10,7 @@ import torch
 from cnn_ray.config import AugmentConfig
 from cnn_ray.data.augment import augment_batch
 from cnn_ray.data.memory import InMemoryShard
-from cnn_ray.data.prepare import _fixed_size_binary
+from cnn_ray.data.shards import fixed_size_binary
 
 
 def shard(n=100, h=8, w=8, c=3, seed=0) -> InMemoryShard:
@@ -78,7 +78,7 @@ def test_prefetch_thread_gives_the_same_batches_and_reraises_errors():
 
 def test_from_tables_reads_prepared_shard_batches_and_resizes():
     s = shard(n=20)
-    table = pa.table({"image": _fixed_size_binary(s.images), "label": pa.array(s.labels),
+    table = pa.table({"image": fixed_size_binary(s.images), "label": pa.array(s.labels),
                       "idx": pa.array(s.idx)})
     got = InMemoryShard.from_tables([table.slice(0, 7), table.slice(7)], (8, 8, 3))
     assert np.array_equal(got.images, s.images) and np.array_equal(got.idx, s.idx)

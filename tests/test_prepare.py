@@ -15,7 +15,8 @@ from PIL import Image
 
 from cnn_ray.config import DataConfig
 from cnn_ray.data.decode import BadInputError, decode_image
-from cnn_ray.data.prepare import load_prepared, prepare_dataset, read_shard_images
+from cnn_ray.data.prepare import prepare_dataset
+from cnn_ray.data.shards import load_prepared, read_shard_images
 from cnn_ray.data.sources import SourceError
 
 
@@ -263,21 +264,33 @@ def test_decode_image_guards(monkeypatch):
         decode_image(ok, size=16, path="big.png")
 
 
-def test_decode_batch_skip_and_fail():
-    from cnn_ray.data.decode import decode_batch
+def test_decode_block_marks_bad_files_and_fail_raises(tmp_path):
+    """The decode task of prepare and of the raw path: a bad file gets a zero image and a
+    reason; the raw path's ``fail`` policy then raises naming it."""
+    from cnn_ray.config import AugmentConfig
+    from cnn_ray.data.pipeline import _RawBatches
+    from cnn_ray.data.prepare import decode_block
 
     ok = _png(Image.new("RGB", (8, 8), (9, 9, 9)))
-    images, keep, bad = decode_batch([ok, b"", ok], ["a.png", "b.png", "c.png"], size=4)
-    assert images.shape == (2, 4, 4, 3) and keep.tolist() == [True, False, True]
-    assert bad == [{"path": "b.png", "reason": "empty file (0 bytes)"}]
+    for name, blob in (("a.png", ok), ("b.png", b""), ("c.png", ok)):
+        (tmp_path / name).write_bytes(blob)
+    batch = pa.table({"path": [str(tmp_path / n) for n in ("a.png", "b.png", "c.png")],
+                      "label": [0, 1, 0], "rid": [0, 1, 2]})
+    (out,) = decode_block(batch, rows_per_block=16, size=4, channels=3, encoding="file",
+                          src_shape=None)
+    images, labels, _ = read_shard_images(out.rename_columns(
+        ["idx" if c == "rid" else c for c in out.column_names]), (4, 4, 3))
+    assert labels.tolist() == [0, 1, 0] and (images[[0, 2]] == 9).all() and (images[1] == 0).all()
+    assert out.column("reason").to_pylist() == [None, "empty file (0 bytes)", None]
+    assert out.column("path").to_pylist() == [None, str(tmp_path / "b.png"), None]
     with pytest.raises(BadInputError, match=r"b\.png: empty file"):
-        decode_batch([ok, b"", ok], ["a.png", "b.png", "c.png"], size=4, policy="fail")
+        _RawBatches(AugmentConfig(), image_shape=(4, 4, 3), seed=0, train=False, policy="fail")(out)
 
 
 def test_many_tiny_shards_all_get_metadata(ray_session, odd_folder, tmp_path, monkeypatch):
-    import cnn_ray.data.prepare as prepare_mod
+    import cnn_ray.data.shards as shards_mod
 
-    monkeypatch.setattr(prepare_mod, "_MAX_OPEN_SHARDS", 2)  # force the close-early + rewrite path
+    monkeypatch.setattr(shards_mod, "_MAX_OPEN_SHARDS", 2)  # force the close-early + rewrite path
     cfg = DataConfig(train=str(odd_folder), image_size=8, shard_size=2, val_fraction=0.2)
     data = prepare_dataset(cfg, str(tmp_path / "out"), progress=False)
     assert len(data.train_files) == (data.num_train + 1) // 2

@@ -1,4 +1,4 @@
-"""Vectorised batch augmentation, eval resizing, normalisation and channel statistics.
+"""Vectorised batch augmentation, eval resizing and normalisation.
 
 Everything here works on whole batches: ``(N, H, W, C) uint8`` numpy arrays as they come out of
 Ray Data ``map_batches`` (NHWC; ``C`` may be 1, 3 or more), or torch tensors on the training
@@ -35,8 +35,6 @@ __all__ = [
     "DRAW_COLUMNS",
     "N_DRAWS",
     "augment_batch",
-    "channel_stats",
-    "finalize_stats",
     "normalize_batch",
     "resize_center_crop",
     "row_uniforms",
@@ -599,60 +597,6 @@ def normalize_batch(
         x = x.to(dtype)
     x = x.view(n, h, w, c).permute(0, 3, 1, 2)  # NCHW view of NHWC memory = channels_last
     return x if channels_last else x.contiguous()
-
-
-def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-channel running sums of ``x / 255`` for an incremental mean/std.
-
-    Sums are accumulated exactly in integers (chunked) and returned as float64, so summing the
-    results of any split of the data gives the same totals.
-
-    Args:
-        images: ``(N, H, W, C) uint8``.
-
-    Returns:
-        ``(sum, sum_of_squares, count)``: two ``(C,) float64`` arrays and the number of pixels per
-        channel (``N * H * W``).
-
-    Raises:
-        ValueError: wrong rank/dtype.
-    """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise ValueError(f"images must be (N, H, W, C) uint8, got {images.shape} {images.dtype}")
-    c = images.shape[3]
-    flat = images.reshape(-1, c)
-    total = np.zeros(c, dtype=np.uint64)
-    total_sq = np.zeros(c, dtype=np.uint64)
-    chunk = 1 << 20  # pixels; bounds the uint32 temporary
-    for start in range(0, flat.shape[0], chunk):
-        part = flat[start : start + chunk].astype(np.uint32)
-        total += part.sum(0, dtype=np.uint64)
-        total_sq += (part * part).sum(0, dtype=np.uint64)
-    scale = 1.0 / 255.0
-    return total.astype(np.float64) * scale, total_sq.astype(np.float64) * scale**2, flat.shape[0]
-
-
-def finalize_stats(
-    sum_: Sequence[float] | np.ndarray, sumsq: Sequence[float] | np.ndarray, count: int
-) -> tuple[list[float], list[float]]:
-    """Mean and (population) std per channel from summed :func:`channel_stats` results.
-
-    Args:
-        sum_, sumsq: ``(C,)`` totals of ``x / 255`` and ``(x / 255) ** 2``.
-        count: total pixels per channel.
-
-    Returns:
-        ``(mean, std)`` as lists of C floats (std floored at 0 against round-off).
-
-    Raises:
-        ValueError: ``count <= 0``.
-    """
-    if count <= 0:
-        raise ValueError(f"count must be > 0, got {count}")
-    mean = np.asarray(sum_, dtype=np.float64) / count
-    var = np.asarray(sumsq, dtype=np.float64) / count - mean**2
-    return mean.tolist(), np.sqrt(np.maximum(var, 0.0)).tolist()
 
 
 def _benchmark(n: int = 512, size: int = 32, repeats: int = 101) -> None:

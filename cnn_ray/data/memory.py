@@ -37,6 +37,7 @@ import torch
 
 from cnn_ray.config import AugmentConfig
 from cnn_ray.data.augment import augment_batch, resize_center_crop
+from cnn_ray.data.shards import read_shard_images
 
 __all__ = ["InMemoryShard", "read_prepared_arrays"]
 
@@ -80,8 +81,6 @@ class InMemoryShard:
         Raises:
             ValueError: a table whose image width does not match ``image_shape``.
         """
-        from cnn_ray.data.prepare import read_shard_images
-
         h, w, c = (int(v) for v in image_shape)
         images, labels, idx = [], [], []
         for table in tables:

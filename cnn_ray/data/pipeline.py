@@ -8,8 +8,9 @@ NHWC (4x smaller than float in the object store); normalisation happens on the t
 Random draws: each image's augmentation is a hash of (seed, epoch, row idx), so a row gets the
 same draws whatever worker or batch it lands in, new draws every epoch, and the same run twice
 with one seed gives the same draws. The epoch is Ray Data's execution counter
-(``DataContext._execution_idx``, the counter behind ``RandomSeedConfig(reseed_after_execution=
-True)``): every ``iter_torch_batches`` pass over a Train shard is a new execution.
+(:func:`cnn_ray.compat.data_execution_index`, the counter behind
+``RandomSeedConfig(reseed_after_execution=True)``): every ``iter_torch_batches`` pass over a
+Train shard is a new execution.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import pyarrow as pa
 import ray
 from ray.data import Dataset
 
+from cnn_ray.compat import data_execution_index
 from cnn_ray.config import AugmentConfig, DataConfig
 from cnn_ray.data.augment import augment_batch, resize_center_crop
+from cnn_ray.data.shards import BAD_INPUTS_FILE, ChannelStats, read_shard_images
+from cnn_ray.io import read_jsonl_at, write_text
 
 
 def _execution_epoch() -> int:
-    ctx = ray.data.DataContext.get_current()
-    return int(getattr(ctx, "_execution_idx", 0))
+    return data_execution_index(ray.data.DataContext.get_current())
 
 
 class AugmentBatches:
@@ -50,8 +53,6 @@ class AugmentBatches:
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         import torch
-
-        from cnn_ray.data.prepare import read_shard_images
 
         if torch.get_num_threads() != 1:  # Data tasks are single-threaded; oversubscription is slow
             torch.set_num_threads(1)
@@ -121,8 +122,6 @@ class _RawBatches:
         import hashlib
         import json
 
-        from cnn_ray.train.runfiles import write_text
-
         for path, reason in zip(batch.column("path").to_pylist(), batch.column("reason").to_pylist()):
             if reason is not None:
                 name = hashlib.sha1(str(path).encode()).hexdigest()[:20]
@@ -184,7 +183,7 @@ def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig]
 class RawData:
     """Raw inputs opened for the ``data.use_raw`` path (no prepare step).
 
-    Mirrors the :class:`~cnn_ray.data.prepare.PreparedData` fields the trainer needs
+    Mirrors the :class:`~cnn_ray.data.shards.PreparedData` fields the trainer needs
     (``class_names``, ``mean``, ``std``, ``image_shape``, ``num_train``, ``num_val``); the
     normalisation statistics come from a seeded sample of up to ``stats_sample`` training images.
     """
@@ -192,7 +191,6 @@ class RawData:
     def __init__(self, data: DataConfig, *, seed: int = 0, stats_sample: int = 1024):
         import dataclasses
 
-        from cnn_ray.data.augment import channel_stats, finalize_stats
         from cnn_ray.data.decode import BadInputError, decode_image
         from cnn_ray.data.sources import discover, split_holdout
 
@@ -213,7 +211,7 @@ class RawData:
         self.num_train, self.num_val = len(train.records), len(val.records)
         rng = np.random.default_rng([seed, 7])
         pick = rng.permutation(len(train.records))[:stats_sample]
-        sums = None
+        stats = ChannelStats(data.channels)
         for i in pick:
             rec = train.records[int(i)]
             try:
@@ -221,11 +219,10 @@ class RawData:
                     img = decode_image(f.read(), size=data.image_size, channels=data.channels, path=rec.path)
             except (BadInputError, OSError):
                 continue
-            part = channel_stats(img[None])
-            sums = part if sums is None else tuple(a + b for a, b in zip(sums, part))
-        if sums is None:
+            stats.add_images(img[None])
+        if not stats.pixels:
             raise ValueError(f"{data.train}: no readable training image in a sample of {len(pick)}")
-        self.mean, self.std = (list(v) for v in finalize_stats(*sums))
+        self.mean, self.std = stats.mean_std()
         self.bad_count = len(train.problems) + len(val.problems)
         # found while listing (missing files, unknown labels); unreadable files are found while
         # decoding, each epoch, and listed by _RawBatches
@@ -243,10 +240,7 @@ def merge_raw_bad_inputs(run_dir: str) -> int:
     import json
     from pathlib import Path
 
-    from cnn_ray.train.runfiles import read_text, write_text
-
-    text = read_text(run_dir, "bad_inputs.jsonl") or ""
-    lines = [json.loads(x) for x in text.splitlines() if x.strip()]
+    lines = read_jsonl_at(run_dir, BAD_INPUTS_FILE)
     seen = {(r.get("path"), r.get("split")) for r in lines}
     raw = Path(run_dir) / RAW_BAD_DIR
     added = False
@@ -260,5 +254,5 @@ def merge_raw_bad_inputs(run_dir: str) -> int:
             lines.append(rec)
             added = True
     if added:
-        write_text(run_dir, "bad_inputs.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
+        write_text(run_dir, BAD_INPUTS_FILE, "".join(json.dumps(r) + "\n" for r in lines))
     return len(lines)

@@ -1,19 +1,9 @@
 """The prepare step: decode every input image once into fixed-size Parquet shards (Ray Data glue).
 
 :func:`prepare_dataset` lists the input (:func:`cnn_ray.data.sources.discover`), decodes and
-resizes every image once in parallel Ray Data tasks, splits train/val, and writes::
-
-    out_dir/
-      prepared.json        fingerprint, class_names, mean, std, image_shape, counts, shards, bad_count
-      bad_inputs.jsonl     one {"path", "reason", "split"} per input left out (or noted)
-      train/part-00000.parquet ...   shard_size rows each (the last one smaller)
-      val/part-00000.parquet ...
-
-Shard schema: ``image`` ``fixed_size_binary(H*W*C)`` (HWC ``uint8`` bytes), ``label`` ``int64``,
-``idx`` ``int64``. ``idx`` runs ``0..num_rows-1`` within a split: unique and stable for the same
-input and settings (the augmentation RNG keys on it). Each file's metadata key ``cnn_ray`` holds
-JSON ``{class_names, mean, std, image_shape, split, num_rows}``; ``mean``/``std`` are per channel,
-in ``[0, 1]`` units, of the training split, and are the same in every shard of both splits.
+resizes every image once in parallel Ray Data tasks, splits train/val, and writes the shards,
+``prepared.json`` and ``bad_inputs.jsonl`` in the format of :mod:`cnn_ray.data.shards` (which
+also reads them back, without Ray).
 
 Folder/manifest rows are written in a seeded random order (so a shard holds every class and
 a local shuffle buffer sees a mix); Parquet inputs keep their row order.
@@ -21,8 +11,9 @@ a local shuffle buffer sees a mix); Parquet inputs keep their row order.
 Caching: the fingerprint hashes the input listing (paths, sizes, mtimes) and the settings
 that change the output (image_size, channels, val, val_fraction, format, shard_size, seed). A
 re-run with the same fingerprint returns the existing data without work unless ``force=True``.
-The data is built in ``<out_dir>.tmp-<pid>`` and renamed into place, so an interrupted run never
-leaves a complete-looking ``out_dir``.
+The data is built in ``<out_dir>.tmp-<pid>-<random>`` and renamed into place
+(:func:`cnn_ray.io.atomic_directory`), so an interrupted run never leaves a complete-looking
+``out_dir``.
 """
 
 from __future__ import annotations
@@ -31,9 +22,7 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
-from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -42,39 +31,15 @@ import pyarrow.parquet as pq
 
 from cnn_ray.config import DataConfig
 from cnn_ray.data.decode import BadInputError, decode_image, resize_array
-from cnn_ray.data.sources import METADATA_KEY, Source, SourceError, discover, read_metadata, split_holdout
+from cnn_ray.data.shards import (BAD_INPUTS_FILE, PREPARED_FILE, SPLITS, ChannelStats, PreparedData,
+                                 ShardWriter, channel_sums, fixed_size_binary, int64_values,
+                                 load_prepared)
+from cnn_ray.data.sources import Source, SourceError, discover, split_holdout
+from cnn_ray.io import atomic_directory, iter_jsonl, remove_stale_temps
 
 PREPARE_VERSION = 1  # bump when the output layout or decode recipe changes (invalidates caches)
 _TRAIN, _VAL, _DROP = 0, 1, -1
-_SPLITS = ("train", "val")
 _BLOCK_BYTES = 8 << 20  # decoded bytes per Ray Data block (~a few hundred CIFAR images ... 50 ImageNet)
-_ROW_GROUP_BYTES = 32 << 20  # decoded bytes per Parquet row group
-_MAX_OPEN_SHARDS = 128  # shard files kept open per split until their metadata is final
-
-
-@dataclass
-class PreparedData:
-    """A prepared dataset on disk (see the module docstring for the layout).
-
-    ``mean``/``std``: per channel, ``[0, 1]`` units, of the training split.
-    ``image_shape``: ``(H, W, C)``. ``train_files``/``val_files``: absolute shard paths in order.
-    """
-
-    root: str
-    class_names: list[str]
-    mean: list[float]
-    std: list[float]
-    image_shape: tuple[int, int, int]
-    num_train: int
-    num_val: int
-    train_files: list[str]
-    val_files: list[str]
-    bad_count: int
-    fingerprint: str = ""
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
 
 # ---------------------------------------------------------------------------- public API
@@ -123,73 +88,15 @@ def prepare_dataset(
                        "force=True rebuilds")
         return data
     _check_replaceable(out_dir)
-    _remove_stale_tmp(out_dir)
-    tmp = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    try:
-        summary = _build(cfg, train_src, val_src, tmp, seed=seed, progress=progress,
+    remove_stale_temps(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        summary = _build(cfg, train_src, val_src, str(tmp), seed=seed, progress=progress,
                          concurrency=concurrency, num_cpus=num_cpus)
         summary["fingerprint"] = fp
-        with open(os.path.join(tmp, "prepared.json"), "w") as f:
+        with open(tmp / PREPARED_FILE, "w") as f:
             json.dump(summary, f, indent=1)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _check_replaceable(out_dir)
     return load_prepared(out_dir)
-
-
-def load_prepared(out_dir: str) -> PreparedData:
-    """Read ``out_dir/prepared.json``. Raises ``FileNotFoundError`` if it is not a prepared dataset."""
-    root = os.path.abspath(os.path.expanduser(out_dir))
-    meta_path = os.path.join(root, "prepared.json")
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"{root}: not a prepared dataset (no prepared.json); run prepare_dataset")
-    with open(meta_path) as f:
-        m = json.load(f)
-    return PreparedData(
-        root=root, class_names=m["class_names"], mean=m["mean"], std=m["std"],
-        image_shape=tuple(m["image_shape"]), num_train=m["counts"]["train"], num_val=m["counts"]["val"],
-        train_files=[os.path.join(root, p) for p in m["shards"]["train"]],
-        val_files=[os.path.join(root, p) for p in m["shards"]["val"]],
-        bad_count=m["bad_count"], fingerprint=m["fingerprint"],
-    )
-
-
-def read_shard_images(
-    table: pa.Table, image_shape: Optional[tuple[int, int, int]] = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images, labels and idx of a prepared-shard table, without copying when possible.
-
-    Args:
-        table: rows with ``image`` (``fixed_size_binary(H*W*C)``), ``label`` and ``idx``, e.g. a
-            ``batch_format="pyarrow"`` batch from ``ray.data.read_parquet`` of prepared shards.
-        image_shape: ``(H, W, C)``; default from the ``cnn_ray`` schema metadata.
-
-    ``ray.data.read_parquet`` drops the file's schema metadata, so inside a Ray Data pipeline pass
-    ``image_shape`` (from :class:`PreparedData`).
-
-    Returns:
-        ``images`` ``(N, H, W, C)`` ``uint8`` (a view of the Arrow buffer when the
-        column is one chunk), ``labels`` ``(N,)`` ``int64``, ``idx`` ``(N,)`` ``int64``.
-    """
-    if image_shape is None:
-        image_shape = read_metadata(table.schema).get("image_shape")
-        if image_shape is None:
-            raise ValueError("read_shard_images: the table has no 'cnn_ray' image_shape metadata; "
-                             "pass image_shape=(H, W, C) (PreparedData.image_shape)")
-    h, w, c = (int(v) for v in image_shape)
-    col = table.column("image")
-    arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-    width = arr.type.byte_width
-    if width != h * w * c:
-        raise ValueError(f"read_shard_images: image column holds {width} bytes per row, "
-                         f"image_shape {[h, w, c]} needs {h * w * c}")
-    n = len(arr)
-    images = np.frombuffer(arr.buffers()[1], dtype=np.uint8, count=n * width,
-                           offset=arr.offset * width).reshape(n, h, w, c)
-    return images, _int64(table.column("label")), _int64(table.column("idx"))
 
 
 def fingerprint(cfg: DataConfig, train: Source, val: Optional[Source], seed: int) -> str:
@@ -217,8 +124,8 @@ def _build(cfg: DataConfig, train_src: Source, val_src: Optional[Source], tmp: s
             raise SourceError(f"{src.path}: encoded images decode to 1 (L), 3 (RGB) or 4 (RGBA) "
                               f"channels; data.channels is {channels}")
     shape = (size, size, channels)
-    writers = {s: _ShardWriter(os.path.join(tmp, s), s, cfg.shard_size, shape) for s in _SPLITS}
-    stats = _ChannelStats(channels)
+    writers = {s: ShardWriter(os.path.join(tmp, s), s, cfg.shard_size, shape) for s in SPLITS}
+    stats = ChannelStats(channels)
     bad: list[dict[str, Any]] = []
     passes = [("train", train_src)] + ([("val", val_src)] if val_src else [])
     for name, src in passes:
@@ -234,16 +141,16 @@ def _build(cfg: DataConfig, train_src: Source, val_src: Optional[Source], tmp: s
     if writers["train"].num_rows == 0:
         raise SourceError(f"{cfg.train}: no usable training images ({len(bad)} bad inputs)")
     mean, std = stats.mean_std()
-    for s in _SPLITS:
+    for s in SPLITS:
         writers[s].close({"class_names": train_src.class_names, "mean": mean, "std": std,
                           "image_shape": list(shape), "split": s})
-    with open(os.path.join(tmp, "bad_inputs.jsonl"), "w") as f:
+    with open(os.path.join(tmp, BAD_INPUTS_FILE), "w") as f:
         for b in bad:
             f.write(json.dumps({"path": b["path"], "reason": b["reason"], "split": b["split"]}) + "\n")
     return {
         "class_names": train_src.class_names, "mean": mean, "std": std, "image_shape": list(shape),
-        "counts": {s: writers[s].num_rows for s in _SPLITS},
-        "shards": {s: [os.path.relpath(p, tmp) for p in writers[s].files] for s in _SPLITS},
+        "counts": {s: writers[s].num_rows for s in SPLITS},
+        "shards": {s: [os.path.relpath(p, tmp) for p in writers[s].files] for s in SPLITS},
         "bad_count": sum(1 for b in bad if b.get("row") is not None),
         "sources": {n: {"kind": s.kind, "path": s.path} for n, s in passes},
     }
@@ -278,19 +185,19 @@ def _parquet_row(src: Source, row: int) -> tuple[str, int]:
 
 
 def _decode_pass(src: Source, name: str, route: np.ndarray, labels: np.ndarray, writers: dict,
-                 stats: "_ChannelStats", cfg: DataConfig, *, seed: int, progress: bool,
+                 stats: ChannelStats, cfg: DataConfig, *, seed: int, progress: bool,
                  concurrency: Optional[int], num_cpus: float) -> list[dict[str, Any]]:
     """Decode one source with Ray Data and route its rows to the split writers."""
     bad: list[dict[str, Any]] = []
     report = _Progress(f"prepare {name}", int((route != _DROP).sum()), progress)
     seen = 0
     for block in _decoded_blocks(src, route, cfg, seed=seed, concurrency=concurrency, num_cpus=num_cpus):
-        rid = _int64(block.column("rid"))
+        rid = int64_values(block.column("rid"))
         seen += len(rid)
         ok = block.column("reason").is_null().to_numpy(zero_copy_only=False)
         dest = route[rid]
         keep = dest != _DROP
-        if not np.array_equal(_int64(block.column("label"))[keep], labels[rid][keep]):
+        if not np.array_equal(int64_values(block.column("label"))[keep], labels[rid][keep]):
             raise RuntimeError(f"{src.path}: decoded rows do not match the listing (label mismatch)")
         for i in np.flatnonzero(~ok & keep):
             path, reason = block.column("path")[int(i)].as_py(), block.column("reason")[int(i)].as_py()
@@ -302,8 +209,8 @@ def _decode_pass(src: Source, name: str, route: np.ndarray, labels: np.ndarray, 
             if mask.any():
                 rows = block.filter(pa.array(mask))
                 if split == "train":
-                    stats.add(rows)
-                writers[split].add(rows.column("image"), _int64(rows.column("label")))
+                    _add_stats(stats, rows)
+                writers[split].add(rows.column("image"), int64_values(rows.column("label")))
         report.update(int(keep.sum()), len(bad))
     report.done(len(bad))
     expected = src.num_rows if src.kind == "parquet" else int(sum(route[r.row] != _DROP for r in src.records))
@@ -400,9 +307,9 @@ def _decode_rows(paths: list[str], column: Optional[pa.Array], label: pa.Array, 
                 images[i] = decode_image(data or b"", size=size, channels=channels, path=name)
             except BadInputError as exc:
                 reasons[i] = exc.reason if first_row is None else f"row {first_row + i}: {exc.reason}"
-    s, ss = _row_sums(images)
+    s, ss = channel_sums(images)
     return pa.table({
-        "image": _fixed_size_binary(images),
+        "image": fixed_size_binary(images),
         "label": label.cast(pa.int64()),
         "rid": rid,
         "path": pa.array([p if r else None for p, r in zip(paths, reasons)], pa.string()),
@@ -434,144 +341,13 @@ def _uint8_values(col: pa.ChunkedArray, n: int, width: int) -> np.ndarray:
     return out
 
 
-def _row_sums(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row, per-channel sum and sum of squares (int64, exact), in bounded-memory chunks."""
-    n, c = images.shape[0], images.shape[-1]
-    flat = images.reshape(n, -1, c)
-    s = np.zeros((n, c), np.int64)
-    ss = np.zeros((n, c), np.int64)
-    step = max(1, (16 << 20) // max(flat[0].size, 1))
-    for i in range(0, n, step):
-        x = flat[i:i + step].astype(np.int32)
-        s[i:i + step] = x.sum(axis=1, dtype=np.int64)
-        ss[i:i + step] = np.einsum("npc,npc->nc", x, x, dtype=np.int64)
-    return s, ss
-
-
-def _fixed_size_binary(images: np.ndarray) -> pa.Array:
-    """(N, H, W, C) uint8 -> fixed_size_binary(H*W*C) array sharing the numpy buffer."""
-    n = images.shape[0]
-    width = int(np.prod(images.shape[1:]))
-    buf = pa.py_buffer(np.ascontiguousarray(images))
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, buf])
-
-
-def _int64(col) -> np.ndarray:
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    return arr.cast(pa.int64()).to_numpy(zero_copy_only=False)
-
-
 # ------------------------------------------------------------------------------- helpers
-class _ChannelStats:
-    """Exact running per-channel sum / sum of squares over the training rows."""
-
-    def __init__(self, channels: int):
-        self.sum = [0] * channels
-        self.sumsq = [0] * channels
-        self.pixels = 0
-        self.channels = channels
-        self.pixels_per_image = 0
-
-    def add(self, rows: pa.Table) -> None:
-        c = self.channels
-        s = rows.column("s").combine_chunks().flatten().to_numpy().reshape(-1, c)
-        ss = rows.column("ss").combine_chunks().flatten().to_numpy().reshape(-1, c)
-        width = rows.column("image").type.byte_width
-        for k in range(c):  # python ints: no overflow however many images
-            self.sum[k] += int(s[:, k].sum())
-            self.sumsq[k] += int(ss[:, k].sum())
-        self.pixels += rows.num_rows * (width // c)
-
-    def mean_std(self) -> tuple[list[float], list[float]]:
-        if not self.pixels:
-            return [0.0] * self.channels, [1.0] * self.channels
-        mean = [s / self.pixels / 255.0 for s in self.sum]
-        var = [max(q / self.pixels / 255.0**2 - m * m, 0.0) for q, m in zip(self.sumsq, mean)]
-        return mean, [math.sqrt(v) for v in var]
-
-
-class _ShardWriter:
-    """Writes one split as part-NNNNN.parquet shards of ``shard_size`` rows.
-
-    Every shard's writer stays open until :meth:`close`, which adds the ``cnn_ray`` metadata
-    (mean/std are only known at the end) to each footer: no second pass over the data. One open
-    file per shard (a 1M-image set with 10k-row shards holds 100); past ``_MAX_OPEN_SHARDS``
-    the oldest is closed and rewritten with its metadata at the end (only with tiny shards).
-    ``store_schema=False``: with no serialized Arrow schema in the footer, readers take the
-    schema metadata from the footer's key-value pairs, so the late ``cnn_ray`` key shows up in
-    ``pq.read_schema(...).metadata`` (the column types are plain Parquet types and read back
-    identically).
-    """
-
-    def __init__(self, folder: str, split: str, shard_size: int, shape: tuple[int, int, int]):
-        self.folder, self.split, self.shard_size = folder, split, shard_size
-        self.width = int(np.prod(shape))
-        self.schema = pa.schema([("image", pa.binary(self.width)), ("label", pa.int64()),
-                                 ("idx", pa.int64())])
-        self.row_group = max(64, min(shard_size, _ROW_GROUP_BYTES // self.width))
-        self.files: list[str] = []
-        self._writers: list[list] = []  # [writer or None once closed early, [rows in file]]
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self._in_shard = shard_size  # rows in the current shard (full -> open a new one)
-        self.num_rows = 0
-
-    def add(self, images: pa.ChunkedArray, labels: np.ndarray) -> None:
-        n = len(labels)
-        idx = np.arange(self.num_rows, self.num_rows + n, dtype=np.int64)
-        self.num_rows += n
-        table = pa.table([images, pa.array(labels, pa.int64()), pa.array(idx)], schema=self.schema)
-        while table.num_rows:
-            room = self.shard_size - self._in_shard - self._pending_rows
-            if room == 0:
-                self._flush()
-                self._open()
-                room = self.shard_size
-            take = table.slice(0, room)
-            table = table.slice(take.num_rows)
-            self._pending.append(take)
-            self._pending_rows += take.num_rows
-            if self._pending_rows >= self.row_group:
-                self._flush()
-
-    def _open(self) -> None:
-        os.makedirs(self.folder, exist_ok=True)
-        path = os.path.join(self.folder, f"part-{len(self.files):05d}.parquet")
-        open_writers = [w for w in self._writers if w[0] is not None]
-        if len(open_writers) >= _MAX_OPEN_SHARDS:  # tiny shards: close now, rewrite footer at the end
-            writer, count = open_writers[0]
-            writer.close()
-            open_writers[0][0] = None
-        self._writers.append([self._new_writer(path), [0]])
-        self.files.append(path)
-        self._in_shard = 0
-
-    def _new_writer(self, path: str) -> pq.ParquetWriter:
-        return pq.ParquetWriter(path, self.schema, compression="none", store_schema=False)
-
-    def _flush(self) -> None:
-        if not self._pending_rows:
-            return
-        writer, count = self._writers[-1]
-        writer.write_table(pa.concat_tables(self._pending), row_group_size=self._pending_rows)
-        count[0] += self._pending_rows
-        self._in_shard += self._pending_rows
-        self._pending, self._pending_rows = [], 0
-
-    def close(self, meta: dict[str, Any]) -> None:
-        self._flush()
-        for path, (writer, count) in zip(self.files, self._writers):
-            kv = {METADATA_KEY.decode(): json.dumps(dict(meta, num_rows=count[0]))}
-            if writer is None:  # closed early (see _open): write it again with the metadata
-                table = pq.read_table(path)
-                writer = self._new_writer(path + ".tmp")
-                writer.write_table(table, row_group_size=self.row_group)
-                writer.add_key_value_metadata(kv)
-                writer.close()
-                os.replace(path + ".tmp", path)
-                continue
-            writer.add_key_value_metadata(kv)
-            writer.close()
+def _add_stats(stats: ChannelStats, rows: pa.Table) -> None:
+    """Add decoded training rows (their ``s``/``ss`` per-row channel sums) to ``stats``."""
+    c = stats.channels
+    s = rows.column("s").combine_chunks().flatten().to_numpy().reshape(-1, c)
+    ss = rows.column("ss").combine_chunks().flatten().to_numpy().reshape(-1, c)
+    stats.add_sums(s, ss, rows.column("image").type.byte_width // c)
 
 
 class _Progress:
@@ -606,7 +382,7 @@ def _say(enabled: bool, msg: str) -> None:
 
 def _is_current(out_dir: str, fp: str) -> bool:
     try:
-        with open(os.path.join(out_dir, "prepared.json")) as f:
+        with open(os.path.join(out_dir, PREPARED_FILE)) as f:
             return json.load(f).get("fingerprint") == fp
     except (OSError, ValueError):
         return False
@@ -614,55 +390,16 @@ def _is_current(out_dir: str, fp: str) -> bool:
 
 def _first_bad(out_dir: str) -> dict[str, Any]:
     try:
-        with open(os.path.join(out_dir, "bad_inputs.jsonl")) as f:
-            return json.loads(f.readline() or "{}")
-    except (OSError, ValueError):
+        return next(iter_jsonl(os.path.join(out_dir, BAD_INPUTS_FILE)), {})
+    except OSError:
         return {}
-
-
-def _replace_dir(tmp: str, out_dir: str) -> None:
-    """Move the finished ``tmp`` to ``out_dir``, replacing an older one (two renames)."""
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    old = None
-    if os.path.exists(out_dir):
-        _check_replaceable(out_dir)
-        old = f"{out_dir}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_replaceable(out_dir: str) -> None:
     """Refuse to replace a non-empty folder that is not a prepared dataset (user data)."""
     if os.path.isdir(out_dir) and os.listdir(out_dir) and \
-            not os.path.isfile(os.path.join(out_dir, "prepared.json")):
+            not os.path.isfile(os.path.join(out_dir, PREPARED_FILE)):
         raise FileExistsError(f"{out_dir}: exists and is not a prepared dataset; refusing to "
                               "replace it (choose another prepared_dir or remove it)")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise FileExistsError(f"{out_dir}: exists and is not a folder")
-
-
-def _remove_stale_tmp(out_dir: str) -> None:
-    """Delete ``<out_dir>.tmp-<pid>`` / ``.old-<pid>`` left by processes that no longer run."""
-    parent, base = os.path.split(out_dir)
-    if not os.path.isdir(parent):
-        return
-    for name in os.listdir(parent):
-        for tag in (".tmp-", ".old-"):
-            if name.startswith(base + tag) and name[len(base) + len(tag):].isdigit():
-                pid = int(name[len(base) + len(tag):])
-                if pid != os.getpid() and not _pid_alive(pid):
-                    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

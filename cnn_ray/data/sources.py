@@ -22,7 +22,7 @@ Layouts:
   (``fixed_size_binary``, ``fixed_size_list<uint8>``, ``list<uint8>``) whose HWC shape comes from
   the file metadata key ``cnn_ray`` (JSON ``{"image_shape": [H, W, C]}``), else a ``shape``
   column, else a square with the configured channel count. Optional ``class_names`` in the
-  same metadata. Prepared shards written by :mod:`cnn_ray.data.prepare` are valid input.
+  same metadata. Prepared shards (:mod:`cnn_ray.data.shards`) are valid input.
 * ``auto`` — a ``.csv`` file, or a ``.parquet`` file with a ``path`` column, is a manifest; a
   directory or glob holding ``.parquet`` files is ``parquet``; a directory whose sub-folders hold
   images is ``folder``.
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import logging
 import math
 import os
@@ -45,10 +44,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cnn_ray.data.shards import read_metadata
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
-METADATA_KEY = b"cnn_ray"
 Kind = Literal["folder", "manifest", "parquet"]
 
 
@@ -320,12 +320,6 @@ def _parquet_files(path: str) -> list[str]:
     else:
         files = []
     return sorted(f for f in files if f.lower().endswith(".parquet"))
-
-
-def read_metadata(schema: pa.Schema) -> dict[str, Any]:
-    """The ``cnn_ray`` JSON from a Parquet/Arrow schema's metadata (``{}`` if absent)."""
-    raw = (schema.metadata or {}).get(METADATA_KEY)
-    return json.loads(raw) if raw else {}
 
 
 _EXPECTED = ("expected columns 'image' (encoded bytes as binary, or uint8 pixels as "
