@@ -1,8 +1,9 @@
 """Decode encoded images (JPEG, PNG, ...) into fixed-size HWC ``uint8`` arrays. No Ray here.
 
-:func:`decode_image` turns one file's bytes into a ``(size, size, C)`` array; :func:`decode_batch`
-does a list of them under a bad-input policy; :func:`resize_array` brings an already-decoded
-``(H, W, C)`` array (any ``C``) to the same geometry.
+:func:`decode_image` turns one file's bytes into a ``(size, size, C)`` array (a bad one raises
+:class:`BadInputError`); :func:`resize_array` brings an already-decoded ``(H, W, C)`` array (any
+``C``) to the same geometry. The prepare step and the raw-data path call them per row
+(:func:`cnn_ray.data.prepare.decode_block`) and apply the bad-input policy.
 
 Geometry (the torchvision ``Resize(size)`` + ``CenterCrop(size)`` recipe, done in one Pillow call):
 the shorter side is scaled to ``size`` with antialiased bilinear resampling and the centre
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Literal, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -182,44 +182,3 @@ def resize_array(arr: np.ndarray, size: int) -> np.ndarray:
     ]
     return np.stack(planes, axis=-1)
 
-
-def decode_batch(
-    blobs: Sequence[bytes | None],
-    paths: Sequence[str],
-    *,
-    size: int,
-    channels: int = 3,
-    policy: Literal["skip", "fail"] = "skip",
-) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
-    """Decode ``N`` encoded images; bad ones are dropped (``skip``) or raise (``fail``).
-
-    Args:
-        blobs: encoded bytes per image (``None`` counts as an empty file).
-        paths: a name per image for error reports (same length as ``blobs``).
-        size, channels: as in :func:`decode_image`.
-        policy: ``skip`` leaves bad images out and reports them; ``fail`` raises at the first.
-
-    Returns:
-        ``images`` ``(M, size, size, channels)`` ``uint8`` (the good ones, in order),
-        ``keep_mask`` ``(N,)`` ``bool`` (which inputs are in ``images``) and
-        ``bad``: ``[{"path": ..., "reason": ...}]`` for the others.
-
-    Raises:
-        BadInputError: with ``policy="fail"``, naming the first bad file.
-    """
-    if len(blobs) != len(paths):
-        raise ValueError(f"decode_batch: {len(blobs)} blobs but {len(paths)} paths")
-    if policy not in ("skip", "fail"):
-        raise ValueError(f"policy must be 'skip' or 'fail', got {policy!r}")
-    images = np.empty((len(blobs), size, size, channels), dtype=np.uint8)
-    keep = np.zeros(len(blobs), dtype=bool)
-    bad: list[dict[str, str]] = []
-    for i, (blob, path) in enumerate(zip(blobs, paths)):
-        try:
-            images[i] = decode_image(blob or b"", size=size, channels=channels, path=path)
-            keep[i] = True
-        except BadInputError as exc:
-            if policy == "fail":
-                raise
-            bad.append({"path": path, "reason": exc.reason})
-    return (images if keep.all() else images[keep]), keep, bad
