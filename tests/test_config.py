@@ -136,7 +136,7 @@ def test_storage_uri_needs_a_local_prepared_dir(tmp_path):
 
 
 def test_run_files_on_a_storage_uri(tmp_path):
-    from cnn_ray.train.runfiles import append_jsonl, read_text, write_text
+    from cnn_ray.io import append_jsonl, read_text, write_text
 
     for directory in (f"file://{tmp_path}/uri/run", str(tmp_path / "local" / "run")):
         assert read_text(directory, "metrics.jsonl") is None
