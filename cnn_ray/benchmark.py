@@ -11,7 +11,6 @@ and the ratios b/a and b/c, the peak memory of the training job and the object-s
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -23,7 +22,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from cnn_ray.compat import session_dir
 from cnn_ray.config import TrainConfig
+from cnn_ray.io import atomic_write_json
 from cnn_ray.models import create_model
 
 
@@ -156,9 +157,7 @@ def object_store_spilled_bytes() -> int:
     ``-1`` if the session dir cannot be found (e.g. a remote cluster).
     """
     try:
-        import ray._private.worker as rw
-
-        session = Path(rw._global_node.get_session_dir_path())
+        session = Path(session_dir())
     except Exception:  # noqa: BLE001 - diagnostics only
         return -1
     return sum(f.stat().st_size for d in session.glob("ray_spilled_objects*") for f in d.rglob("*")
@@ -198,5 +197,5 @@ def benchmark_main(cfg: TrainConfig, *, steps: int = 20, json_path: Optional[str
           f"b/c >= 3 -> {'PASS' if b / c >= 3 else 'MISS'}; "
           f"no spilling -> {'PASS' if figures['object_store_spilled_bytes'] == 0 else 'MISS/unknown'}")
     if json_path:
-        Path(json_path).write_text(json.dumps(figures, indent=2))
+        atomic_write_json(json_path, figures, indent=2)
     return 0

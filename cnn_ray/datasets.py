@@ -11,7 +11,10 @@ import os
 import random
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
+
+from cnn_ray.io import replace_directory
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -49,18 +52,14 @@ def extract_cifar10(archive: str | os.PathLike | None = None, dest: str | os.Pat
     if not archive.exists():
         raise FileNotFoundError(f"CIFAR-10 archive not found: {archive} (set CNN_RAY_CIFAR_TAR)")
     dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / f".cifar10.tmp.{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    with tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
-    inner = tmp / "cifar10"
-    if not inner.is_dir():
-        raise FileNotFoundError(f"{archive}: expected a top-level 'cifar10/' folder")
-    (inner / ".complete").touch()
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(inner, root)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=".cifar10.tmp.", dir=dest) as tmp:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        inner = Path(tmp) / "cifar10"
+        if not inner.is_dir():
+            raise FileNotFoundError(f"{archive}: expected a top-level 'cifar10/' folder")
+        (inner / ".complete").touch()
+        replace_directory(inner, root)
     return root
 
 

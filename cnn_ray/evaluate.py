@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from cnn_ray.config import ConfigError, TrainConfig
+from cnn_ray.io import atomic_write_json
 from cnn_ray.models import create_model
 from cnn_ray.train.checkpoint import CheckpointError, load_checkpoint
 from cnn_ray.train.loop import StepSettings, evaluate
@@ -94,9 +95,9 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, st
     paths = {k: str(out / f) for k, f in [("metrics", "metrics.json"), ("per_class", "per_class.csv"),
                                            ("confusion_csv", "confusion_matrix.csv"),
                                            ("confusion_png", "confusion_matrix.png")]}
-    Path(paths["metrics"]).write_text(json.dumps(
-        {"top1": result.top1, "loss": result.loss, "num_images": result.num_images,
-         "per_class": dict(zip(result.class_names, result.per_class))}, indent=2))
+    atomic_write_json(paths["metrics"], {
+        "top1": result.top1, "loss": result.loss, "num_images": result.num_images,
+        "per_class": dict(zip(result.class_names, result.per_class))}, indent=2)
     with open(paths["per_class"], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["class", "accuracy", "images"])

@@ -142,6 +142,7 @@ def startup_phases(sweep_dir: str) -> dict:
     (worker process created, worker module imports begin, training function entered, ready):
     trial function -> trainer built -> worker process -> Ray Train worker set up (torch, process
     group) -> our imports -> model, optimiser and checkpoint -> first epoch's loop."""
+    from cnn_ray.io import iter_jsonl
     from cnn_ray.tune.results import read_trial_starts
     from cnn_ray.tune.sweep import TRAIN_RUNS, TRIAL_STARTS
 
@@ -149,10 +150,9 @@ def startup_phases(sweep_dir: str) -> dict:
     starts, built = read_trial_starts(path), read_trial_starts(path, "trainer_built")
     phases: dict[str, list[float]] = {name: [] for name, _ in PHASES}
     for tid in starts:
-        events = Path(sweep_dir) / TRAIN_RUNS / tid / "events.jsonl"
-        if tid not in built or not events.exists():
+        first = next(iter_jsonl(Path(sweep_dir) / TRAIN_RUNS / tid / "events.jsonl"), None)
+        if tid not in built or first is None:
             continue
-        first = json.loads(events.read_text().splitlines()[0])
         times = [starts[tid][0], built[tid][0]] + [first.get(k) for _, k in PHASES[1:]]
         if any(t is None for t in times):
             continue
@@ -193,13 +193,15 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
 
+    from cnn_ray.io import atomic_write_json
+
     if args.startup_probe:
         ray.init(num_cpus=args.cpus or float(os.cpu_count() or 1), include_dashboard=False)
         probe = startup_probe(args.startup_probe, args.storage or "/tmp/cnn_ray_startup_probe")
         probe["hardware"] = hardware(ray.cluster_resources().get("CPU", 0.0))
         print(json.dumps(probe, indent=2))
         if args.json:
-            Path(args.json).write_text(json.dumps(probe, indent=2))
+            atomic_write_json(args.json, probe, indent=2)
         return 0
 
     from cnn_ray.train.launch import prepare_data
@@ -275,7 +277,7 @@ def main(argv=None) -> int:
           f"{concurrency} trials at once; rank correlation of epoch k with the final top-1: "
           f"{rp['rank_correlation']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
+        atomic_write_json(args.json, figures, indent=2, default=str)
     return 0
 
 

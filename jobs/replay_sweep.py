@@ -14,7 +14,6 @@ rank correlation of each epoch's metric with the final one.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from cnn_ray.config import ConfigError
+    from cnn_ray.io import atomic_write_json
     from cnn_ray.tune.replay import load_records, rank_correlation, replay
     from cnn_ray.tune.sweep import SchedulerSettings
 
@@ -76,11 +76,11 @@ def main(argv=None) -> int:
               f"{r['epochs']:>6} {r['best']:>7.4f} {r['gap_points']:>7.2f} | "
               f"{r['oracle_ratio']:>12.3f} {r['oracle_epochs']:>6} {r['oracle_gap_points']:>7.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        atomic_write_json(args.json, {
             "sweep_dir": args.sweep_dir, "trials": len(records), "max_t": max_t,
             "concurrency": args.concurrency, "fifo": {"wall_s": round(fifo.wall_s, 1),
                                                       "epochs": fifo.epochs, "best": fifo.best},
-            "rank_correlation": rho, "settings": rows}, indent=2))
+            "rank_correlation": rho, "settings": rows}, indent=2)
     return 0
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from cnn_ray.io import atomic_directory
 from cnn_ray.train.techniques import unwrap_model
 
 FORMAT_VERSION = 1
@@ -63,15 +62,14 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint into ``directory`` (created; must not already hold one).
 
-    The files are written into ``<directory>.tmp-<random>`` and renamed to ``directory`` at the
-    end. Returns ``directory`` as a Path. Raises ``FileExistsError`` if it exists.
+    The files are written into ``<directory>.tmp-<pid>-<random>`` and renamed to ``directory``
+    at the end (:func:`cnn_ray.io.atomic_directory`). Returns ``directory`` as a Path. Raises
+    ``FileExistsError`` if it exists.
     """
     directory = Path(directory)
     if directory.exists():
         raise FileExistsError(f"checkpoint directory already exists: {directory}")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".tmp-", dir=directory.parent))
-    try:
+    with atomic_directory(directory, replace=False) as tmp:
         state = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
         torch.save(state, tmp / "model.pt")
         torch.save(
@@ -90,10 +88,6 @@ def save_checkpoint(
             "std": list(map(float, std)), "metrics": metrics or {},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

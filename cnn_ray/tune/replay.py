@@ -36,6 +36,7 @@ from types import SimpleNamespace
 from typing import Optional, Sequence
 
 from cnn_ray.config import ConfigError
+from cnn_ray.io import iter_jsonl
 
 
 @dataclass
@@ -89,8 +90,7 @@ def load_records(sweep_dir: str, metric: str = "val_top1",
                           "expected the folder of a finished sweep (e.g. .../sweep_fifo)")
     out = []
     for f in files:
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        rows = [r for r in rows if metric in r]
+        rows = [r for r in iter_jsonl(f) if metric in r]
         if not rows:
             raise ConfigError(f"replay: {f} has no {metric!r} results")
         if any(time_attr not in r for r in rows):

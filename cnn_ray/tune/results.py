@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 import yaml
 
+from cnn_ray.io import iter_jsonl, read_jsonl
 from cnn_ray.tune.space import canonical_config, format_value, trial_config
 
 STATUS_COMPLETED, STATUS_STOPPED, STATUS_ERROR = "completed", "stopped_early", "error"
@@ -186,9 +187,7 @@ def trial_history(plan, trial_id: str, result) -> dict[int, dict]:
     df = result.metrics_dataframe
     rows = df.to_dict("records") if df is not None and len(df) else []
     if plan.local:
-        path = Path(plan.runs_dir) / trial_id / "metrics.jsonl"
-        if path.exists():
-            rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows += read_jsonl(Path(plan.runs_dir) / trial_id / "metrics.jsonl")
     by_epoch: dict[int, dict] = {}
     for r in rows:
         if _finite(r.get("epoch")):
@@ -228,12 +227,9 @@ def read_trial_starts(path: Path, event: str = "start") -> dict[str, list[float]
     """``trial_starts.jsonl``: trial id -> unix times of its ``event`` lines (``start``: each
     start of the trial function; ``trainer_built``: its trainer was built), in file order."""
     out: dict[str, list[float]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("event", "start") == event:
-                    out.setdefault(rec["trial_id"], []).append(float(rec["time"]))
+    for rec in iter_jsonl(path):
+        if rec.get("event", "start") == event:
+            out.setdefault(rec["trial_id"], []).append(float(rec["time"]))
     return out
 
 
@@ -242,14 +238,8 @@ def _startup_seconds(plan, trial_id: str, starts: dict[str, list[float]]) -> Opt
     Train run's ``metrics.jsonl`` (report time - epoch_seconds - eval_seconds)."""
     if trial_id not in starts or not plan.local:
         return None
-    metrics = Path(plan.runs_dir) / trial_id / "metrics.jsonl"
-    if not metrics.exists():
-        return None
     start = starts[trial_id][-1]
-    for line in metrics.read_text().splitlines():
-        if not line.strip():
-            continue
-        m = json.loads(line)
+    for m in iter_jsonl(Path(plan.runs_dir) / trial_id / "metrics.jsonl"):
         loop_start = m["time"] - m.get("epoch_seconds", 0.0) - m.get("eval_seconds", 0.0)
         if m["time"] >= start:
             return round(loop_start - start, 2)
