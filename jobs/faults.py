@@ -203,7 +203,7 @@ def fault_scenarios(args) -> dict:
     # one Train worker SIGKILLed mid-epoch ----------------------------------------------
     marker = storage / "worker_killed.marker"
     t, box = _run_in_thread(lambda: run_training(
-        cfg("worker_killed"), fault_injection={"rank": 1, "epoch": 1, "step": 2,
+        cfg("worker_killed"), fault_injection={"rank": 1, "epoch": 2, "step": 2,
                                               "marker": str(marker)}))
     t.join(limit)
     fault_time = marker.stat().st_mtime if marker.exists() else None

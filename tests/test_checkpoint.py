@@ -16,8 +16,8 @@ from cnn_ray.train.checkpoint import (
     restore_training_state,
     save_checkpoint,
 )
-from cnn_ray.train.optim import (build_optimizer, build_scheduler, schedule_total_steps,
-                                 stretch_schedule)
+from cnn_ray.train.optim import build_lr_scheduler as build_scheduler
+from cnn_ray.train.optim import build_optimizer, schedule_total_steps, stretch_schedule
 
 
 def _trained(schedule="onecycle"):

@@ -8,16 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from cnn_ray.config import OptimConfig
+from cnn_ray.config import OptimConfig, TrainConfig
+from cnn_ray.train.inputs import DataSummary, FaultInjection, WorkerInputs
 from cnn_ray.train.loop import (
     EpochStats,
     NonFiniteLossError,
     StepSettings,
+    TrainProgress,
     count_correct,
     evaluate,
     train_one_epoch,
 )
-from cnn_ray.train.optim import build_optimizer, build_scheduler, steps_per_epoch
+from cnn_ray.train.optim import build_lr_scheduler, build_optimizer, steps_per_epoch
 from cnn_ray.train.techniques import split_decay_params
 
 
@@ -128,7 +130,7 @@ def test_schedules_build_and_peak(schedule):
     cfg = OptimConfig(schedule=schedule, lr=0.4, epochs=4, warmup_epochs=1.0, step_size=1)
     model = tiny_net()
     opt = build_optimizer(model, cfg)
-    sched, per_step = build_scheduler(opt, cfg, steps_per_epoch=10)
+    sched, per_step = build_lr_scheduler(opt, cfg, steps_per_epoch=10)
     assert per_step == (schedule != "plateau")
     lrs = []
     for _ in range(40 if per_step else 4):
@@ -143,3 +145,39 @@ def test_schedules_build_and_peak(schedule):
 def test_steps_per_epoch():
     assert steps_per_epoch(1000, 2, 64, 1) == math.ceil(500 / 64)
     assert steps_per_epoch(1000, 2, 64, 4) == math.ceil(math.ceil(500 / 64) / 4)
+
+
+def test_max_steps_stops_right_after_a_step_with_no_gradients_left():
+    model = tiny_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = train_one_epoch(model, batches(n_batches=6), opt,
+                            settings(grad_accum_steps=2, channels_last=False), max_steps=2)
+    assert stats.steps == 2 and stats.num_images == 4 * 16
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_progress_tracks_best_and_early_stopping():
+    p = TrainProgress()
+    assert p.update(0.5) == {"best_val_top1": 0.5, "epochs_without_improvement": 0}
+    assert p.update(0.4) == {"best_val_top1": 0.5, "epochs_without_improvement": 1}
+    assert not p.should_stop(2) and not p.should_stop(None)
+    p.update(0.5)  # equal is not an improvement
+    assert p.stale == 2 and p.should_stop(2)
+    assert p.update(0.6)["epochs_without_improvement"] == 0 and p.best == 0.6
+
+
+def test_worker_inputs_round_trip_through_a_plain_dict(tmp_path):
+    cfg = TrainConfig.from_dict({"data": {"train": str(tmp_path)}, "optim": {"epochs": 3}})
+    data = DataSummary(class_names=["a", "b"], mean=[0.5] * 3, std=[0.25] * 3, num_train=10,
+                       num_val=4, image_shape=(8, 8, 3), bad_inputs=1)
+    fault = FaultInjection(marker=str(tmp_path / "m"), rank=0, epoch=2, step=3)
+    inputs = WorkerInputs(config=cfg, data=data, run_dir=str(tmp_path), fault=fault)
+    raw = inputs.to_dict()
+    assert raw["config"] == cfg.to_dict() and raw["data"]["image_shape"] == [8, 8, 3]
+    assert WorkerInputs.from_dict(raw) == inputs
+    assert fault.applies(0, 2) and not fault.applies(0, 1) and not fault.applies(1, 2)
+    assert FaultInjection.from_dict({"marker": "m"}) == FaultInjection("m", rank=1, epoch=2, step=1)
+    with pytest.raises(ValueError, match=r"unknown keys \['epochs'\]"):
+        FaultInjection.from_dict({"marker": "m", "epochs": 1})
+    with pytest.raises(ValueError, match=r"missing keys \['data'\]"):
+        WorkerInputs.from_dict({"config": raw["config"]})

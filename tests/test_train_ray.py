@@ -61,7 +61,7 @@ def test_two_worker_ddp_run_and_resume(ray_session, cifar_ddp, tmp_path):
 def test_killed_worker_resumes_from_last_checkpoint(ray_session, cifar_small, tmp_path):
     cfg = _cfg(cifar_small, tmp_path, run__name="faulty")
     marker = tmp_path / "killed.txt"
-    result = run_training(cfg, fault_injection={"rank": 1, "epoch": 1, "step": 2, "marker": str(marker)})
+    result = run_training(cfg, fault_injection={"rank": 1, "epoch": 2, "step": 2, "marker": str(marker)})
     assert marker.exists(), "the fault was never injected"
     assert result.metrics["epoch"] == 2
     epochs = [line["epoch"] for line in read_jsonl(Path(cfg.run.storage_path) / "faulty" / "metrics.jsonl")]
@@ -75,7 +75,7 @@ def test_memory_cache_two_workers_and_killed_worker(ray_session, cifar_ddp, tmp_
     killed worker's restarted group gets the same arrays back from the object store."""
     cfg = _cfg(cifar_ddp, tmp_path, run__name="mem", data__cache="memory")
     marker = tmp_path / "killed.txt"
-    result = run_training(cfg, fault_injection={"rank": 0, "epoch": 1, "step": 3,
+    result = run_training(cfg, fault_injection={"rank": 0, "epoch": 2, "step": 3,
                                                 "marker": str(marker)})
     assert marker.exists(), "the fault was never injected"
     m = result.metrics

@@ -11,28 +11,28 @@ import json
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-import numpy as np
 import yaml
 
 import ray
 import ray.train
-from ray.train import DataConfig
 from ray.train.torch import TorchTrainer
 
+from cnn_ray.compat import resolve_execution_options
 from cnn_ray.config import ConfigError, TrainConfig
-from cnn_ray.data.pipeline import (RAW_BAD_DIR, RawData, build_eval_dataset, build_raw_dataset,
-                                   build_train_dataset)
-from cnn_ray.train.runfiles import is_uri, write_text
+from cnn_ray.data.pipeline import RAW_BAD_DIR, RawData
+from cnn_ray.io import is_uri, write_text
+from cnn_ray.train.data_modes import training_data
+from cnn_ray.train.inputs import FaultInjection, TrainingData, WorkerInputs
 from cnn_ray.train.worker import train_loop_per_worker
 
+if TYPE_CHECKING:
+    from cnn_ray.data.prepare import PreparedData
 
-MATERIALIZE_VAL_BYTES = 256 * 2**20  # validation sets up to this size are decoded once
 
-
-class SplitValDataConfig(DataConfig):
-    """``DataConfig`` that splits ``train`` equally and ``val`` without dropping rows.
+class SplitValDataConfig(ray.train.DataConfig):
+    """``ray.train.DataConfig`` that splits ``train`` equally and ``val`` without dropping rows.
 
     Ray's default ``streaming_split(equal=True)`` drops up to ``world_size - 1`` rows to keep
     ranks in lock-step; evaluation needs no lock-step, and the validation metric must cover the
@@ -49,7 +49,7 @@ class SplitValDataConfig(DataConfig):
             if ds.name is None:
                 ds.set_name(name)
             ds = ds.copy(ds)
-            ds.context.execution_options = self._resolve_execution_options(name)
+            ds.context.execution_options = resolve_execution_options(self, name)
             splits = ds.streaming_split(world_size, equal=name not in self._unequal,
                                         locality_hints=worker_node_ids)
             for i, split in enumerate(splits):
@@ -109,10 +109,13 @@ def check_cluster_fits(cfg: TrainConfig) -> None:
         )
 
 
-def prepare_data(cfg: TrainConfig, *, force: bool = False, progress: bool = True):
+def prepare_data(cfg: TrainConfig, *, force: bool = False,
+                 progress: bool = True) -> Union["PreparedData", RawData]:
     """Run (or reuse) the prepare step for ``cfg.data``; returns ``PreparedData``.
 
     With ``data.use_raw`` nothing is written: returns a ``RawData`` that decodes every epoch.
+    Either goes to :func:`write_run_files`, :func:`put_in_memory` and :func:`build_trainer`
+    (which see it as :class:`~cnn_ray.train.inputs.TrainingData`).
     """
     from cnn_ray.data.prepare import prepare_dataset
 
@@ -122,46 +125,21 @@ def prepare_data(cfg: TrainConfig, *, force: bool = False, progress: bool = True
                            progress=progress)
 
 
-def write_run_files(cfg: TrainConfig, directory: str, prepared) -> None:
+def write_run_files(cfg: TrainConfig, directory: str,
+                    prepared: Union["PreparedData", RawData]) -> None:
     """Save the resolved config, the class mapping and the bad-input list in the run dir (a
-    local path or a storage URI, see :mod:`cnn_ray.train.runfiles`)."""
+    local path or a storage URI, see :mod:`cnn_ray.io`)."""
+    data = training_data(cfg, prepared)
+    names = data.summary.class_names
     write_text(directory, "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_text(directory, "class_names.json", json.dumps(
-        {"class_names": list(prepared.class_names),
-         "class_to_idx": {c: i for i, c in enumerate(prepared.class_names)}}, indent=2))
-    bad = Path(prepared.root) / "bad_inputs.jsonl"
-    if isinstance(prepared, RawData):  # found while listing; decoding adds more (worker merges)
-        if prepared.problems:
-            write_text(directory, "bad_inputs.jsonl",
-                       "".join(json.dumps(p) + "\n" for p in prepared.problems))
-    elif bad.exists():
-        write_text(directory, "bad_inputs.jsonl", bad.read_text())
+        {"class_names": list(names), "class_to_idx": {c: i for i, c in enumerate(names)}},
+        indent=2))
+    for name, text in data.run_files().items():
+        write_text(directory, name, text)
 
 
-def build_datasets(cfg: TrainConfig, prepared,
-                   bad_dir: Optional[str] = None) -> dict[str, ray.data.Dataset]:
-    """``{"train", "val"}`` Ray Datasets over prepared shards, or raw files (``RawData``; files
-    that fail to decode are recorded under ``bad_dir`` when given).
-
-    (``data.cache: memory`` uses :func:`put_in_memory` instead.)
-    """
-    if isinstance(prepared, RawData):
-        train = build_raw_dataset(prepared.train_source, cfg.data, cfg.augment, seed=cfg.run.seed,
-                                  train=True, bad_dir=bad_dir)
-        val = build_raw_dataset(prepared.val_source, cfg.data, train=False, bad_dir=bad_dir)
-    else:
-        train = build_train_dataset(prepared.train_files, cfg.data, cfg.augment,
-                                    image_shape=prepared.image_shape, seed=cfg.run.seed)
-        val = build_eval_dataset(prepared.val_files, cfg.data, image_shape=prepared.image_shape)
-        if prepared.num_val * int(np.prod(prepared.image_shape)) <= MATERIALIZE_VAL_BYTES:
-            # Deterministic and small: decode once into the object store, not every epoch.
-            val = val.materialize()
-    for ds in (train, val):
-        ds.context.enable_progress_bars = False  # rank 0 prints one line per epoch instead
-    return {"train": train, "val": val}
-
-
-def put_in_memory(cfg: TrainConfig, prepared) -> dict[str, Any]:
+def put_in_memory(cfg: TrainConfig, prepared: Union["PreparedData", RawData]) -> dict[str, Any]:
     """``data.cache: memory``: read the prepared shards once and ``ray.put`` them.
 
     Returns ``{"train": ObjectRef, "val": ObjectRef}`` of :func:`read_prepared_arrays` dicts
@@ -171,64 +149,48 @@ def put_in_memory(cfg: TrainConfig, prepared) -> dict[str, Any]:
     Raises:
         ConfigError: raw data (``data.use_raw``) or a data set over ``data.cache_max_mb``.
     """
-    from cnn_ray.data.memory import read_prepared_arrays
+    return training_data(cfg, prepared).object_refs(cfg)
 
-    if isinstance(prepared, RawData):
-        raise ConfigError("data.cache=memory needs prepared shards; set data.use_raw=false")
-    shape = tuple(int(v) for v in prepared.image_shape)
-    total = (prepared.num_train + prepared.num_val) * int(np.prod(shape))
-    if total > cfg.data.cache_max_mb * 1e6:
-        raise ConfigError(
-            f"data.cache=memory: the prepared data set holds {total / 1e6:.0f} MB of images, more "
-            f"than data.cache_max_mb={cfg.data.cache_max_mb:g}; raise it or stream with "
-            "data.cache=none")
-    train = read_prepared_arrays(prepared.train_files, shape)
-    val = read_prepared_arrays(prepared.val_files, shape, image_size=cfg.data.image_size)
-    return {"train": ray.put(train), "val": ray.put(val)}
+
+def _trainer_data(cfg: TrainConfig, data: TrainingData, directory: str,
+                  memory: Optional[dict[str, Any]]):
+    """``(datasets, dataset_config, memory refs)`` for the trainer: Ray Datasets to stream, or
+    (``data.cache: memory``) no datasets and the object refs (``memory``, else put now)."""
+    if cfg.data.cache == "memory":
+        return None, None, memory or data.object_refs(cfg)
+    bad_dir = None if is_uri(directory) else f"{directory}/{RAW_BAD_DIR}"
+    return data.datasets(cfg, bad_dir), SplitValDataConfig(), None
 
 
 def build_trainer(
     cfg: TrainConfig,
-    prepared,
+    prepared: Union["PreparedData", RawData],
     *,
     name: Optional[str] = None,
     callbacks: Optional[list] = None,
     fault_injection: Optional[dict] = None,
     memory: Optional[dict[str, Any]] = None,
 ) -> TorchTrainer:
-    """The ``TorchTrainer`` for ``cfg`` over prepared shards (no resources requested yet).
+    """The ``TorchTrainer`` for ``cfg`` over ``prepared`` (no resources requested yet).
 
     ``memory``: with ``data.cache: memory``, refs from :func:`put_in_memory` to reuse (a sweep
     puts the data once for all trials); None puts them now. The trainer then gets no Ray
-    Datasets: each worker ``ray.get``s the arrays and keeps its share.
+    Datasets: each worker ``ray.get``s the arrays and keeps its share. ``fault_injection``:
+    :class:`~cnn_ray.train.inputs.FaultInjection` fields as a dict (tests).
     """
     name = name or cfg.run.name
-    meta = {
-        "class_names": list(prepared.class_names), "mean": list(prepared.mean),
-        "std": list(prepared.std), "num_train": int(prepared.num_train),
-        "num_val": int(prepared.num_val), "image_shape": list(prepared.image_shape),
-        "bad_inputs": int(getattr(prepared, "bad_count", 0) or 0),
-        "raw": isinstance(prepared, RawData),
-    }
+    data = training_data(cfg, prepared)
     directory = run_dir(cfg, name)
-    loop_config: dict[str, Any] = {
-        "config": cfg.to_dict(), "data_meta": meta,
-        "run_dir": directory,
-    }
-    if fault_injection:
-        loop_config["fault_injection"] = fault_injection
-    if cfg.data.cache == "memory":
-        loop_config["memory"] = memory or put_in_memory(cfg, prepared)
-        datasets, dataset_config = None, None
-    else:
-        bad_dir = None if is_uri(directory) else f"{directory}/{RAW_BAD_DIR}"
-        datasets, dataset_config = build_datasets(cfg, prepared, bad_dir), SplitValDataConfig()
+    datasets, dataset_config, refs = _trainer_data(cfg, data, directory, memory)
+    inputs = WorkerInputs(
+        config=cfg, data=data.summary, run_dir=directory, memory=refs,
+        fault=FaultInjection.from_dict(fault_injection) if fault_injection else None)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=inputs.to_dict(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
             resources_per_worker=resources, placement_strategy=cfg.scaling.placement_strategy,
@@ -250,13 +212,15 @@ def run_training(
     name: Optional[str] = None,
     callbacks: Optional[list] = None,
     fault_injection: Optional[dict] = None,
-    prepared=None,
+    prepared: Union["PreparedData", RawData, None] = None,
 ) -> ray.train.Result:
     """Prepare data (a no-op when already prepared), then train with Ray Train.
 
     Re-running with the same ``run.name`` and ``run.storage_path`` resumes from the last
     checkpoint. Connects to the cluster in ``RAY_ADDRESS`` or starts local Ray if none is
     initialised. Returns the ``ray.train.Result`` (``metrics``, ``checkpoint``, ``path``).
+    ``prepared``: what :func:`prepare_data` returned for ``cfg`` (None: call it now);
+    ``fault_injection``: see :func:`build_trainer`.
 
     Raises:
         ConfigError: the cluster cannot fit the workers plus the data pipeline.
@@ -273,7 +237,7 @@ def run_training(
     return trainer.fit()
 
 
-def prepared_summary(prepared) -> dict:
+def prepared_summary(prepared: Union["PreparedData", RawData]) -> dict:
     """JSON-safe summary of a ``PreparedData`` (for logs)."""
     try:
         d = asdict(prepared)

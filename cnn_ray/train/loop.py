@@ -2,8 +2,8 @@
 
 No Ray here: batches are any iterable of ``{"image": uint8 (N, H, W, C), "label": int64 (N,)}``
 torch tensors (Ray's ``iter_torch_batches`` in production, plain lists in tests). Distributed
-aggregation is a ``reduce_sum`` callable (``torch.distributed.all_reduce`` on the Ray path,
-identity on one process), so the same code runs at any world size.
+aggregation is a ``reduce_sum`` callable (:func:`distributed_reduce` on the Ray path, which is
+the identity on one process), so the same code runs at any world size.
 """
 
 from __future__ import annotations
@@ -26,11 +26,6 @@ class NonFiniteLossError(RuntimeError):
 
 
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def identity_reduce(t: torch.Tensor) -> torch.Tensor:
-    """The single-process ``reduce_sum``: returns its input."""
-    return t
 
 
 def distributed_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -90,6 +85,15 @@ class EpochStats:
     bad_steps: int = 0
     extra: dict = field(default_factory=dict)
 
+    def add_batch(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one batch: ``loss_sum`` (sum of its per-image losses), (N, K) logits and
+        (N,) int64 labels."""
+        c1, c5 = count_correct(logits, labels)
+        self.loss_sum += loss_sum
+        self.correct1 += c1
+        self.correct5 += c5
+        self.num_images += labels.shape[0]
+
     def reduce(self, reduce_sum: ReduceFn) -> "EpochStats":
         """Sum counts over ranks; times are averaged (every rank runs the same wall time)."""
         vec = torch.tensor(
@@ -108,6 +112,29 @@ class EpochStats:
         if num_classes >= 10:
             out[f"{prefix}top5"] = self.correct5 / n
         return out
+
+
+@dataclass
+class TrainProgress:
+    """Where training stands between epochs: ``start_epoch`` epochs done when this (re)start
+    began, the best ``val_top1`` so far (None before the first evaluation) and ``stale``
+    epochs since it last improved (for early stopping)."""
+
+    start_epoch: int = 0
+    best: Optional[float] = None
+    stale: int = 0
+
+    def update(self, val_top1: float) -> dict[str, float]:
+        """Record one epoch's ``val_top1``; returns ``best_val_top1`` and
+        ``epochs_without_improvement`` for the epoch's metrics."""
+        improved = self.best is None or val_top1 > self.best
+        self.best = val_top1 if improved else self.best
+        self.stale = 0 if improved else self.stale + 1
+        return {"best_val_top1": self.best, "epochs_without_improvement": self.stale}
+
+    def should_stop(self, patience: Optional[int]) -> bool:
+        """Early stopping: ``val_top1`` has not improved for ``patience`` epochs (None: never)."""
+        return patience is not None and self.stale >= patience
 
 
 def prepare_inputs(batch: dict, s: StepSettings) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +197,6 @@ def train_one_epoch(
     accum = s.grad_accum_steps
     t_start = time.perf_counter()
     micro = 0
-    pending = False
     optimizer.zero_grad(set_to_none=True)
     iterator = iter(_timed(batches))
     nxt = next(iterator, None)
@@ -187,26 +213,18 @@ def train_one_epoch(
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=s.label_smoothing)
             scaled = loss / accum
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        pending = True
         with torch.no_grad():
-            c1, c5 = count_correct(logits.detach(), y)
-            stats.loss_sum += float(loss.detach()) * y.shape[0]
-            stats.correct1 += c1
-            stats.correct5 += c5
-            stats.num_images += y.shape[0]
+            stats.add_batch(float(loss.detach()) * y.shape[0], logits.detach(), y)
         if not stepping:
             continue
-        _optimizer_step(optimizer, params, s, scaler, stats)
-        pending = False
+        _optimizer_step(optimizer, params, s, scaler, stats)  # also zeroes the gradients
         if scheduler is not None and scheduler_per_step:
             scheduler.step()
         stats.steps += 1
         if log and s.log_every and stats.steps % s.log_every == 0:
             log(f"step {stats.steps}: loss {float(loss):.4f} lr {optimizer.param_groups[0]['lr']:.4g}")
         if max_steps is not None and stats.steps >= max_steps:
-            break
-    if pending:  # max_steps cut a cycle short: drop the partial gradients
-        optimizer.zero_grad(set_to_none=True)
+            break  # right after a step: no partial gradients are left behind
     stats.seconds = time.perf_counter() - t_start
     return stats
 
@@ -261,12 +279,7 @@ def evaluate(
         x, y = prepare_inputs(batch, s)
         with autocast_context(s.device, s.precision):
             logits = net(x).float()
-        loss = F.cross_entropy(logits, y, reduction="sum")
-        c1, c5 = count_correct(logits, y)
-        stats.loss_sum += float(loss)
-        stats.correct1 += c1
-        stats.correct5 += c5
-        stats.num_images += y.shape[0]
+        stats.add_batch(float(F.cross_entropy(logits, y, reduction="sum")), logits, y)
         if collect_predictions:
             preds.append(logits.argmax(1).cpu())
             labels.append(y.cpu())

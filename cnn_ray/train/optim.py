@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from cnn_ray.compat import set_scheduler_last_lr
 from cnn_ray.config import OptimConfig
 from cnn_ray.train.techniques import split_decay_params
 
@@ -33,7 +34,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
 
 
-def build_scheduler(
+def build_lr_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int
 ) -> tuple[torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau, bool]:
     """The schedule for ``cfg.schedule`` and whether it is stepped per optimiser step.
@@ -123,7 +124,7 @@ def stretch_schedule(scheduler, total_steps: Optional[int]) -> Optional[int]:
     factor.total_steps = max(2, int(total_steps), factor.warmup + 1)
     for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = base_lr * factor(scheduler.last_epoch)
-    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+    set_scheduler_last_lr(scheduler)
     return old
 
 

@@ -17,173 +17,251 @@ import resource
 import shutil
 import signal
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import torch
+from torch import nn
 
 import ray.train
 import ray.train.torch
 
 from cnn_ray.config import TrainConfig
+from cnn_ray.io import append_jsonl, is_uri
 from cnn_ray.models import create_model
 from cnn_ray.train.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
+from cnn_ray.train.inputs import DataSummary, FaultInjection, WorkerInputs
 from cnn_ray.train.loop import (
     EpochStats,
     StepSettings,
+    TrainProgress,
     distributed_reduce,
     evaluate,
     train_one_epoch,
 )
-from cnn_ray.train.optim import (build_optimizer, build_scheduler, schedule_total_steps,
+from cnn_ray.train.optim import (build_lr_scheduler, build_optimizer, schedule_total_steps,
                                  steps_per_epoch, stretch_schedule)
-from cnn_ray.train.runfiles import append_jsonl, is_uri
 from cnn_ray.train.techniques import apply_channels_last, make_grad_scaler, resolve_precision
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point for ``TorchTrainer(train_loop_per_worker=...)``.
 
-    ``loop_config`` keys: ``config`` (``TrainConfig.to_dict()``), ``data_meta`` (class_names,
-    mean, std, num_train, num_val, image_shape, bad_inputs, raw), ``run_dir`` (local path or
-    storage URI for the metrics and events files, or None), optional ``memory``
-    (``data.cache: memory``: ``{"train", "val"}`` object refs of the prepared arrays; no Ray
-    Datasets then) and ``fault_injection`` (tests: kill this worker process once).
+    ``loop_config`` is :meth:`WorkerInputs.to_dict` (the config, the data summary, the run dir
+    for the metrics and events files, the object refs of ``data.cache: memory`` and the test
+    hook ``fault_injection``); it is rebuilt and validated here.
     """
     entered = time.time()
-    cfg = TrainConfig.from_dict(loop_config["config"], source="train_loop_config", check_paths=False)
-    meta = loop_config["data_meta"]
+    inputs = WorkerInputs.from_dict(loop_config)
+    cfg = inputs.config
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    log = _rank0_logger(rank)
+    parts = build_parts(cfg, inputs.data, rank, world)
+    progress = restore(parts, cfg, log)
+    log(f"precision {parts.settings.precision} (asked {cfg.precision.dtype}) on {parts.device}, "
+        f"{parts.threads} threads, channels_last={cfg.model.channels_last}")
+    _record_start(inputs, rank, world, progress.start_epoch, entered)
+    feed = open_feed(inputs, rank, world, parts.device, log)
+    smoke = 2 if cfg.run.smoke else None  # steps and validation batches per epoch
+
+    for epoch in range(progress.start_epoch, cfg.optim.epochs):
+        batches = _with_fault(feed.train_batches(epoch), inputs.fault, rank, epoch + 1)
+        train_stats = train_one_epoch(
+            parts.model, batches, parts.optimizer, parts.settings, scheduler=parts.scheduler,
+            scheduler_per_step=parts.per_step, scaler=parts.scaler, max_steps=smoke, log=log,
+        ).reduce(distributed_reduce)
+        val_stats = evaluate(parts.model, feed.val_batches(), parts.settings,
+                             max_batches=smoke).reduce(distributed_reduce)
+        metrics = _epoch_metrics(epoch, train_stats, val_stats, inputs.data.num_classes,
+                                 parts.optimizer, world)
+        metrics["bad_inputs"] = _bad_inputs(inputs, rank)
+        if not parts.per_step:
+            parts.scheduler.step(metrics["val_loss"])
+        metrics.update(progress.update(metrics["val_top1"]))
+        stop = progress.should_stop(cfg.optim.early_stopping_patience)
+        if rank == 0:
+            log(_format_metrics(metrics))
+            if inputs.run_dir:
+                _append_jsonl(inputs.run_dir, "metrics.jsonl", metrics)
+        last = epoch + 1 == cfg.optim.epochs or stop
+        _report(inputs, metrics, rank, parts, best=progress.best,
+                save=(epoch + 1) % cfg.run.checkpoint_every == 0 or last)
+        if stop:
+            log(f"early stopping: val_top1 has not improved for {progress.stale} epochs")
+            break
+
+
+# ------------------------------------------------------------------------------ build, restore
+@dataclass
+class TrainParts:
+    """What one worker trains with: the (DDP-wrapped when world > 1) model on ``device``, its
+    optimiser, LR schedule (``per_step``: stepped per optimiser step, else per epoch on the
+    validation loss), fp16 grad scaler (or None), step settings and torch threads."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    per_step: bool
+    scaler: Optional[torch.amp.GradScaler]
+    settings: StepSettings
+    device: torch.device
+    threads: int
+
+
+def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int) -> TrainParts:
+    """Set torch threads and seed (``run.seed + rank``), build model, optimiser, schedule
+    (over this worker's steps per epoch; at most 2 in smoke runs) and grad scaler."""
     threads = cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker))
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.run.seed + rank)
     device = ray.train.torch.get_device()
-    log = _rank0_logger(rank)
-
-    num_classes = len(meta["class_names"])
-    model = create_model(cfg.model.name, num_classes=num_classes,
-                         in_channels=meta["image_shape"][2], **cfg.model.knobs())
+    model = create_model(cfg.model.name, num_classes=data.num_classes,
+                         in_channels=data.image_shape[2], **cfg.model.knobs())
     if cfg.model.channels_last:
         apply_channels_last(model)
     model = ray.train.torch.prepare_model(model)
     optimizer = build_optimizer(model, cfg.optim)
-    micro_bs = cfg.per_worker_batch_size()
-    spe = steps_per_epoch(meta["num_train"], world, micro_bs, cfg.optim.grad_accum_steps)
+    spe = steps_per_epoch(data.num_train, world, cfg.per_worker_batch_size(),
+                          cfg.optim.grad_accum_steps)
     if cfg.run.smoke:
         spe = min(spe, 2)
-    scheduler, per_step = build_scheduler(optimizer, cfg.optim, spe)
-    scaler = make_grad_scaler(device, resolve_precision(cfg.precision.dtype, device))
-
-    start_epoch, best, stale = 0, None, 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_checkpoint(d)
-        planned = schedule_total_steps(scheduler)  # the current config's budget
-        restore_training_state(state, model=model, optimizer=optimizer, scheduler=scheduler,
-                               scaler=scaler)
-        previous = stretch_schedule(scheduler, planned)
-        if previous is not None:
-            log(f"one-cycle schedule refitted to optim.epochs={cfg.optim.epochs}: "
-                f"{previous} -> {planned} total steps")
-        start_epoch, best = state.epoch, state.best
-        stale = int(state.meta.get("metrics", {}).get("epochs_without_improvement", 0))
-        log(f"resumed from checkpoint at epoch {start_epoch}")
-
+    scheduler, per_step = build_lr_scheduler(optimizer, cfg.optim, spe)
     precision = resolve_precision(cfg.precision.dtype, device)
-    log(f"precision {precision} (asked {cfg.precision.dtype}) on {device}, {threads} threads, "
-        f"channels_last={cfg.model.channels_last}")
     settings = StepSettings(
-        device=device, precision=precision, mean=meta["mean"], std=meta["std"],
+        device=device, precision=precision, mean=data.mean, std=data.std,
         channels_last=cfg.model.channels_last, label_smoothing=cfg.optim.label_smoothing,
         grad_accum_steps=cfg.optim.grad_accum_steps, grad_clip_norm=cfg.optim.grad_clip_norm,
         max_bad_steps=cfg.optim.max_bad_steps, log_every=cfg.run.log_every,
     )
-    fault = loop_config.get("fault_injection")
-    run_dir = loop_config.get("run_dir")
-    # one line per worker per (re)start of the group: where it ran, what a fault cost (on a
-    # storage URI only rank 0 writes: an object there is rewritten whole, ranks would race)
-    if run_dir and (rank == 0 or not is_uri(run_dir)):
-        _append_jsonl(run_dir, "events.jsonl",
-                      {"event": "start", "rank": rank, "resumed_from_epoch": start_epoch,
-                       "world_size": world, "node_id": ray.get_runtime_context().get_node_id(),
-                       # start-up breakdown (unix times): the worker process was created, this
-                       # module's imports began, the function was entered (model, optimiser,
-                       # checkpoint follow until "time")
-                       "process_started": _process_started(), "import_started": IMPORT_STARTED,
-                       "entered": entered})
-    if loop_config.get("memory") is not None:  # data.cache: memory
-        cached = _from_object_store(loop_config["memory"], rank, world, log)
-        train_shard = val_shard = None
-    else:
-        cached = None
-        train_shard = ray.train.get_dataset_shard("train")
-        val_shard = ray.train.get_dataset_shard("val")
-
-    for epoch in range(start_epoch, cfg.optim.epochs):
-        if cached is not None:
-            batches = cached[0].batches(
-                micro_bs, augment=cfg.augment, seed=cfg.run.seed, epoch=epoch, rank=rank,
-                shuffle=cfg.data.shuffle != "none", prefetch=max(1, cfg.data.prefetch_batches))
-        else:
-            batches = train_shard.iter_torch_batches(
-                batch_size=micro_bs, prefetch_batches=cfg.data.prefetch_batches, drop_last=False,
-                local_shuffle_buffer_size=(cfg.data.shuffle_buffer or None)
-                if cfg.data.shuffle == "local" else None,
-                local_shuffle_seed=cfg.run.seed * 100_003 + epoch * 1_009 + rank
-                if cfg.data.shuffle == "local" and cfg.data.shuffle_buffer else None,
-                pin_memory=device.type == "cuda",
-            )
-        batches = _with_fault(batches, fault, rank, epoch)
-        max_steps = 2 if cfg.run.smoke else None
-        train_stats = train_one_epoch(
-            model, batches, optimizer, settings, scheduler=scheduler, scheduler_per_step=per_step,
-            scaler=scaler, max_steps=max_steps, log=log,
-        ).reduce(distributed_reduce)
-        val_batches = cached[1].batches(cfg.optim.eval_batch_size, shuffle=False, prefetch=1) \
-            if cached is not None else val_shard.iter_torch_batches(
-                batch_size=cfg.optim.eval_batch_size, prefetch_batches=cfg.data.prefetch_batches)
-        val_stats = evaluate(
-            model, val_batches, settings, max_batches=2 if cfg.run.smoke else None,
-        ).reduce(distributed_reduce)
-        metrics = _epoch_metrics(epoch, train_stats, val_stats, num_classes, optimizer, world)
-        metrics["bad_inputs"] = int(meta.get("bad_inputs", 0))  # records left out (listed in
-        # bad_inputs.jsonl of the prepared dir and the run dir)
-        if meta.get("raw") and run_dir and not is_uri(run_dir) and rank == 0:
-            from cnn_ray.data.pipeline import merge_raw_bad_inputs  # use_raw: decode failures
-            metrics["bad_inputs"] = merge_raw_bad_inputs(run_dir)
-        if not per_step:
-            scheduler.step(metrics["val_loss"])
-        improved = best is None or metrics["val_top1"] > best
-        best = metrics["val_top1"] if improved else best
-        stale = 0 if improved else stale + 1
-        metrics.update(best_val_top1=best, epochs_without_improvement=stale)
-        stop = (cfg.optim.early_stopping_patience is not None
-                and stale >= cfg.optim.early_stopping_patience)
-        last = epoch + 1 == cfg.optim.epochs or stop
-        if rank == 0:
-            log(_format_metrics(metrics))
-            if run_dir:
-                _append_jsonl(run_dir, "metrics.jsonl", metrics)
-        _report(cfg, metrics, rank, save=(epoch + 1) % cfg.run.checkpoint_every == 0 or last,
-                model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, best=best,
-                meta=meta)
-        if stop:
-            log(f"early stopping: val_top1 has not improved for {stale} epochs")
-            break
+    return TrainParts(model, optimizer, scheduler, per_step, make_grad_scaler(device, precision),
+                      settings, device, threads)
 
 
-def _from_object_store(refs: dict, rank: int, world: int, log):
-    """``data.cache: memory``: this worker's share of the arrays the driver put (zero-copy)."""
-    from cnn_ray.data.memory import InMemoryShard
+def restore(parts: TrainParts, cfg: TrainConfig, log) -> TrainProgress:
+    """Load Ray Train's latest checkpoint (if any) into ``parts``; a one-cycle schedule is
+    refitted to the current ``optim.epochs``. Returns where training stands (epochs done,
+    best ``val_top1``, epochs without improvement)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return TrainProgress()
+    with checkpoint.as_directory() as d:
+        state = load_checkpoint(d)
+    planned = schedule_total_steps(parts.scheduler)  # the current config's budget
+    restore_training_state(state, model=parts.model, optimizer=parts.optimizer,
+                           scheduler=parts.scheduler, scaler=parts.scaler)
+    previous = stretch_schedule(parts.scheduler, planned)
+    if previous is not None:
+        log(f"one-cycle schedule refitted to optim.epochs={cfg.optim.epochs}: "
+            f"{previous} -> {planned} total steps")
+    log(f"resumed from checkpoint at epoch {state.epoch}")
+    stale = int(state.meta.get("metrics", {}).get("epochs_without_improvement", 0))
+    return TrainProgress(start_epoch=state.epoch, best=state.best, stale=stale)
 
-    t0 = time.perf_counter()
-    train = InMemoryShard.from_arrays(ray.get(refs["train"]), rank=rank, world=world, equal=True)
-    val = InMemoryShard.from_arrays(ray.get(refs["val"]), rank=rank, world=world, equal=False)
-    log(f"data in memory: {len(train)} train + {len(val)} val images per worker "
-        f"({(train.nbytes + val.nbytes) / 1e6:.0f} MB) in {time.perf_counter() - t0:.2f}s")
-    return train, val
+
+def _record_start(inputs: WorkerInputs, rank: int, world: int, start_epoch: int,
+                  entered: float) -> None:
+    """One ``events.jsonl`` line per worker per (re)start of the group: where it ran, what a
+    fault cost (on a storage URI only rank 0 writes: an object there is rewritten whole, ranks
+    would race). Start-up breakdown (unix times): the worker process was created, this module's
+    imports began, the function was entered (model, optimiser, checkpoint follow until
+    ``time``)."""
+    run_dir = inputs.run_dir
+    if not run_dir or (rank != 0 and is_uri(run_dir)):
+        return
+    _append_jsonl(run_dir, "events.jsonl",
+                  {"event": "start", "rank": rank, "resumed_from_epoch": start_epoch,
+                   "world_size": world, "node_id": ray.get_runtime_context().get_node_id(),
+                   "process_started": _process_started(), "import_started": IMPORT_STARTED,
+                   "entered": entered})
+
+
+# ------------------------------------------------------------------------------ batches
+class _StreamFeed:
+    """This worker's Ray Data shards (``data.cache: none``): ``iter_torch_batches`` with the
+    local shuffle seeded by (``run.seed``, epoch, rank)."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, device: torch.device):
+        self.cfg, self.rank, self.device = cfg, rank, device
+        self.train = ray.train.get_dataset_shard("train")
+        self.val = ray.train.get_dataset_shard("val")
+
+    def train_batches(self, epoch: int) -> Iterable[dict]:
+        d, local = self.cfg.data, self.cfg.data.shuffle == "local"
+        return self.train.iter_torch_batches(
+            batch_size=self.cfg.per_worker_batch_size(), prefetch_batches=d.prefetch_batches,
+            drop_last=False, local_shuffle_buffer_size=(d.shuffle_buffer or None) if local else None,
+            local_shuffle_seed=self.cfg.run.seed * 100_003 + epoch * 1_009 + self.rank
+            if local and d.shuffle_buffer else None,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def val_batches(self) -> Iterable[dict]:
+        return self.val.iter_torch_batches(batch_size=self.cfg.optim.eval_batch_size,
+                                           prefetch_batches=self.cfg.data.prefetch_batches)
+
+
+class _MemoryFeed:
+    """``data.cache: memory``: this worker's share of the arrays the driver put (zero-copy),
+    augmented per batch with draws from (``run.seed``, epoch, image idx)."""
+
+    def __init__(self, refs: dict, cfg: TrainConfig, rank: int, world: int, log):
+        from cnn_ray.data.memory import InMemoryShard
+
+        self.cfg, self.rank = cfg, rank
+        t0 = time.perf_counter()
+        self.train = InMemoryShard.from_arrays(ray.get(refs["train"]), rank=rank, world=world,
+                                               equal=True)
+        self.val = InMemoryShard.from_arrays(ray.get(refs["val"]), rank=rank, world=world,
+                                             equal=False)
+        log(f"data in memory: {len(self.train)} train + {len(self.val)} val images per worker "
+            f"({(self.train.nbytes + self.val.nbytes) / 1e6:.0f} MB) in "
+            f"{time.perf_counter() - t0:.2f}s")
+
+    def train_batches(self, epoch: int) -> Iterable[dict]:
+        c = self.cfg
+        return self.train.batches(
+            c.per_worker_batch_size(), augment=c.augment, seed=c.run.seed, epoch=epoch,
+            rank=self.rank, shuffle=c.data.shuffle != "none",
+            prefetch=max(1, c.data.prefetch_batches))
+
+    def val_batches(self) -> Iterable[dict]:
+        return self.val.batches(self.cfg.optim.eval_batch_size, shuffle=False, prefetch=1)
+
+
+def open_feed(inputs: WorkerInputs, rank: int, world: int, device: torch.device, log):
+    """This worker's batches: ``train_batches(epoch)`` (0-based epoch) and ``val_batches()``,
+    each an iterable of ``{"image": (N, H, W, C) uint8, "label": (N,) int64}`` torch batches."""
+    if inputs.memory is not None:
+        return _MemoryFeed(inputs.memory, inputs.config, rank, world, log)
+    return _StreamFeed(inputs.config, rank, device)
+
+
+def _with_fault(batches: Iterable[dict], fault: Optional[FaultInjection], rank: int,
+                epoch: int) -> Iterator[dict]:
+    """Test hook: SIGKILL this worker once at ``fault``'s (1-based ``epoch``, step)."""
+    if fault is None or not fault.applies(rank, epoch):
+        yield from batches
+        return
+    marker = Path(fault.marker)
+    for i, batch in enumerate(batches):
+        if i == fault.step and not marker.exists():
+            marker.write_text(f"killed rank {rank} at epoch {epoch} step {i}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield batch
+
+
+# ------------------------------------------------------------------------------ metrics, report
+def _bad_inputs(inputs: WorkerInputs, rank: int) -> int:
+    """Records left out (listed in ``bad_inputs.jsonl`` of the prepared dir and the run dir);
+    with ``data.use_raw`` rank 0 first merges this run's decoding failures into the run dir's
+    list (local run dirs only) and counts that."""
+    if inputs.data.raw and inputs.run_dir and not is_uri(inputs.run_dir) and rank == 0:
+        from cnn_ray.data.pipeline import merge_raw_bad_inputs
+
+        return merge_raw_bad_inputs(inputs.run_dir)
+    return int(inputs.data.bad_inputs)
 
 
 def _epoch_metrics(epoch: int, tr: EpochStats, va: EpochStats, num_classes: int, optimizer,
@@ -201,19 +279,24 @@ def _epoch_metrics(epoch: int, tr: EpochStats, va: EpochStats, num_classes: int,
     return metrics
 
 
-def _report(cfg: TrainConfig, metrics: dict, rank: int, *, save: bool, model, optimizer, scheduler,
-            scaler, best, meta) -> None:
+def _report(inputs: WorkerInputs, metrics: dict, rank: int, parts: TrainParts, *,
+            best: Optional[float], save: bool) -> None:
+    """``ray.train.report`` this epoch's metrics; with ``save``, rank 0 attaches a checkpoint
+    (model, optimiser, schedule, scaler, config, class names, normalisation) and every rank
+    waits until the controller has committed it (:func:`_wait_until_committed`)."""
     if not save:
         ray.train.report(metrics)
         return
     tmp = None
     checkpoint = None
     if rank == 0:
+        data = inputs.data
         tmp = tempfile.mkdtemp(prefix="cnn_ray_ckpt_")
         path = save_checkpoint(
-            Path(tmp) / "checkpoint", model=model, epoch=metrics["epoch"], config=cfg.to_dict(),
-            class_names=meta["class_names"], mean=meta["mean"], std=meta["std"],
-            optimizer=optimizer, scheduler=scheduler, scaler=scaler, best=best, metrics=metrics,
+            Path(tmp) / "checkpoint", model=parts.model, epoch=metrics["epoch"],
+            config=inputs.config.to_dict(), class_names=list(data.class_names),
+            mean=list(data.mean), std=list(data.std), optimizer=parts.optimizer,
+            scheduler=parts.scheduler, scaler=parts.scaler, best=best, metrics=metrics,
         )
         checkpoint = ray.train.Checkpoint.from_directory(str(path))
     try:
@@ -270,16 +353,3 @@ def _rank0_logger(rank: int):
         if rank == 0:
             print(f"[cnn_ray] {msg}", flush=True)
     return log
-
-
-def _with_fault(batches, fault: Optional[dict], rank: int, epoch: int):
-    """Test hook: SIGKILL this worker once at (epoch, step) if ``fault`` says so."""
-    if not fault or fault.get("rank", 1) != rank or fault.get("epoch", 1) != epoch:
-        yield from batches
-        return
-    marker = Path(fault["marker"])
-    for i, batch in enumerate(batches):
-        if i == fault.get("step", 1) and not marker.exists():
-            marker.write_text(f"killed rank {rank} at epoch {epoch} step {i}\n")
-            os.kill(os.getpid(), signal.SIGKILL)
-        yield batch

@@ -1,0 +1,127 @@
+"""Prepared data, whichever mode produced it, as the trainer needs it (Ray glue, driver side).
+
+Two implementations of :class:`cnn_ray.train.inputs.TrainingData`:
+
+* :class:`ShardData`: prepared Parquet shards (:class:`~cnn_ray.data.prepare.PreparedData`),
+  streamed through Ray Data (``data.cache: none``) or read once into the object store
+  (``data.cache: memory``);
+* :class:`RawFiles`: raw files decoded every epoch (``data.use_raw``,
+  :class:`~cnn_ray.data.pipeline.RawData`).
+
+:func:`training_data` picks one from the config, so the callers never test types.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import numpy as np
+
+import ray
+
+from cnn_ray.config import ConfigError, TrainConfig
+from cnn_ray.data.pipeline import build_eval_dataset, build_raw_dataset, build_train_dataset
+from cnn_ray.train.inputs import DataSummary, TrainingData
+
+if TYPE_CHECKING:
+    from cnn_ray.data.pipeline import RawData
+    from cnn_ray.data.prepare import PreparedData
+
+MATERIALIZE_VAL_BYTES = 256 * 2**20  # validation sets up to this size are decoded once
+
+
+def training_data(cfg: TrainConfig, prepared: Union["PreparedData", "RawData"]) -> TrainingData:
+    """``prepared`` (what :func:`cnn_ray.train.launch.prepare_data` returned for ``cfg``) as
+    :class:`TrainingData`: :class:`RawFiles` with ``data.use_raw``, else :class:`ShardData`."""
+    return RawFiles(prepared) if cfg.data.use_raw else ShardData(prepared)
+
+
+def _summary(prepared, *, raw: bool) -> DataSummary:
+    return DataSummary(
+        class_names=list(prepared.class_names), mean=list(prepared.mean),
+        std=list(prepared.std), num_train=int(prepared.num_train), num_val=int(prepared.num_val),
+        image_shape=tuple(int(v) for v in prepared.image_shape),
+        bad_inputs=int(getattr(prepared, "bad_count", 0) or 0), raw=raw)
+
+
+def _quiet(datasets: dict[str, ray.data.Dataset]) -> dict[str, ray.data.Dataset]:
+    for ds in datasets.values():
+        ds.context.enable_progress_bars = False  # rank 0 prints one line per epoch instead
+    return datasets
+
+
+class ShardData:
+    """Prepared Parquet shards (``prepared``: a ``PreparedData``), streamed or in memory."""
+
+    def __init__(self, prepared: "PreparedData"):
+        self.prepared = prepared
+        self.summary = _summary(prepared, raw=False)
+
+    def run_files(self) -> dict[str, str]:
+        """The prepared dir's ``bad_inputs.jsonl`` (records left out), when there is one."""
+        bad = Path(self.prepared.root) / "bad_inputs.jsonl"
+        return {"bad_inputs.jsonl": bad.read_text()} if bad.exists() else {}
+
+    def datasets(self, cfg: TrainConfig, bad_dir: Optional[str] = None) -> dict[str, ray.data.Dataset]:
+        """``{"train", "val"}`` Ray Datasets over the shards (``bad_dir`` is unused: the shards
+        hold only decodable images). A validation set up to ``MATERIALIZE_VAL_BYTES`` is decoded
+        once into the object store instead of every epoch (it is deterministic)."""
+        p = self.prepared
+        train = build_train_dataset(p.train_files, cfg.data, cfg.augment,
+                                    image_shape=p.image_shape, seed=cfg.run.seed)
+        val = build_eval_dataset(p.val_files, cfg.data, image_shape=p.image_shape)
+        if p.num_val * int(np.prod(p.image_shape)) <= MATERIALIZE_VAL_BYTES:
+            val = val.materialize()
+        return _quiet({"train": train, "val": val})
+
+    def object_refs(self, cfg: TrainConfig) -> dict[str, Any]:
+        """``data.cache: memory``: read the shards once and ``ray.put`` them.
+
+        Returns ``{"train": ObjectRef, "val": ObjectRef}`` of
+        :func:`~cnn_ray.data.memory.read_prepared_arrays` dicts (uint8 NHWC images, int64 labels
+        and idx). The caller owns the objects: they live while it holds the refs.
+
+        Raises:
+            ConfigError: the images take more than ``data.cache_max_mb``.
+        """
+        from cnn_ray.data.memory import read_prepared_arrays
+
+        p = self.prepared
+        shape = tuple(int(v) for v in p.image_shape)
+        total = (p.num_train + p.num_val) * int(np.prod(shape))
+        if total > cfg.data.cache_max_mb * 1e6:
+            raise ConfigError(
+                f"data.cache=memory: the prepared data set holds {total / 1e6:.0f} MB of images, "
+                f"more than data.cache_max_mb={cfg.data.cache_max_mb:g}; raise it or stream with "
+                "data.cache=none")
+        train = read_prepared_arrays(p.train_files, shape)
+        val = read_prepared_arrays(p.val_files, shape, image_size=cfg.data.image_size)
+        return {"train": ray.put(train), "val": ray.put(val)}
+
+
+class RawFiles:
+    """Raw files decoded every epoch (``raw``: a ``RawData``, ``data.use_raw``)."""
+
+    def __init__(self, raw: "RawData"):
+        self.raw = raw
+        self.summary = _summary(raw, raw=True)
+
+    def run_files(self) -> dict[str, str]:
+        """Problems found while listing (the worker merges decoding failures in later)."""
+        problems = self.raw.problems
+        return {"bad_inputs.jsonl": "".join(json.dumps(p) + "\n" for p in problems)} \
+            if problems else {}
+
+    def datasets(self, cfg: TrainConfig, bad_dir: Optional[str] = None) -> dict[str, ray.data.Dataset]:
+        """``{"train", "val"}`` Ray Datasets decoding the files; files that fail to decode are
+        recorded under ``bad_dir`` when given."""
+        train = build_raw_dataset(self.raw.train_source, cfg.data, cfg.augment, seed=cfg.run.seed,
+                                  train=True, bad_dir=bad_dir)
+        val = build_raw_dataset(self.raw.val_source, cfg.data, train=False, bad_dir=bad_dir)
+        return _quiet({"train": train, "val": val})
+
+    def object_refs(self, cfg: TrainConfig) -> dict[str, Any]:
+        """Raises ConfigError: ``data.cache: memory`` needs prepared shards."""
+        raise ConfigError("data.cache=memory needs prepared shards; set data.use_raw=false")
