@@ -16,7 +16,7 @@ from cnn_ray.train.checkpoint import (
     restore_training_state,
     save_checkpoint,
 )
-from cnn_ray.train.optim import build_lr_scheduler as build_scheduler
+from cnn_ray.train.optim import build_lr_scheduler
 from cnn_ray.train.optim import build_optimizer, schedule_total_steps, stretch_schedule
 
 
@@ -25,7 +25,7 @@ def _trained(schedule="onecycle"):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     cfg = OptimConfig(lr=0.1, schedule=schedule, epochs=3, warmup_epochs=1)
     opt = build_optimizer(model, cfg)
-    sched, _ = build_scheduler(opt, cfg, 5)
+    sched, _ = build_lr_scheduler(opt, cfg, 5)
     for _ in range(4):
         loss = model(torch.randn(2, 3, 8, 8)).sum()
         loss.backward()
@@ -50,7 +50,7 @@ def test_round_trip_restores_everything(tmp_path, schedule):
         for p in model2.parameters():
             p.zero_()
     opt2 = build_optimizer(model2, cfg)
-    sched2, _ = build_scheduler(opt2, cfg, 5)
+    sched2, _ = build_lr_scheduler(opt2, cfg, 5)
     restore_training_state(state, model=model2, optimizer=opt2, scheduler=sched2)
     for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
@@ -76,7 +76,7 @@ def test_resume_with_a_larger_budget_stretches_the_one_cycle(tmp_path):
     model = nn.Linear(3, 2)
     short = OptimConfig(lr=0.1, schedule="onecycle", epochs=2)
     opt = build_optimizer(model, short)
-    sched, _ = build_scheduler(opt, short, 10)
+    sched, _ = build_lr_scheduler(opt, short, 10)
     for _ in range(20):  # the whole 2-epoch budget
         opt.step()
         sched.step()
@@ -85,7 +85,7 @@ def test_resume_with_a_larger_budget_stretches_the_one_cycle(tmp_path):
                            mean=[0.5], std=[0.2], optimizer=opt, scheduler=sched)
     longer = OptimConfig(lr=0.1, schedule="onecycle", epochs=4)
     opt2 = build_optimizer(model, longer)
-    sched2, _ = build_scheduler(opt2, longer, 10)
+    sched2, _ = build_lr_scheduler(opt2, longer, 10)
     planned = schedule_total_steps(sched2)
     restore_training_state(load_checkpoint(path), model=model, optimizer=opt2, scheduler=sched2)
     assert schedule_total_steps(sched2) == 20  # the checkpoint's budget came back
