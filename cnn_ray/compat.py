@@ -72,6 +72,17 @@ def set_scheduler_last_lr(scheduler) -> None:
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
 
+def mkldnn_bf16_supported() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (private
+    ``torch.ops.mkldnn._is_mkldnn_bf16_supported``; no public query exists). False if absent."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 # ------------------------------------------------------------------------------ checks
 def _checks() -> dict[str, Callable[[], Any]]:
     def asha():
@@ -122,7 +133,13 @@ def _checks() -> dict[str, Callable[[], Any]]:
         set_scheduler_last_lr(sched)
         assert sched.get_last_lr() == [0.1]
 
-    return {"asha_rungs": asha, "experiment_trials": grid, "placement_group_rows": pgs,
+    def mkldnn():
+        import torch
+
+        assert callable(torch.ops.mkldnn._is_mkldnn_bf16_supported), \
+            "torch.ops.mkldnn._is_mkldnn_bf16_supported"
+
+    return {"mkldnn_bf16_supported": mkldnn, "asha_rungs": asha, "experiment_trials": grid, "placement_group_rows": pgs,
             "session_dir": node, "data_execution_index": data_ctx,
             "resolve_execution_options": data_cfg, "set_scheduler_last_lr": last_lr}
 

@@ -181,3 +181,69 @@ def test_worker_inputs_round_trip_through_a_plain_dict(tmp_path):
         FaultInjection.from_dict({"marker": "m", "epochs": 1})
     with pytest.raises(ValueError, match=r"missing keys \['data'\]"):
         WorkerInputs.from_dict({"config": raw["config"]})
+
+
+def test_epoch_reduction_runs_on_the_training_device():
+    """The bug class of NCCL groups (CUDA tensors only), caught on CPU: a reduce function
+    that refuses tensors not on the training device ("meta" stands in for "cuda")."""
+    seen = []
+
+    def nccl_like(t):
+        if t.device.type != "meta":
+            raise RuntimeError(f"No backend type associated with device type {t.device.type}")
+        seen.append(t.shape)
+        return torch.tensor([4.0, 3, 2, 8, 2.0, 1.0, 6, 0, 2], dtype=torch.float64)
+
+    stats = EpochStats(loss_sum=2.0, correct1=3, num_images=4, seconds=2.0)
+    with pytest.raises(RuntimeError, match="device type cpu"):
+        stats.reduce(nccl_like)  # the old behaviour: a CPU vector
+    out = stats.reduce(nccl_like, torch.device("meta"))
+    assert seen == [torch.Size([9])]
+    assert (out.num_images, out.correct1, out.seconds, out.steps) == (8, 3, 1.0, 3)
+
+
+@pytest.mark.parametrize("log_every,expected_reads", [(0, 1), (2, 4)])
+def test_step_loop_reads_device_counts_only_at_check_points(monkeypatch, log_every, expected_reads):
+    """No host sync per step: the non-finite count is read every log_every steps and once at
+    the end of the epoch (6 steps: log_every 2 -> 3 + 1 reads)."""
+    from cnn_ray.train import loop
+
+    reads = []
+    original = loop.DeviceCounts.bad_steps
+    monkeypatch.setattr(loop.DeviceCounts, "bad_steps", lambda self: reads.append(1) or original(self))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 3, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = train_one_epoch(model, batches(n_batches=6), opt,
+                            settings(channels_last=False, log_every=log_every))
+    assert stats.steps == 6 and len(reads) == expected_reads
+
+
+def test_non_finite_steps_stop_within_log_every_steps():
+    model = NaNAfter()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.0)
+    steps = []
+    from cnn_ray.train.loop import StepHooks
+
+    with pytest.raises(NonFiniteLossError, match="in 2 steps"):
+        train_one_epoch(model, batches(n_batches=6), opt,
+                        settings(max_bad_steps=1, log_every=2, channels_last=False),
+                        hooks=StepHooks(after_step=[steps.append]))
+    assert steps == [1, 2]  # stopped at the first check point past the limit
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_hooks_soft_targets_and_after_step():
+    """A batch transform may return (N, K) class probabilities (MixUp/CutMix); after_step
+    runs once per optimiser step."""
+    from cnn_ray.train.loop import StepHooks
+
+    calls = []
+
+    def soft(x, y):
+        return x, torch.nn.functional.one_hot(y, 4).float() * 0.9 + 0.025
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8 * 8 * 3, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = train_one_epoch(model, batches(n_batches=4), opt, settings(channels_last=False),
+                            hooks=StepHooks(batch_transform=soft, after_step=[calls.append]))
+    assert calls == [1, 2, 3, 4] and stats.num_images == 64 and 0 <= stats.correct1 <= 64

@@ -116,6 +116,9 @@ class WorkerInputs:
         memory: ``data.cache: memory``: ``{"train", "val"}`` object refs of the prepared arrays
             (dicts of uint8 NHWC images, int64 labels and idx); None = stream Ray Datasets.
         fault: test hook (:class:`FaultInjection`), None in real runs.
+        precision: ``fp32 | bf16 | fp16`` resolved once for the whole group from
+            ``precision.dtype`` (``auto``) on the device the workers get; None = each worker
+            resolves it itself.
     """
 
     config: TrainConfig
@@ -123,11 +126,12 @@ class WorkerInputs:
     run_dir: Optional[str] = None
     memory: Optional[dict[str, Any]] = None
     fault: Optional[FaultInjection] = None
+    precision: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dict Ray Train passes to every worker (object refs kept as they are)."""
         return {"config": self.config.to_dict(), "data": self.data.to_dict(),
-                "run_dir": self.run_dir, "memory": self.memory,
+                "run_dir": self.run_dir, "memory": self.memory, "precision": self.precision,
                 "fault_injection": dataclasses.asdict(self.fault) if self.fault else None}
 
     @classmethod
@@ -139,14 +143,15 @@ class WorkerInputs:
             ValueError: unknown or missing keys.
         """
         _check_keys(cls, raw, "train_loop_config",
-                    names={"config", "data", "run_dir", "memory", "fault_injection"},
+                    names={"config", "data", "run_dir", "memory", "fault_injection", "precision"},
                     required={"config", "data"})
         fault = raw.get("fault_injection")
         return cls(
             config=TrainConfig.from_dict(raw["config"], source="train_loop_config",
                                          check_paths=False),
             data=DataSummary.from_dict(raw["data"]), run_dir=raw.get("run_dir"),
-            memory=raw.get("memory"), fault=FaultInjection.from_dict(fault) if fault else None)
+            memory=raw.get("memory"), fault=FaultInjection.from_dict(fault) if fault else None,
+            precision=raw.get("precision"))
 
 
 def _check_keys(cls, raw: dict[str, Any], what: str, *, names: Optional[set] = None,

@@ -82,6 +82,32 @@ def default_prepared_dir(cfg: TrainConfig) -> str:
     return os.path.join(storage_root(cfg), "prepared", f"{Path(d.train).name}-{d.image_size}px-{digest}")
 
 
+def resolve_group_precision(cfg: TrainConfig) -> str:
+    """``precision.dtype`` resolved once for the whole worker group, on the kind of device the
+    workers get, so every rank runs the same precision.
+
+    ``auto`` with ``scaling.use_gpu``: asked on a GPU of the cluster (a one-GPU Ray task; the
+    driver may have none): bf16 where native, else fp16. ``auto`` on CPUs: resolved on this
+    (the driver's) CPU; on a cluster of mixed CPU generations set ``precision.dtype`` instead.
+    """
+    import torch
+
+    from cnn_ray.train.techniques import resolve_precision
+
+    if cfg.precision.dtype != "auto":
+        return cfg.precision.dtype
+    if not cfg.scaling.use_gpu:
+        return resolve_precision("auto", torch.device("cpu"))
+
+    @ray.remote(num_gpus=1, num_cpus=0)
+    def _on_a_gpu() -> str:
+        import torch as _torch
+
+        return resolve_precision("auto", _torch.device("cuda"))
+
+    return ray.get(_on_a_gpu.remote(), timeout=600)
+
+
 def check_cluster_fits(cfg: TrainConfig) -> None:
     """Fail fast (before requesting resources) if the workers plus Ray Data cannot fit.
 
@@ -184,7 +210,8 @@ def build_trainer(
     datasets, dataset_config, refs = _trainer_data(cfg, data, directory, memory)
     inputs = WorkerInputs(
         config=cfg, data=data.summary, run_dir=directory, memory=refs,
-        fault=FaultInjection.from_dict(fault_injection) if fault_injection else None)
+        fault=FaultInjection.from_dict(fault_injection) if fault_injection else None,
+        precision=resolve_group_precision(cfg))
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1

@@ -8,7 +8,6 @@ the identity on one process), so the same code runs at any world size.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
@@ -85,20 +84,17 @@ class EpochStats:
     bad_steps: int = 0
     extra: dict = field(default_factory=dict)
 
-    def add_batch(self, loss_sum: float, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Count one batch: ``loss_sum`` (sum of its per-image losses), (N, K) logits and
-        (N,) int64 labels."""
-        c1, c5 = count_correct(logits, labels)
-        self.loss_sum += loss_sum
-        self.correct1 += c1
-        self.correct5 += c5
-        self.num_images += labels.shape[0]
+    def reduce(self, reduce_sum: ReduceFn, device: torch.device | str = "cpu") -> "EpochStats":
+        """Sum counts over ranks; times are averaged (every rank runs the same wall time).
 
-    def reduce(self, reduce_sum: ReduceFn) -> "EpochStats":
-        """Sum counts over ranks; times are averaged (every rank runs the same wall time)."""
+        The vector handed to ``reduce_sum`` is created on ``device``: pass the training device,
+        because a NCCL process group (Ray Train with ``use_gpu=True``) reduces CUDA tensors
+        only ("No backend type associated with device type cpu" otherwise).
+        """
         vec = torch.tensor(
             [self.loss_sum, self.correct1, self.correct5, self.num_images, self.seconds,
              self.data_wait_seconds, self.steps, self.bad_steps, 1.0], dtype=torch.float64,
+            device=device,
         )
         out = reduce_sum(vec).tolist()
         ranks = max(1.0, out[8])
@@ -147,10 +143,66 @@ def prepare_inputs(batch: dict, s: StepSettings) -> tuple[torch.Tensor, torch.Te
 
 def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
     """(top-1 correct, top-5 correct) counts for (N, K) logits and (N,) labels."""
+    top1, top5 = _hits(logits, labels)
+    return int(top1), int(top5)
+
+
+def _hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-1, top-5) hit counts as 0-d tensors on the logits' device (no host sync)."""
     k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit = top == labels[:, None]
-    return int(hit[:, 0].sum()), int(hit.any(dim=1).sum())
+    hit = logits.topk(k, dim=1).indices == labels[:, None]
+    return hit[:, 0].sum(), hit.any(dim=1).sum()
+
+
+class DeviceCounts:
+    """An epoch's loss sum, top-1/top-5 hits and non-finite steps, kept on the training device.
+
+    Adding a batch launches a few small kernels and never waits for the device (a ``float()``
+    or ``int()`` per step would stall a GPU's queue every step); :meth:`into` reads them once.
+    """
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, bad
+        self.num_images = 0
+
+    def add(self, loss_sum: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one batch: ``loss_sum`` (0-d, sum of its per-image losses), (N, K) logits and
+        (N,) int64 labels."""
+        top1, top5 = _hits(logits, labels)
+        self.sums[0] += loss_sum.detach().to(torch.float64)
+        self.sums[1] += top1
+        self.sums[2] += top5
+        self.num_images += labels.shape[0]
+
+    def add_bad(self, bad: torch.Tensor) -> None:
+        """Count a step as non-finite when the 0-d bool ``bad`` is true."""
+        self.sums[3] += bad
+
+    def bad_steps(self) -> int:
+        """Non-finite steps so far (one host sync)."""
+        return int(self.sums[3])
+
+    def into(self, stats: EpochStats) -> EpochStats:
+        """Copy the counts into ``stats`` (one host sync) and return it."""
+        loss, top1, top5, bad = self.sums.tolist()
+        stats.loss_sum, stats.correct1, stats.correct5 = loss, int(top1), int(top5)
+        stats.num_images, stats.bad_steps = self.num_images, int(bad)
+        return stats
+
+
+@dataclass
+class StepHooks:
+    """Recipe techniques acting inside the step loop, so the loop has no ``if`` per trick.
+
+    Attributes:
+        batch_transform: ``(x, labels) -> (x, target)`` after normalisation; ``target`` is
+            (N,) int64 labels or (N, K) float class probabilities (MixUp/CutMix). None: identity.
+        after_step: callables run after every optimiser step with the epoch's step count
+            (e.g. updating an EMA of the weights).
+    """
+
+    batch_transform: Optional[Callable[[torch.Tensor, torch.Tensor], tuple]] = None
+    after_step: Sequence[Callable[[int], None]] = ()
 
 
 def _timed(iterable: Iterable) -> Iterable[tuple[float, object]]:
@@ -175,26 +227,26 @@ def train_one_epoch(
     scaler: Optional[torch.amp.GradScaler] = None,
     max_steps: Optional[int] = None,
     log: Optional[Callable[[str], None]] = None,
+    hooks: Optional[StepHooks] = None,
 ) -> EpochStats:
     """Train for one pass over ``batches`` and return this rank's :class:`EpochStats`.
 
     Gradient accumulation: the loss of each micro-batch is divided by ``grad_accum_steps``;
     DDP gradient sync happens only on the micro-batch that steps (``no_sync`` otherwise); a
     trailing partial cycle still steps. Every micro-batch runs forward and backward on every
-    rank (so DDP ranks stay in lock-step); the step is skipped when the (all-reduced) gradient
-    norm is non-finite, and after more than ``max_bad_steps`` such steps in the epoch
-    :class:`NonFiniteLossError` is raised. With fp16 the GradScaler's own overflow skips are
-    not counted while its scale is still >= 1.
+    rank (so DDP ranks stay in lock-step). Counts stay on the device (:class:`DeviceCounts`);
+    the host reads them every ``log_every`` steps and at the end of the epoch.
 
     Args:
         max_steps: stop after this many optimiser steps (smoke runs); None = whole pass.
+        hooks: :class:`StepHooks` of the recipe (MixUp, EMA, ...); None = none.
     Raises:
-        NonFiniteLossError: see above.
+        NonFiniteLossError: see :func:`_optimizer_step`.
     """
     model.train()
-    stats = EpochStats()
+    hooks = hooks or StepHooks()
+    stats, counts = EpochStats(), DeviceCounts(s.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    accum = s.grad_accum_steps
     t_start = time.perf_counter()
     micro = 0
     optimizer.zero_grad(set_to_none=True)
@@ -206,70 +258,104 @@ def train_one_epoch(
         x, y = prepare_inputs(batch, s)
         nxt = next(iterator, None)
         micro += 1
-        stepping = micro % accum == 0 or nxt is None
-        with maybe_no_sync(model, skip_sync=not stepping):
-            with autocast_context(s.device, s.precision):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=s.label_smoothing)
-            scaled = loss / accum
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        stepping = micro % s.grad_accum_steps == 0 or nxt is None
+        loss, logits = _forward_backward(model, x, y, s, scaler, hooks, skip_sync=not stepping)
         with torch.no_grad():
-            stats.add_batch(float(loss.detach()) * y.shape[0], logits.detach(), y)
+            counts.add(loss * y.shape[0], logits, y)
         if not stepping:
             continue
-        _optimizer_step(optimizer, params, s, scaler, stats)  # also zeroes the gradients
+        _optimizer_step(optimizer, params, s, scaler, counts)  # also zeroes the gradients
         if scheduler is not None and scheduler_per_step:
             scheduler.step()
         stats.steps += 1
-        if log and s.log_every and stats.steps % s.log_every == 0:
-            log(f"step {stats.steps}: loss {float(loss):.4f} lr {optimizer.param_groups[0]['lr']:.4g}")
+        for fn in hooks.after_step:
+            fn(stats.steps)
+        if s.log_every and stats.steps % s.log_every == 0:
+            _check_bad_steps(counts, s, scaler)
+            if log:
+                log(f"step {stats.steps}: loss {float(loss):.4f} "
+                    f"lr {optimizer.param_groups[0]['lr']:.4g}")
         if max_steps is not None and stats.steps >= max_steps:
             break  # right after a step: no partial gradients are left behind
+    _check_bad_steps(counts, s, scaler)
     stats.seconds = time.perf_counter() - t_start
-    return stats
+    return counts.into(stats)
 
 
-def _optimizer_step(optimizer, params, s: StepSettings, scaler, stats: EpochStats) -> None:
+def _forward_backward(model, x, y, s: StepSettings, scaler, hooks: StepHooks, *, skip_sync: bool):
+    """Forward, loss (on ``hooks.batch_transform``'s target) and backward of one micro-batch;
+    returns the 0-d mean loss and the (N, K) logits (detached)."""
+    target = y
+    if hooks.batch_transform is not None:
+        x, target = hooks.batch_transform(x, y)
+    with maybe_no_sync(model, skip_sync=skip_sync):
+        with autocast_context(s.device, s.precision):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=s.label_smoothing)
+        scaled = loss / s.grad_accum_steps
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    return loss.detach(), logits.detach()
+
+
+def _optimizer_step(optimizer, params, s: StepSettings, scaler, counts: DeviceCounts) -> None:
+    """Clip, step and zero the gradients without waiting for the device.
+
+    A step whose (all-reduced) gradient norm is not finite is neutralised: with fp16 the
+    GradScaler skips it (its found-inf check); otherwise its gradients are zeroed on the device
+    (``nan_to_num`` then multiplied by the finite flag, so only momentum and weight decay move
+    the weights) and it is counted in ``counts`` for :func:`_check_bad_steps`.
+    """
     if scaler is not None:
         scaler.unscale_(optimizer)
-    max_norm = s.grad_clip_norm if s.grad_clip_norm is not None else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
-    finite = bool(torch.isfinite(grad_norm))
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        optimizer.zero_grad(set_to_none=True)
+        return
+    norm = torch.nn.utils.get_total_norm(grads)
+    if s.grad_clip_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, s.grad_clip_norm, norm)
+    finite = torch.isfinite(norm)
+    counts.add_bad(~finite)
     if scaler is not None:
         scaler.step(optimizer)  # skips the step itself on inf/nan gradients
-        scale_ok = scaler.get_scale() >= 1.0
         scaler.update()
-        bad = not finite and not scale_ok
     else:
-        bad = not finite
-        if finite:
-            optimizer.step()
+        for g in grads:
+            g.nan_to_num_(0.0, 0.0, 0.0).mul_(finite)
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if bad:
-        stats.bad_steps += 1
-        if stats.bad_steps > s.max_bad_steps:
-            raise NonFiniteLossError(
-                f"non-finite loss/gradients in {stats.bad_steps} steps (optim.max_bad_steps="
-                f"{s.max_bad_steps}); last gradient norm {float(grad_norm)}. Lower optim.lr, set "
-                "optim.grad_clip_norm, or use precision bf16."
-            )
+
+
+def _check_bad_steps(counts: DeviceCounts, s: StepSettings, scaler) -> None:
+    """Raise :class:`NonFiniteLossError` once more than ``max_bad_steps`` steps of the epoch
+    were non-finite (read every ``log_every`` steps and at the epoch end, so training stops
+    within ``log_every`` steps of the limit). With fp16 the GradScaler's own overflow skips
+    count only once its scale has fallen below 1 (it lowers the scale on each overflow)."""
+    bad = counts.bad_steps()
+    if bad <= s.max_bad_steps or (scaler is not None and scaler.get_scale() >= 1.0):
+        return
+    raise NonFiniteLossError(
+        f"non-finite loss/gradients in {bad} steps (optim.max_bad_steps={s.max_bad_steps}). "
+        "Lower optim.lr, set optim.grad_clip_norm, or use precision bf16.")
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, batches: Iterable[dict], s: StepSettings, *, max_batches: Optional[int] = None,
     collect_predictions: bool = False,
+    predict: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = None,
 ) -> EpochStats:
     """Loss and top-1/top-5 counts of ``model`` over ``batches`` (this rank's share).
 
     The bare module is used (never the DDP wrapper), so ranks may see different numbers of
-    batches. With ``collect_predictions`` the (N,) int64 predictions and labels are returned in
+    batches. ``predict(net, x) -> (N, K) logits`` replaces ``net(x)`` (test-time augmentation).
+    With ``collect_predictions`` the (N,) int64 predictions and labels are returned in
     ``stats.extra["pred"]`` / ``stats.extra["label"]`` (for confusion matrices).
     """
     net = unwrap_model(model)
     was_training = net.training
     net.eval()
-    stats = EpochStats()
+    stats, counts = EpochStats(), DeviceCounts(s.device)
     preds, labels = [], []
     t0 = time.perf_counter()
     for i, (wait, batch) in enumerate(_timed(batches)):
@@ -278,8 +364,8 @@ def evaluate(
         stats.data_wait_seconds += wait
         x, y = prepare_inputs(batch, s)
         with autocast_context(s.device, s.precision):
-            logits = net(x).float()
-        stats.add_batch(float(F.cross_entropy(logits, y, reduction="sum")), logits, y)
+            logits = (predict(net, x) if predict is not None else net(x)).float()
+        counts.add(F.cross_entropy(logits, y, reduction="sum"), logits, y)
         if collect_predictions:
             preds.append(logits.argmax(1).cpu())
             labels.append(y.cpu())
@@ -288,4 +374,4 @@ def evaluate(
         stats.extra["pred"] = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
         stats.extra["label"] = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
     net.train(was_training)
-    return stats
+    return counts.into(stats)

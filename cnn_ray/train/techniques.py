@@ -17,22 +17,33 @@ AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def cpu_has_fast_bf16() -> bool:
     """Whether oneDNN has native bf16 kernels on this CPU (AVX-512-BF16 or AMX)."""
+    from cnn_ray.compat import mkldnn_bf16_supported
+
+    return mkldnn_bf16_supported()
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` computes bf16 natively (compute capability >= 8.0: A100,
+    H100, ...). ``torch.cuda.is_bf16_supported()`` alone also says yes on GPUs that only
+    emulate it (T4, V100), where bf16 is slow and fp16 + GradScaler is the fast path."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older torch without the keyword
+        return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
     """The precision to run: ``requested`` unless it is ``auto`` (see ``PrecisionConfig``).
 
-    ``auto``: CUDA -> ``bf16`` if ``torch.cuda.is_bf16_supported()`` else ``fp16``; CPU ->
-    ``bf16`` if :func:`cpu_has_fast_bf16` else ``fp32``. An explicit ``bf16`` on a CPU without
+    ``auto``: CUDA -> ``bf16`` where native (:func:`cuda_has_native_bf16`) else ``fp16``
+    (with a GradScaler); CPU -> ``bf16`` if :func:`cpu_has_fast_bf16` else ``fp32``. Resolve it
+    once, where the workers' device is known, and hand the result to every rank, so a group
+    never mixes precisions. An explicit ``bf16`` on a CPU without
     native bf16 is kept (the user asked for it) with a warning, because it runs far slower.
     """
     if requested == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if cuda_has_native_bf16(device) else "fp16"
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     if requested == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         import warnings

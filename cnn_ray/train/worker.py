@@ -58,7 +58,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     log = _rank0_logger(rank)
-    parts = build_parts(cfg, inputs.data, rank, world)
+    parts = build_parts(cfg, inputs.data, rank, world, precision=inputs.precision)
     progress = restore(parts, cfg, log)
     log(f"precision {parts.settings.precision} (asked {cfg.precision.dtype}) on {parts.device}, "
         f"{parts.threads} threads, channels_last={cfg.model.channels_last}")
@@ -71,9 +71,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         train_stats = train_one_epoch(
             parts.model, batches, parts.optimizer, parts.settings, scheduler=parts.scheduler,
             scheduler_per_step=parts.per_step, scaler=parts.scaler, max_steps=smoke, log=log,
-        ).reduce(distributed_reduce)
+        ).reduce(distributed_reduce, parts.device)
         val_stats = evaluate(parts.model, feed.val_batches(), parts.settings,
-                             max_batches=smoke).reduce(distributed_reduce)
+                             max_batches=smoke).reduce(distributed_reduce, parts.device)
         metrics = _epoch_metrics(epoch, train_stats, val_stats, inputs.data.num_classes,
                                  parts.optimizer, world)
         metrics["bad_inputs"] = _bad_inputs(inputs, rank)
@@ -110,9 +110,11 @@ class TrainParts:
     threads: int
 
 
-def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int) -> TrainParts:
+def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
+                precision: Optional[str] = None) -> TrainParts:
     """Set torch threads and seed (``run.seed + rank``), build model, optimiser, schedule
-    (over this worker's steps per epoch; at most 2 in smoke runs) and grad scaler."""
+    (over this worker's steps per epoch; at most 2 in smoke runs) and grad scaler.
+    ``precision``: the group's resolved precision (None: resolve ``precision.dtype`` here)."""
     threads = cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker))
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.run.seed + rank)
@@ -128,7 +130,9 @@ def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int) -> T
     if cfg.run.smoke:
         spe = min(spe, 2)
     scheduler, per_step = build_lr_scheduler(optimizer, cfg.optim, spe)
-    precision = resolve_precision(cfg.precision.dtype, device)
+    precision = precision or resolve_precision(cfg.precision.dtype, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
     settings = StepSettings(
         device=device, precision=precision, mean=data.mean, std=data.std,
         channels_last=cfg.model.channels_last, label_smoothing=cfg.optim.label_smoothing,
