@@ -249,11 +249,11 @@ def test_rayjob_entrypoint_and_lifecycle(name, script):
 
 
 def test_rayjob_train_overrides_are_valid_config_keys():
-    cli = pytest.importorskip("cnn_ray.cli")
+    config_io = pytest.importorskip("cnn_ray.config_io")
     argv = shlex.split(_load(KUBERAY / "rayjob-train.yaml")["spec"]["entrypoint"])
     config = REPO / argv[argv.index("--config") + 1]
     overrides = [a for a in argv[argv.index("--config") + 2:] if "=" in a]
-    cfg = cli.load_train_config(str(config), overrides, check_paths=False)
+    cfg = config_io.load_train_config(str(config), overrides, check_paths=False)
     assert cfg.scaling.use_gpu and cfg.scaling.num_workers >= 2
     assert cfg.run.max_failures > 0
 
