@@ -261,6 +261,8 @@ def test_shipped_sweep_files_are_valid(name, tmp_path):
     assert len(plan.points) == spec.sweep.num_samples
     assert all(p["model.name"] in list_models() for p in plan.points)
     assert plan.exp_dir == f"{tmp_path}/{spec.sweep.name}"
+    # a trial's LR schedule spans base optim.epochs: ASHA must let the best reach its end
+    assert plan.scheduler.max_t == spec.base.optim.epochs
 
 
 def test_asha_rungs_survive_a_restore(tmp_path):
