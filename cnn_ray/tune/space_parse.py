@@ -254,9 +254,12 @@ def _check_semantics(space: SearchSpace, base: TrainConfig, searcher: str, error
             if p.kind == "choice" and not all(
                     v is None or isinstance(v, (bool, int, float, str)) for v in p.args):
                 errors.append(f"space.{p.key}: Optuna choices must be scalars, got {list(p.args)}")
-    if errors:
-        return
-    # Every value (or range end) must pass the typed config on top of the base.
+    if not errors:
+        _check_values(space, base, errors)
+
+
+def _check_values(space: SearchSpace, base: TrainConfig, errors: list[str]) -> None:
+    """Every value (or range end) must pass the typed config on top of the base."""
     base_raw = base.to_dict()
     for fam_name, params in [(None, space.params)] + list((space.families or {}).items()):
         prefix = f"space.{FAMILY_KEY}.{fam_name}." if fam_name else "space."
