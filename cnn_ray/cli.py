@@ -1,6 +1,8 @@
-"""Command line: ``cnn-ray {train,prepare,evaluate,benchmark} --config FILE [a.b=value ...]``.
+"""Command line: ``cnn-ray {train,prepare,evaluate,benchmark,tune} --config FILE [a.b=value ...]``.
 
-The only place (with ``jobs/``) that reads YAML and argv; the library takes typed configs.
+The only place (with ``jobs/``) that parses argv; config files and overrides are read by
+:mod:`cnn_ray.config_io`, and the rest of the library takes typed configs. Nothing in
+``cnn_ray`` imports this module.
 ``jobs/train.py`` etc. are thin wrappers around :func:`main`, so ``ray job submit ... -- python
 jobs/train.py ...`` and ``cnn-ray train ...`` behave the same.
 """
@@ -9,70 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-import yaml
-
-from cnn_ray.config import ConfigError, TrainConfig
-
-
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping. Raises :class:`ConfigError` naming the file on any problem."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], *, source: str = "command line") -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides (values parsed as YAML scalars/lists) to a nested dict.
-
-    Raises :class:`ConfigError` for an override without ``=`` or one that descends into a
-    non-mapping value. Unknown keys are caught later by the typed config, by name.
-    """
-    out = json.loads(json.dumps(raw))  # deep copy of plain data
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"{source}: override {item!r}: expected key.path=value")
-        key, _, text = item.partition("=")
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"{source}: override {item!r}: empty key")
-        try:
-            value = yaml.safe_load(text) if text != "" else ""
-        except yaml.YAMLError:
-            value = text
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(
-                    f"{source}: override {item!r}: {'.'.join(parts[:i + 1])} is not a section"
-                )
-            node = nxt
-        node[parts[-1]] = value
-    return out
-
-
-def load_train_config(path: str, overrides: Sequence[str] = (), *, check_paths: bool = True) -> TrainConfig:
-    """YAML file + overrides -> validated :class:`TrainConfig`.
-
-    Relative data paths in the file are resolved against the current directory (the job's
-    working directory), as a user typing the command expects.
-    """
-    raw = apply_overrides(read_yaml(path), overrides)
-    return TrainConfig.from_dict(raw, source=str(path), check_paths=check_paths)
+from cnn_ray.config import ConfigError
+from cnn_ray.config_io import load_train_config
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -15,6 +15,9 @@ from typing import Any, Callable
 def asha_rungs(scheduler) -> list[list[tuple[float, dict]]]:
     """ASHA's recorded rung values: per bracket, ``[(milestone, {trial_id: value}), ...]``.
 
+    The dicts are the scheduler's own: updating one (a restored sweep reading its saved rungs
+    back) changes what the scheduler compares against. Values are already signed for the mode.
+
     Private: ``AsyncHyperBandScheduler._brackets`` and ``_Bracket._rungs``. Tune does not save
     them with the experiment, so a restored sweep would forget every recorded rung value.
     """
@@ -89,7 +92,9 @@ def _checks() -> dict[str, Callable[[], Any]]:
         from ray.tune.schedulers import ASHAScheduler
 
         s = ASHAScheduler(time_attr="training_iteration", metric="m", mode="max", max_t=4)
-        asha_rungs(s)
+        rungs = asha_rungs(s)
+        assert rungs and all(isinstance(rec, dict) for b in rungs for _, rec in b), \
+            "AsyncHyperBandScheduler._brackets[i]._rungs: (milestone, {trial: value}) pairs"
 
     def grid():
         import inspect
@@ -100,17 +105,26 @@ def _checks() -> dict[str, Callable[[], Any]]:
             "ResultGrid._experiment_analysis"
 
     def pgs():
-        from ray._private.state import state  # noqa: F401
+        from ray._private.state import state
+        from ray._raylet import GlobalStateAccessor
         from ray.core.generated import gcs_pb2
 
+        assert callable(getattr(state, "_connect_and_get_accessor", None)), \
+            "ray._private.state.state._connect_and_get_accessor"
+        assert callable(getattr(GlobalStateAccessor, "get_placement_group_table", None)), \
+            "GlobalStateAccessor.get_placement_group_table"
         assert hasattr(gcs_pb2.PlacementGroupTableData, "REMOVED")
-        for f in ("creator_actor_dead", "creator_actor_id", "creator_job_id", "is_detached"):
+        for f in ("creator_actor_dead", "creator_actor_id", "creator_job_id", "is_detached",
+                  "placement_group_id", "state"):
             assert f in gcs_pb2.PlacementGroupTableData.DESCRIPTOR.fields_by_name, f
 
     def node():
+        import ray._private.node
         import ray._private.worker as rw
 
         assert hasattr(rw, "_global_node"), "ray._private.worker._global_node"
+        assert callable(getattr(ray._private.node.Node, "get_session_dir_path", None)), \
+            "ray._private.node.Node.get_session_dir_path"
 
     def data_ctx():
         import ray.data

@@ -3,7 +3,8 @@
 A run is described by :class:`TrainConfig`: data, augmentation, model, optimisation,
 precision, scaling and run settings. It crosses the Ray boundary as a plain ``dict``
 (``TrainConfig.model_dump(mode="json")``) and is rebuilt and validated inside each worker with
-:meth:`TrainConfig.from_dict`. Nothing here parses argv or reads YAML: ``cnn_ray.cli`` does that.
+:meth:`TrainConfig.from_dict`. Nothing here parses argv or reads YAML: :mod:`cnn_ray.config_io`
+reads recipe files and ``a.b=value`` overrides, :mod:`cnn_ray.cli` parses argv.
 
 Validation errors are :class:`ConfigError` (a ``ValueError``) whose message names every bad key
 by its dotted path (``optim.lr``) and says what was expected.

@@ -239,23 +239,36 @@ def test_rayjob_entrypoint_and_lifecycle(name, script):
     assert spec["submissionMode"] in SUBMISSION_MODES
     assert isinstance(spec.get("ttlSecondsAfterFinished", 0), int)
 
-    # Checkpoints must live where every pod can reach them.
+    # Checkpoints must live where every pod can reach them (a sweep file's recipe is `base`).
     overrides = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
-    storage = overrides["run.storage_path"]
+    key = "base.run.storage_path" if script == "jobs/tune.py" else "run.storage_path"
+    storage = overrides[key]
     if "://" not in storage:
         shared = _shared_mounts(spec["rayClusterSpec"])
         assert any(storage.startswith(m.rstrip("/") + "/") for m in shared), \
-            f"run.storage_path={storage} is not on a volume mounted in every pod ({shared})"
+            f"{key}={storage} is not on a volume mounted in every pod ({shared})"
 
 
 def test_rayjob_train_overrides_are_valid_config_keys():
-    cli = pytest.importorskip("cnn_ray.cli")
+    config_io = pytest.importorskip("cnn_ray.config_io")
     argv = shlex.split(_load(KUBERAY / "rayjob-train.yaml")["spec"]["entrypoint"])
     config = REPO / argv[argv.index("--config") + 1]
     overrides = [a for a in argv[argv.index("--config") + 2:] if "=" in a]
-    cfg = cli.load_train_config(str(config), overrides, check_paths=False)
+    cfg = config_io.load_train_config(str(config), overrides, check_paths=False)
     assert cfg.scaling.use_gpu and cfg.scaling.num_workers >= 2
     assert cfg.run.max_failures > 0
+
+
+def test_rayjob_tune_overrides_are_valid_sweep_keys():
+    jobs = pytest.importorskip("cnn_ray.tune.jobs")
+    argv = shlex.split(_load(KUBERAY / "rayjob-tune.yaml")["spec"]["entrypoint"])
+    config = REPO / argv[argv.index("--config") + 1]
+    overrides = [a for a in argv[argv.index("--config") + 2:] if "=" in a]
+    spec = jobs.load_sweep_file(config, overrides, check_paths=False)
+    assert spec.base.scaling.use_gpu
+    for path in (spec.base.data.train, spec.base.data.val):
+        assert path.startswith("/mnt/shared/"), f"{path}: not on the shared volume"
+    assert spec.scheduler.max_t in (None, spec.base.optim.epochs)
 
 
 @pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayjob-tune.yaml"])

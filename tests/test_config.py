@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cnn_ray.cli import apply_overrides, load_train_config, main
+from cnn_ray.cli import main
 from cnn_ray.config import ConfigError, TrainConfig
+from cnn_ray.config_io import apply_overrides, load_train_config
 
 
 def _raw(tmp_path, **extra):

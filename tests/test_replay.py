@@ -12,7 +12,7 @@ import pytest
 
 from cnn_ray.config import ConfigError
 from cnn_ray.tune.replay import TrialRecord, load_records, rank_correlation, replay
-from cnn_ray.tune.sweep import SchedulerSettings
+from cnn_ray.tune.settings import SchedulerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from cnn_ray.cli import load_train_config
 from cnn_ray.config import TrainConfig
+from cnn_ray.config_io import load_train_config
 from cnn_ray.train.launch import run_training
 from cnn_ray.tune import resources_released, run_sweep
 from conftest import read_jsonl

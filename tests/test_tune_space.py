@@ -12,10 +12,13 @@ import yaml
 
 from cnn_ray.cli import main
 from cnn_ray.config import ConfigError, ModelConfig, TrainConfig
+from cnn_ray.config_io import apply_overrides
 from cnn_ray.models import create_model, list_models, model_knobs
-from cnn_ray.tune.jobs import apply_sweep_overrides, load_sweep_file
-from cnn_ray.tune.space import MODEL_KNOBS, canonical_config, parse_space, trial_config
-from cnn_ray.tune.sweep import SweepPlan, SweepSettings, fit_concurrency
+from cnn_ray.tune.jobs import load_sweep_file
+from cnn_ray.tune.plan import SweepPlan, fit_concurrency
+from cnn_ray.tune.settings import SweepSettings
+from cnn_ray.tune.space import MODEL_KNOBS, canonical_config, trial_config
+from cnn_ray.tune.space_parse import parse_space
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -179,7 +182,7 @@ def test_concurrency_fits_the_cluster(base):
 
 
 def _defaults():
-    from cnn_ray.tune.sweep import SchedulerSettings, SearcherSettings
+    from cnn_ray.tune.settings import SchedulerSettings, SearcherSettings
 
     return SchedulerSettings(), SearcherSettings()
 
@@ -235,12 +238,12 @@ def test_missing_recipe_is_named(tmp_path):
 
 def test_override_descends_into_dotted_keys():
     raw = {"space": {"optim.lr": {"loguniform": [1, 2]}}}
-    out = apply_sweep_overrides(raw, ["space.optim.lr.loguniform=[3, 4]",
-                                      "space.optim.momentum={uniform: [0.8, 0.9]}"])
+    out = apply_overrides(raw, ["space.optim.lr.loguniform=[3, 4]",
+                                "space.optim.momentum={uniform: [0.8, 0.9]}"])
     assert out["space"]["optim.lr"] == {"loguniform": [3, 4]}
     assert out["space"]["optim"]["momentum"] == {"uniform": [0.8, 0.9]}
     with pytest.raises(ConfigError, match="is not a section"):
-        apply_sweep_overrides({"sweep": {"name": "x"}}, ["sweep.name.y=1"])
+        apply_overrides({"sweep": {"name": "x"}}, ["sweep.name.y=1"])
 
 
 def test_cli_tune_reports_space_errors_before_ray(tmp_path, capsys):
@@ -258,13 +261,15 @@ def test_shipped_sweep_files_are_valid(name, tmp_path):
     assert len(plan.points) == spec.sweep.num_samples
     assert all(p["model.name"] in list_models() for p in plan.points)
     assert plan.exp_dir == f"{tmp_path}/{spec.sweep.name}"
+    # a trial's LR schedule spans base optim.epochs: ASHA must let the best reach its end
+    assert plan.scheduler.max_t == spec.base.optim.epochs
 
 
 def test_asha_rungs_survive_a_restore(tmp_path):
     """Tune restores the searcher but not the scheduler: ResumableASHA keeps its rung records."""
     import pickle
 
-    from cnn_ray.tune.sweep import ResumableASHA
+    from cnn_ray.tune.schedulers import ResumableASHA
 
     class Trial:
         def __init__(self, trial_id):

@@ -8,19 +8,27 @@
                        num_samples=16, scheduler={"kind": "asha", "max_t": 8})
 
 * :mod:`cnn_ray.tune.space`: search spaces over dotted config keys, the conditional
-  architecture block, validation by key name (no Ray).
-* :mod:`cnn_ray.tune.sweep`: :func:`run_sweep`, the trial function, schedulers, searchers,
-  resources, resume.
+  architecture block; :mod:`cnn_ray.tune.space_parse`: their validation by key name (no Ray).
+* :mod:`cnn_ray.tune.settings`: what a sweep is asked to do (:class:`SweepSettings`,
+  :class:`SchedulerSettings`, :class:`SearcherSettings`; no Ray).
+* :mod:`cnn_ray.tune.plan`: the resource plan, decided before Ray runs (:class:`SweepPlan`,
+  :func:`~cnn_ray.tune.plan.fit_concurrency`; the sweep directory's file names).
+* :mod:`cnn_ray.tune.trial`: the trial function (one ``TorchTrainer`` per trial).
+* :mod:`cnn_ray.tune.schedulers`: Tune's scheduler (a resumable ASHA) and search algorithm.
+* :mod:`cnn_ray.tune.sweep`: :func:`run_sweep` and the resume decision.
+* :mod:`cnn_ray.tune.release`: releasing the Train workers of stopped trials.
 * :mod:`cnn_ray.tune.results`: trial table (CSV), learning curves (PNG), best config (YAML).
 * :mod:`cnn_ray.tune.jobs`: the sweep file (YAML) and the ``tune`` command.
 * :mod:`cnn_ray.tune.replay`: a finished FIFO sweep's curves replayed through ASHA settings
   (``jobs/replay_sweep.py``): predicted savings, and the bound with a perfect predictor.
 """
 
+from cnn_ray.tune.release import resources_released
 from cnn_ray.tune.results import SweepResult, TrialSummary
-from cnn_ray.tune.space import SearchSpace, parse_space, trial_config
-from cnn_ray.tune.sweep import (SchedulerSettings, SearcherSettings, SweepSettings, run_sweep,
-                                resources_released)
+from cnn_ray.tune.settings import SchedulerSettings, SearcherSettings, SweepSettings
+from cnn_ray.tune.space import SearchSpace, trial_config
+from cnn_ray.tune.space_parse import parse_space
+from cnn_ray.tune.sweep import run_sweep
 
 __all__ = ["run_sweep", "SweepResult", "TrialSummary", "SearchSpace", "parse_space",
            "trial_config", "SweepSettings", "SchedulerSettings", "SearcherSettings",

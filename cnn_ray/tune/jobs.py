@@ -14,24 +14,24 @@ A sweep file (YAML) has five sections; unknown keys anywhere are errors naming t
     scheduler: {kind: asha, max_t: 8, grace_period: 1, reduction_factor: 3}
     searcher:  {kind: random, seed: 0}
 
-Overrides ``a.b=value`` apply to the sweep file after ``base`` is read in, e.g.
+Overrides ``a.b=value`` (:func:`cnn_ray.config_io.apply_overrides`, the same parser as the
+command line's) apply to the sweep file after ``base`` is read in, e.g.
 ``base.run.storage_path=/x``, ``sweep.num_samples=4``, ``scheduler.kind=fifo`` or
-``space.optim.lr={loguniform: [0.001, 0.1]}`` (a dotted space key is matched as written).
+``space.optim.lr={loguniform: [0.001, 0.1]}`` (a dotted space key is matched as written, so
+``space.optim.lr.loguniform=[0.001, 0.1]`` edits ``space["optim.lr"]``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cnn_ray.cli import read_yaml
 from cnn_ray.config import ConfigError, TrainConfig, format_validation_error
-from cnn_ray.tune.sweep import SchedulerSettings, SearcherSettings, SweepSettings
+from cnn_ray.config_io import apply_overrides, read_yaml
+from cnn_ray.tune.settings import SchedulerSettings, SearcherSettings, SweepSettings
 
 
 class SweepFile(BaseModel):
@@ -64,64 +64,16 @@ def read_sweep_file(path: str | os.PathLike) -> dict[str, Any]:
     return raw
 
 
-def apply_sweep_overrides(raw: dict[str, Any], overrides: Sequence[str],
-                          *, source: str = "command line") -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides (values parsed as YAML) to a sweep file's dict.
-
-    Like :func:`cnn_ray.cli.apply_overrides`, but at each level a key already written with
-    dots (``optim.lr`` in ``space``) is matched whole, longest first, so
-    ``space.optim.lr.loguniform=[0.001, 0.1]`` edits ``space["optim.lr"]``. New keys become
-    nested sections, which the space and the config read the same way.
-
-    Raises:
-        ConfigError: an override without ``=``, or one that descends into a value.
-    """
-    out = json.loads(json.dumps(raw))
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"{source}: override {item!r}: expected key.path=value")
-        key, _, text = item.partition("=")
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"{source}: override {item!r}: empty key")
-        try:
-            value = yaml.safe_load(text) if text != "" else ""
-        except yaml.YAMLError:
-            value = text
-        _set_override(out, parts, value, item, source)
-    return out
-
-
-def _set_override(node: dict, parts: list[str], value: Any, item: str, source: str) -> None:
-    done: list[str] = []
-    while True:
-        rest = ".".join(parts)
-        if rest in node or len(parts) == 1:
-            node[rest] = value
-            return
-        for j in range(len(parts) - 1, 0, -1):
-            head = ".".join(parts[:j])
-            if head in node:
-                break
-        else:
-            j, head = 1, parts[0]
-            node[head] = {}
-        if not isinstance(node[head], dict):
-            raise ConfigError(f"{source}: override {item!r}: {'.'.join(done + [head])} is not "
-                              "a section")
-        node, parts, done = node[head], parts[j:], done + [head]
-
-
 def load_sweep_file(path: str | os.PathLike, overrides: Sequence[str] = (), *,
                     check_paths: bool = True) -> SweepFile:
     """Sweep file + overrides -> validated :class:`SweepFile` (the space is checked later,
-    against the base, by :func:`cnn_ray.tune.space.parse_space`).
+    against the base, by :func:`cnn_ray.tune.space_parse.parse_space`).
 
     Raises:
         ConfigError: naming each bad key as a dotted path (``base.optim.lr``,
             ``sweep.num_samples``, ``scheduler.kind``).
     """
-    raw = apply_sweep_overrides(read_sweep_file(path), overrides)
+    raw = apply_overrides(read_sweep_file(path), overrides)
     try:
         spec = SweepFile.model_validate(raw)
     except ValidationError as exc:

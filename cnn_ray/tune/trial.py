@@ -1,0 +1,97 @@
+"""One sweep trial: the Tune function trainable that runs one ``TorchTrainer``.
+
+Each trial is a Tune *function* trainable (``Tuner(trainer)`` does not work with Train V2): it
+rebuilds the ``TrainConfig`` from the base plus its sampled values (validated, so a bad
+combination is a :class:`~cnn_ray.config.ConfigError` naming the key), then
+``build_trainer(cfg, prepared, name=<trial id>, callbacks=[TuneReportCallback()]).fit()``.
+Each epoch's ``ray.train.report`` is one Tune result. The Train run is stored at
+``<sweep dir>/train_runs/<trial id>``, so a restored sweep's trial finds its checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+from cnn_ray import io
+from cnn_ray.tune.plan import TRIAL_STARTS, SweepPlan
+from cnn_ray.tune.space import POINT_KEY, trial_config
+
+TRIAL_DRIVER_MEMORY = 2**20          # bytes: the trial function's logical reservation
+
+
+def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: Optional[str],
+              memory: Optional[list] = None) -> None:
+    """The Tune function trainable: one Train run for one sampled configuration.
+
+    Records its start (``trial_starts.jsonl``: ``event`` ``start`` with the trial id, unix time
+    and pid; then ``trainer_built`` once the datasets are set up), rebuilds and validates
+    the config (``ConfigError`` naming the key), writes the run files and fits the trainer;
+    every epoch's report reaches Tune through ``TuneReportCallback``.
+    """
+    import ray.tune
+    started = time.time()  # before the imports: a fresh trial actor pays for them too
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from cnn_ray.train.launch import build_trainer, run_dir, write_run_files
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    if starts_log:
+        _append_jsonl(starts_log, {"event": "start", "trial_id": trial_id, "time": started,
+                                   "pid": os.getpid()})
+    cfg = trial_config(base, config, source=f"trial {trial_id}", name=trial_id,
+                       storage_path=runs_dir)
+    write_run_files(cfg, run_dir(cfg), prepared)
+    shared = None
+    if memory and cfg.data.cache == "memory" and cfg.data.image_size == base["data"]["image_size"]:
+        shared = memory[0]  # the sweep's arrays (same prepared shards, same eval size)
+    trainer = build_trainer(cfg, prepared, name=trial_id, callbacks=[TuneReportCallback()],
+                            memory=shared)
+    if starts_log:  # datasets built (the small validation set materialised): a start-up phase
+        _append_jsonl(starts_log, {"event": "trainer_built", "trial_id": trial_id,
+                                   "time": time.time()})
+    trainer.fit()
+
+
+def trial_dirname(trial) -> str:
+    """Tune trial folder = the trial id (short, and the same as its Train run's name)."""
+    return trial.trial_id
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+    """Add ``record`` as one JSON line to the file ``path`` (a local path or a storage URI)."""
+    io.append_jsonl(os.path.dirname(path), os.path.basename(path), record)
+
+
+def param_space(plan: SweepPlan) -> dict:
+    """Tune's ``param_space``: ``{"point": grid_search([config, ...])}`` for pre-drawn configs.
+
+    Each trial's config is ``{"point": {dotted key: value}}``; a grid over whole
+    configurations runs exactly the listed ones, in order (``points_to_evaluate`` would need
+    every key in the space and would sample the keys a family leaves out).
+    """
+    from ray import tune
+
+    if plan.points is None:
+        return {}
+    return {POINT_KEY: tune.grid_search([dict(p) for p in plan.points])}
+
+
+def make_trainable(plan: SweepPlan, prepared):
+    """The trial function with its shared objects bound and its driver's tiny reservation."""
+    from ray import tune
+
+    from cnn_ray.train.launch import put_in_memory
+
+    base = plan.base.to_dict()
+    # data.cache: memory -> the arrays go into the object store once, for every trial (the refs
+    # travel wrapped in a list so that with_parameters hands the trials refs, not copies).
+    memory = [put_in_memory(plan.base, prepared)] if plan.base.data.cache == "memory" else None
+    fn = tune.with_parameters(
+        run_trial, base=base, prepared=prepared, runs_dir=plan.runs_dir, memory=memory,
+        starts_log=f"{plan.exp_dir}/{TRIAL_STARTS}" if plan.local else None,
+    )
+    # Tune refuses an all-zero request; a token of memory lets the driver reserve no CPU.
+    return tune.with_resources(fn, tune.PlacementGroupFactory(
+        [{"CPU": plan.settings.trial_driver_cpus, "memory": TRIAL_DRIVER_MEMORY}]))
