@@ -25,19 +25,18 @@ For each training fault it prints: survived (finished all epochs), completed epo
 the partial epoch lost (share of one epoch in flight at the fault), and the final top-1 next to
 the undisturbed run's. A fault that does not finish within its time limit counts as a hang.
 
-Bad inputs are generated here (nothing binary is committed) and each one goes through the entry
-point a user would hit, under both policies where it applies; ``handled`` means a skip with a
-count and a listed reason, a converted image, or an error naming the file/key -- never a hang
-(time limit) or an unrelated traceback.
+Bad inputs come from :mod:`cnn_ray.testing` (generated, nothing binary is committed; the tests
+use the same cases) and each one goes through the entry point a user would hit, under both
+policies where it applies; ``handled`` means a skip with a count and a listed reason, a
+converted image, or an error naming the file/key -- never a hang (time limit) or an unrelated
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -47,6 +46,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, on any node
+
+from cnn_ray.testing import (bad_images, kill_during_save, write_bad_configs,  # noqa: E402
+                            write_bad_manifests, write_image_tree, write_wrong_schema_parquet)
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
@@ -338,130 +340,42 @@ def one_node_reference(args) -> dict:
     return out
 
 
-SAVER = r"""
-import sys, torch, torchvision
-sys.path.insert(0, sys.argv[2])
-from pathlib import Path
-from cnn_ray.train.checkpoint import save_checkpoint
-model = torchvision.models.resnet18(num_classes=10)
-opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-root = Path(sys.argv[1]); epoch = len(list(root.glob("epoch_*")))
-while True:
-    epoch += 1
-    save_checkpoint(root / f"epoch_{epoch:04d}", model=model, epoch=epoch, config={}, class_names=list("abcdefghij"),
-                    mean=[0.5] * 3, std=[0.25] * 3, optimizer=opt)
-    print(epoch, flush=True)
-"""
-
-
-def _complete(root: Path) -> list[Path]:
-    """Checkpoint dirs under their final names (a save in progress is ``<name>.tmp-<random>``)."""
-    return sorted(p for p in root.glob("epoch_*") if ".tmp-" not in p.name)
-
-
-def kill_during_save(root: Path, kills: int = 10, seed: int = 0) -> dict:
-    """SIGKILL a checkpoint-writing loop at random moments; the newest complete checkpoint
-    must load after every kill, and no partial one may look complete."""
-    from cnn_ray.train.checkpoint import load_checkpoint
-
-    root.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    loaded, partial_visible, lost = 0, 0, 0
-    for _ in range(kills):
-        before = _complete(root)
-        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(root), str(REPO)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        proc.stdout.readline()  # one checkpoint written: the loop is warm
-        time.sleep(rng.uniform(0.0, 1.5))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        done = _complete(root)
-        lost += len(set(before) - set(done))
-        try:
-            load_checkpoint(done[-1])
-            loaded += 1
-        except Exception:  # noqa: BLE001 - counted
-            partial_visible += 1
-    leftovers = [p.name for p in root.iterdir() if ".tmp-" in p.name]
-    return {"kills": kills, "newest_loaded_after_kill": loaded, "partial_looked_complete":
-            partial_visible, "checkpoints_lost": lost, "interrupted_tmp_dirs_left": len(leftovers),
-            "survived": loaded == kills and lost == 0}
-
-
 # ------------------------------------------------------------------------------ bad inputs
-def _image_bytes():
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    rgb = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-
-    def save(img, fmt, **kw) -> bytes:
-        buf = io.BytesIO()
-        img.save(buf, fmt, **kw)
-        return buf.getvalue()
-
-    big = np.linspace(0, 255, 6000, dtype=np.uint8)[None, :, None].repeat(4000, 0).repeat(3, 2)
-    return {
-        "truncated_jpeg": ("bad", save(rgb.resize((64, 64)), "JPEG")[:300]),
-        "zero_byte": ("bad", b""),
-        "text_as_jpg": ("bad", b"this is not an image\n"),
-        "cmyk_jpeg": ("converted", save(rgb.convert("CMYK"), "JPEG")),
-        "png_16bit": ("converted", save(Image.fromarray(np.full((40, 40), 40000, np.uint16)), "PNG")),
-        "rgba_png": ("converted", save(rgb.convert("RGBA"), "PNG")),
-        "grayscale": ("converted", save(rgb.convert("L"), "PNG")),
-        "image_6000x4000": ("converted", save(Image.fromarray(big), "JPEG", quality=70)),
-    }, save(rgb, "JPEG")
+def _timed(fn, limit: float) -> tuple[dict, bool]:
+    """Run ``fn`` in a thread for at most ``limit`` seconds: ``({"result"|"error": ...}, hung)``."""
+    t, box = _run_in_thread(fn)
+    t.join(limit)
+    return box, t.is_alive()
 
 
-def bad_input_cases(args) -> dict:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import ray
-
-    from cnn_ray.cli import load_train_config
+def _prepare_both_policies(data_kw: dict, work: Path, name: str, limit: float):
+    """``prepare_dataset`` under ``bad_input: skip`` then ``fail``: (skip box, fail box, hung)."""
     from cnn_ray.config import DataConfig
     from cnn_ray.data.prepare import prepare_dataset
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
-    work = Path(tempfile.mkdtemp(prefix="cnn_ray_badinput_"))
-    files, good = _image_bytes()
-    cases: dict[str, dict] = {}
+    boxes, hung = [], False
+    for policy in ("skip", "fail"):
+        cfg = DataConfig(**data_kw, val_fraction=0.25, shard_size=100, bad_input=policy)
+        out = str(work / f"{name}-{policy}")
+        box, hang = _timed(lambda cfg=cfg, out=out: prepare_dataset(cfg, out, progress=False),
+                           limit)
+        boxes.append(box)
+        hung = hung or hang
+    return boxes[0], boxes[1], hung
 
-    def folder(name: str, extra: dict[str, bytes], *, empty_class: bool = False) -> Path:
-        root = work / name
-        for cls in ("cat", "dog"):
-            (root / cls).mkdir(parents=True, exist_ok=True)
-            for i in range(4):
-                (root / cls / f"ok{i}.jpg").write_bytes(good)
-        if empty_class:
-            (root / "zebra").mkdir()
-        for rel, blob in extra.items():
-            (root / rel).write_bytes(blob)
-        return root
 
-    def timed(fn):
-        t, box = _run_in_thread(fn)
-        t.join(args.case_timeout)
-        return box, t.is_alive()
-
-    # image files: each alone in a small tree, under skip and under fail
-    for name, (kind, blob) in files.items():
-        ext = ".png" if "png" in name or name == "grayscale" else ".jpg"
-        src = folder(name, {f"cat/{name}{ext}": blob})
-        skip, hang1 = timed(lambda: prepare_dataset(
-            DataConfig(train=str(src), val_fraction=0.25, shard_size=100, bad_input="skip"),
-            str(work / f"{name}-skip"), progress=False))
-        fail, hang2 = timed(lambda: prepare_dataset(
-            DataConfig(train=str(src), val_fraction=0.25, shard_size=100, bad_input="fail"),
-            str(work / f"{name}-fail"), progress=False))
+def _image_cases(work: Path, limit: float) -> dict:
+    """Each generated image alone among good JPEGs, under both policies."""
+    cases = {}
+    for name, image in bad_images().items():
+        src = write_image_tree(work / name, {f"cat/{image.filename}": image.data})
+        skip, fail, hang = _prepare_both_policies({"train": str(src)}, work, name, limit)
         data = skip.get("result")
         listed = _jsonl(work / f"{name}-skip" / "bad_inputs.jsonl")
-        if kind == "bad":
+        if image.expected == "bad":
             ok = (data is not None and data.bad_count == 1 and len(listed) == 1
                   and name in listed[0]["path"] and "error" in fail
-                  and "BadInputError" in fail["error"] and f"{name}{ext}" in fail["error"])
+                  and "BadInputError" in fail["error"] and image.filename in fail["error"])
             outcome = {"skip": f"skipped {data.bad_count if data else '?'}: "
                        f"{listed[0]['reason'] if listed else skip.get('error')}",
                        "fail": fail.get("error")}
@@ -470,13 +384,20 @@ def bad_input_cases(args) -> dict:
                   and data.num_train + data.num_val == 9 and "result" in fail)
             outcome = {"skip": "converted" if ok else skip.get("error"),
                        "fail": "converted" if "result" in fail else fail.get("error")}
-        cases[name] = {"handled": bool(ok) and not (hang1 or hang2), "hang": hang1 or hang2,
-                       **outcome}
+        cases[name] = {"handled": bool(ok) and not hang, "hang": hang, **outcome}
+    return cases
 
+
+def _listing_cases(work: Path, limit: float) -> dict:
+    """An empty class folder, bad manifest rows, a Parquet file with the wrong schema."""
+    from cnn_ray.config import DataConfig
+    from cnn_ray.data.prepare import prepare_dataset
+
+    cases = {}
     # an empty class folder: kept as a class (stable label indices), listed with its reason
-    src = folder("empty_class", {}, empty_class=True)
-    box, hang = timed(lambda: prepare_dataset(DataConfig(train=str(src), shard_size=100),
-                                              str(work / "empty_class-out"), progress=False))
+    src = write_image_tree(work / "empty_class", empty_class="zebra")
+    box, hang = _timed(lambda: prepare_dataset(DataConfig(train=str(src), shard_size=100),
+                                               str(work / "empty_class-out"), progress=False), limit)
     listed = _jsonl(work / "empty_class-out" / "bad_inputs.jsonl")
     reason = next((b["reason"] for b in listed if b["path"].endswith("zebra")), None)
     cases["empty_class_folder"] = {"handled": (reason is not None or "zebra" in box.get("error", ""))
@@ -485,64 +406,56 @@ def bad_input_cases(args) -> dict:
 
     # manifest rows: a missing file (training manifest); a label not in the training classes
     # (validation manifest next to an ImageFolder training tree with classes cat, dog)
-    src = folder("manifest_src", {})
-    rows = ["path,label"] + [f"{p},{p.parent.name}" for p in sorted(src.glob("*/*.jpg"))]
-    manifests = {"manifest_missing_file": ("train", f"{src}/cat/nope.jpg,cat"),
-                 "manifest_unknown_label": ("val", f"{src}/cat/ok0.jpg,unicorn")}
-    for name, (split, row) in manifests.items():
-        csv = work / f"{name}.csv"
-        csv.write_text("\n".join(rows + [row]) + "\n")
-        data_kw = {"train": str(csv)} if split == "train" else {"train": str(src), "val": str(csv)}
-        skip, hang1 = timed(lambda: prepare_dataset(
-            DataConfig(**data_kw, val_fraction=0.25, shard_size=100),
-            str(work / f"{name}-skip"), progress=False))
-        fail, hang2 = timed(lambda: prepare_dataset(
-            DataConfig(**data_kw, val_fraction=0.25, shard_size=100, bad_input="fail"),
-            str(work / f"{name}-fail"), progress=False))
+    src = write_image_tree(work / "manifest_src")
+    for name, manifest in write_bad_manifests(work, src).items():
+        skip, fail, hang = _prepare_both_policies(manifest.data, work, name, limit)
         listed = _jsonl(work / f"{name}-skip" / "bad_inputs.jsonl")
         data = skip.get("result")
         ok = (data is not None and data.bad_count == 1 and len(listed) == 1
-              and "error" in fail and ("nope.jpg" in fail["error"] or "unicorn" in fail["error"]))
-        cases[name] = {"handled": bool(ok) and not (hang1 or hang2), "hang": hang1 or hang2,
+              and "error" in fail and manifest.culprit in fail["error"])
+        cases[name] = {"handled": bool(ok) and not hang, "hang": hang,
                        "skip": listed[0]["reason"] if listed else skip.get("error"),
                        "fail": fail.get("error")}
 
     # a Parquet shard with the wrong schema
-    pq_dir = work / "wrong_schema"
-    pq_dir.mkdir()
-    pq.write_table(pa.table({"pixels": [b"x"], "y": [1]}), pq_dir / "part-0.parquet")
-    box, hang = timed(lambda: prepare_dataset(DataConfig(train=str(pq_dir), shard_size=100),
-                                              str(work / "wrong_schema-out"), progress=False))
+    pq_dir = write_wrong_schema_parquet(work / "wrong_schema")
+    box, hang = _timed(lambda: prepare_dataset(DataConfig(train=str(pq_dir), shard_size=100),
+                                               str(work / "wrong_schema-out"), progress=False), limit)
     err = box.get("error", "")
     cases["parquet_wrong_schema"] = {"handled": "part-0.parquet" in err and "schema" in err
                                      and not hang, "hang": hang, "error": err}
+    return cases
 
-    # config files with typos or impossible values; an existing run's files must survive
+
+def _config_cases(work: Path, limit: float) -> dict:
+    """Recipes with typos or impossible values; an existing run's files must survive them."""
+    from cnn_ray.cli import load_train_config
+
     run_dir = work / "runs" / "keep"
-    run_dir.mkdir(parents=True)
-    (run_dir / "checkpoint_000001").mkdir()
+    (run_dir / "checkpoint_000001").mkdir(parents=True)
     (run_dir / "checkpoint_000001" / "model.pt").write_bytes(b"weights")
-    base = {"data": {"train": str(src)}, "run": {"name": "keep", "storage_path": str(work / "runs")}}
-    bad_configs = {
-        "config_typo": ({"optim": {"lrr": 0.1}}, "optim.lrr"),
-        "config_negative_lr": ({"optim": {"lr": -0.1}}, "optim.lr"),
-        "config_zero_workers": ({"scaling": {"num_workers": 0}}, "scaling.num_workers"),
-        "config_missing_data_path": ({"data": {"train": str(work / "nowhere")}}, "data.train"),
-        "config_wrong_type": ({"optim": {"epochs": "ten"}}, "optim.epochs"),
-    }
-    import yaml
-    for name, (patch, key) in bad_configs.items():
-        raw = json.loads(json.dumps(base))
-        for section, values in patch.items():
-            raw.setdefault(section, {}).update(values)
-        path = work / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(raw))
-        box, hang = timed(lambda: load_train_config(str(path)))
+    base = {"data": {"train": str(write_image_tree(work / "config_src"))},
+            "run": {"name": "keep", "storage_path": str(work / "runs")}}
+    cases = {}
+    for name, bad in write_bad_configs(work, base).items():
+        box, hang = _timed(lambda path=str(bad.path): load_train_config(path), limit)
         err = box.get("error", "")
         intact = (run_dir / "checkpoint_000001" / "model.pt").read_bytes() == b"weights"
-        cases[name] = {"handled": "ConfigError" in err and key in err and intact and not hang,
+        cases[name] = {"handled": "ConfigError" in err and bad.key in err and intact and not hang,
                        "hang": hang, "error": err, "run_files_intact": intact}
     return cases
+
+
+def bad_input_cases(args) -> dict:
+    """Every generated bad input (:mod:`cnn_ray.testing`) through the entry point a user would
+    hit; ``args.case_timeout`` seconds per call before it counts as a hang."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False)
+    work = Path(tempfile.mkdtemp(prefix="cnn_ray_badinput_"))
+    return {**_image_cases(work, args.case_timeout), **_listing_cases(work, args.case_timeout),
+            **_config_cases(work, args.case_timeout)}
 
 
 # ------------------------------------------------------------------------------ main

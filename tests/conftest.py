@@ -1,8 +1,27 @@
-"""Shared fixtures: one Ray instance per test session, the real CIFAR-10 JPEGs, tiny seeded data."""
+"""Shared fixtures (one Ray instance per test session, the real CIFAR-10 JPEGs, tiny seeded
+data) and the guards that keep the test tiers honest.
+
+Tiers (README, Development): ``-m "not ray"`` runs every test that starts no Ray and needs no
+data archive (the numeric core); ``-m "not slow"`` the quick tests (the numeric core and the Ray
+tests on tiny generated data); a plain run everything, with the end-to-end tests (real CIFAR-10
+subsets, clusters, job submission). The guards:
+
+- collection fails when a test uses a fixture that starts Ray (:data:`RAY_FIXTURES`) without the
+  ``ray`` marker, or one that needs the CIFAR-10 archive (:data:`ARCHIVE_FIXTURES`) without
+  ``slow`` (and ``ray``: the ``not ray`` tier runs without the archive); a test that starts Ray some other way (``ray start``, its own cluster) is marked by
+  hand, and one that leaves Ray initialised without the ``ray`` marker fails at teardown;
+- a test file whose tests are not all marked ``ray`` (by a module-level ``pytestmark``) must not
+  import Ray at module level; under ``-m "not ray"`` the files that are all ``ray`` are not even
+  imported.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +91,81 @@ def read_jsonl(path: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------------------ tier guards
+RAY_FIXTURES = {"ray_session"}  # fixtures that start Ray: a test using one (even through
+# another fixture) must be marked ``ray``
+ARCHIVE_FIXTURES = {"cifar_root", "cifar_small", "cifar_ddp"}  # the CIFAR-10 archive: ``slow``
+
+
+@functools.lru_cache(maxsize=None)
+def _module_facts(path: Path) -> tuple[frozenset[str], tuple[int, ...]]:
+    """A test file's module-level ``pytestmark`` names (``pytest.mark.<name>``) and the line
+    numbers of its module-level ``import ray`` / ``from ray... import`` statements."""
+    tree = ast.parse(Path(path).read_text(), filename=str(path))
+    marks: set[str] = set()
+    ray_lines: list[int] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
+            marks |= {n.attr for n in ast.walk(node.value) if isinstance(n, ast.Attribute)
+                      and isinstance(n.value, ast.Attribute) and n.value.attr == "mark"}
+        elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ray" for a in node.names):
+            ray_lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ray":
+            ray_lines.append(node.lineno)
+    return frozenset(marks), tuple(ray_lines)
+
+
+def _deselects_ray(config) -> bool:
+    """Whether ``-m`` deselects every ``ray`` test: ``not ray`` is a conjunct and there is no ``or``."""
+    expr = " ".join((config.getoption("markexpr") or "").split())
+    return " or " not in f" {expr} " and bool(re.fullmatch(r"(.+ and )?not ray( and .+)?", expr))
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Under ``-m "not ray"``, do not import test files whose every test is ``ray`` (module-level
+    ``pytestmark``): they would all be deselected, and importing them would import Ray."""
+    if (collection_path.suffix == ".py" and collection_path.name.startswith("test_")
+            and _deselects_ray(config) and "ray" in _module_facts(collection_path)[0]):
+        return True
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects anything: every collected test is checked
+def pytest_collection_modifyitems(config, items):
+    problems = []
+    for path in sorted({Path(item.path) for item in items if Path(item.path).suffix == ".py"}):
+        marks, ray_lines = _module_facts(path)
+        if ray_lines and "ray" not in marks:
+            problems.append(f"{path.name}:{ray_lines[0]}: imports Ray at module level, but not all "
+                            "of its tests are `ray` (import it inside the tests that need it)")
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        starts, archive = sorted(names & RAY_FIXTURES), sorted(names & ARCHIVE_FIXTURES)
+        if starts and item.get_closest_marker("ray") is None:
+            problems.append(f"{item.nodeid}: uses {', '.join(starts)} (starts Ray) but is not "
+                            "marked `ray` (add @pytest.mark.ray or a module pytestmark)")
+        if archive and item.get_closest_marker("slow") is None:
+            problems.append(f"{item.nodeid}: uses {', '.join(archive)} (the CIFAR-10 archive) but "
+                            "is not marked `slow`")
+        if archive and item.get_closest_marker("ray") is None:
+            problems.append(f"{item.nodeid}: uses {', '.join(archive)} (the CIFAR-10 archive) in "
+                            "the `-m \"not ray\"` tier, which runs without it: use generated data "
+                            "(cnn_ray.testing)")
+    if problems:
+        raise pytest.UsageError("test tiers (tests/conftest.py):\n  " + "\n  ".join(problems))
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_in_ray_tests(request):
+    """Fail a test that is not marked ``ray`` yet leaves Ray initialised in this process."""
+    ray = sys.modules.get("ray")
+    before = ray is not None and ray.is_initialized()
+    yield
+    ray = sys.modules.get("ray")
+    if (request.node.get_closest_marker("ray") is None and not before and ray is not None
+            and ray.is_initialized()):
+        pytest.fail(f"{request.node.nodeid} started Ray but is not marked `ray` "
+                    "(tests/conftest.py: the `-m \"not ray\"` tier must not start Ray)")

@@ -66,9 +66,9 @@ def test_row_uniforms_is_a_pure_function_of_seed_epoch_idx_column():
 
 
 def test_row_uniforms_rejects_bad_input():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"idx must be a 1-D integer array, got \(2, 2\) int64"):
         row_uniforms(0, 0, np.zeros((2, 2), dtype=np.int64), 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"idx must be a 1-D integer array, got \(1,\) float64"):
         row_uniforms(0, 0, np.array([0.5]), 3)
     assert row_uniforms(0, 0, np.array([], dtype=np.int64), 3).shape == (0, 3)
 
@@ -105,13 +105,13 @@ def test_input_is_never_modified_and_may_be_read_only(rng):
 
 def test_rejects_bad_input(rng):
     x = images(rng, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"images must be \(N, H, W, C\) uint8, got .* float32"):
         run(x.astype(np.float32), AugmentConfig())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"images must be \(N, H, W, C\) uint8, got \(32, 32, 3\)"):
         run(x[0], AugmentConfig(), idx=np.arange(1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"idx must have shape \(4,\), got \(3,\)"):
         run(x, AugmentConfig(), idx=np.arange(3))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="padding_mode must be zeros, reflection or border, got 'wrap'"):
         run(x, ALL_ON, padding_mode="wrap")
 
 
@@ -373,10 +373,10 @@ def test_normalize_batch_standardises_data_with_those_stats(rng):
 def test_normalize_batch_grayscale_and_errors(rng):
     x = torch.from_numpy(images(rng, 2, 4, 4, 1))
     assert normalize_batch(x, [0.5], [0.5]).shape == (2, 1, 4, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"images must be \(N, H, W, C\) uint8, got .* torch\.float32"):
         normalize_batch(x.float(), [0.5], [0.5])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="mean/std need 1 or 3 values, got 2 and 2"):
         normalize_batch(torch.from_numpy(images(rng, 2, 4, 4, 3)), [0.5, 0.5], [0.5, 0.5])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"std must be > 0, got \[0\.0\]"):
         normalize_batch(x, [0.5], [0.0])
 

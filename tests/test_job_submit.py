@@ -22,7 +22,7 @@ import pytest
 
 from conftest import read_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -132,14 +132,27 @@ def test_schedules_build_and_peak(schedule):
     opt = build_optimizer(model, cfg)
     sched, per_step = build_lr_scheduler(opt, cfg, steps_per_epoch=10)
     assert per_step == (schedule != "plateau")
-    lrs = []
+    lrs = [opt.param_groups[0]["lr"]]  # before the first step, then after each
     for _ in range(40 if per_step else 4):
         opt.step()
         sched.step() if per_step else sched.step(1.0)
         lrs.append(opt.param_groups[0]["lr"])
-    assert max(lrs) <= 0.4 + 1e-9
-    if schedule in ("onecycle", "cosine"):
-        assert lrs[-1] < 0.05 and max(lrs) > 0.3
+    assert max(lrs) == pytest.approx(0.4)  # the configured lr is the peak, and it is reached
+    if not per_step:  # plateau, stepped per epoch with a flat val loss: cut by gamma after patience
+        assert lrs == pytest.approx([0.4] * 4 + [0.04])
+        return
+    # warm-up over 10 steps (warmup_epochs=1; onecycle: pct_start 0.25 of 40) rises to the peak,
+    # after which the lr never rises again
+    warm, after = lrs[:11], lrs[10:]
+    assert warm[0] < 0.02 and all(a < b for a, b in zip(warm, warm[1:]))
+    assert all(b <= a for a, b in zip(after, after[1:]))
+    if schedule in ("onecycle", "cosine"):  # annealed to ~0 without a plateau
+        assert all(b < a for a, b in zip(after, after[1:])) and lrs[-1] < 1e-3
+    elif schedule == "step":  # x gamma every step_size=1 epoch
+        assert after[:10] == pytest.approx([0.4] * 10)
+        assert (lrs[20], lrs[30], lrs[40]) == pytest.approx((0.04, 0.004, 0.0004))
+    else:
+        assert after == pytest.approx([0.4] * 31)
 
 
 def test_steps_per_epoch():

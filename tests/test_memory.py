@@ -68,8 +68,8 @@ def test_prefetch_thread_gives_the_same_batches_and_reraises_errors():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     bad = InMemoryShard(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), np.zeros(4))
     bad.images = np.zeros((4, 8, 8), np.uint8)  # broken after construction: 3-D
-    with pytest.raises(Exception):
-        list(bad.batches(2, augment=cfg, prefetch=2))
+    with pytest.raises(ValueError, match=r"images must be \(N, H, W, C\) uint8, got \(2, 8, 8\)"):
+        list(bad.batches(2, augment=cfg, prefetch=2))  # the thread's own error, re-raised
     # an abandoned iterator does not hang (the producer thread is released)
     it = s.batches(1, augment=cfg, prefetch=1)
     next(it)

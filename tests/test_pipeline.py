@@ -9,7 +9,7 @@ from cnn_ray.config import AugmentConfig, DataConfig
 from cnn_ray.data.pipeline import RawData, build_eval_dataset, build_raw_dataset, build_train_dataset
 from cnn_ray.data.prepare import prepare_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

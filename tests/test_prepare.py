@@ -32,6 +32,8 @@ def cifar_prepared(ray_session, cifar_small, tmp_path_factory):
     return cfg, prepare_dataset(cfg, str(out), seed=0)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_prepare_cifar_shards_and_metadata(cifar_prepared, cifar_small):
     cfg, data = cifar_prepared
     classes = sorted(p.name for p in cifar_small["train"].iterdir())
@@ -63,6 +65,8 @@ def test_prepare_cifar_shards_and_metadata(cifar_prepared, cifar_small):
     assert len(set(train_labels.tolist())) == 10  # rows are shuffled: a shard holds every class
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_read_shard_images_matches_pil(cifar_prepared, cifar_small):
     _, data = cifar_prepared
     images, labels, idx = _read_split(data.train_files + data.val_files)
@@ -84,6 +88,8 @@ def test_read_shard_images_matches_pil(cifar_prepared, cifar_small):
     assert np.array_equal(sliced, imgs[10:15]) and np.array_equal(sidx, all_idx[10:15])
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_second_run_is_noop_and_force_rebuilds(cifar_prepared, capsys):
     cfg, data = cifar_prepared
     mtimes = [os.stat(f).st_mtime_ns for f in data.train_files]
@@ -136,6 +142,8 @@ def odd_folder(cifar_small, tmp_path_factory):
     return root
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_bad_inputs_skip_and_odd_modes(ray_session, odd_folder, tmp_path):
     cfg = DataConfig(train=str(odd_folder), val_fraction=0.2, shard_size=8, bad_input="skip")
     data = prepare_dataset(cfg, str(tmp_path / "out"), progress=False)
@@ -159,6 +167,7 @@ def test_bad_inputs_skip_and_odd_modes(ray_session, odd_folder, tmp_path):
     assert any(np.array_equal(img, big) for img in images)
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.parametrize("data", [{"cache": "memory"}, {"use_raw": True, "data_cpus": 0.5}],
                          ids=["prepared", "use_raw"])
@@ -184,6 +193,8 @@ def test_training_over_bad_inputs_counts_and_lists_them(ray_session, odd_folder,
     assert all(b["reason"] and b["split"] in ("train", "val") for b in listed)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_bad_inputs_fail_names_file(ray_session, odd_folder, tmp_path):
     cfg = DataConfig(train=str(odd_folder), shard_size=8, bad_input="fail")
     with pytest.raises(BadInputError, match=r"(truncated|empty|text)\.jpg: "):
@@ -192,6 +203,8 @@ def test_bad_inputs_fail_names_file(ray_session, odd_folder, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_manifest_bad_records_and_explicit_val(ray_session, cifar_small, tmp_path):
     train_dir = cifar_small["train"]
     rows = ["path,label"]
@@ -212,6 +225,7 @@ def test_manifest_bad_records_and_explicit_val(ray_session, cifar_small, tmp_pat
     assert sum(b["split"] == "val" for b in bad) == 70 and data.num_val == 30
 
 
+@pytest.mark.ray
 def test_parquet_arrays_keep_channels(ray_session, tmp_path):
     rng = np.random.default_rng(0)
     n, h, w, c = 30, 12, 12, 4
@@ -242,6 +256,8 @@ def test_parquet_arrays_keep_channels(ray_session, tmp_path):
         prepare_dataset(cfg.model_copy(update={"channels": 3}), str(tmp_path / "x"), progress=False)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_prepare_while_other_work_holds_cpus(ray_session, odd_folder, tmp_path):
     """Decode tasks reserve 0.25 CPU: prepare still runs when only half a CPU is free."""
@@ -287,6 +303,8 @@ def test_decode_block_marks_bad_files_and_fail_raises(tmp_path):
         _RawBatches(AugmentConfig(), image_shape=(4, 4, 3), seed=0, train=False, policy="fail")(out)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_many_tiny_shards_all_get_metadata(ray_session, odd_folder, tmp_path, monkeypatch):
     import cnn_ray.data.shards as shards_mod
 

@@ -127,6 +127,7 @@ def test_worker_import_does_not_pull_in_torchvision():
     assert proc.stdout.split() == ["False", "False"]
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_benchmark_sweep_script_end_to_end(ray_session, cifar_root, tmp_path):
     """jobs/benchmark_sweep.py, tiny: the same configs under ASHA and FIFO, the figures it

@@ -12,7 +12,7 @@ from cnn_ray.train.checkpoint import load_checkpoint
 from cnn_ray.train.launch import run_training
 from conftest import read_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _cfg(data, tmp_path, **over) -> TrainConfig:

@@ -23,7 +23,7 @@ from cnn_ray.train.launch import run_training
 from cnn_ray.tune import resources_released, run_sweep
 from conftest import read_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 # Learning rates far apart: the two tiny ones barely move the model, so their validation loss
 # after epoch 1 differs from the others' and ASHA (keep the best 1/2 per rung) stops some.
