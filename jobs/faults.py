@@ -160,7 +160,7 @@ def _run_again(cmd: list[str], env: dict, limit: float) -> tuple[int | None, boo
 
 
 def _released(timeout: float = 60.0) -> bool:
-    from cnn_ray.tune.sweep import wait_for_release
+    from cnn_ray.tune.release import wait_for_release
 
     return wait_for_release(timeout)
 
@@ -429,7 +429,7 @@ def _listing_cases(work: Path, limit: float) -> dict:
 
 def _config_cases(work: Path, limit: float) -> dict:
     """Recipes with typos or impossible values; an existing run's files must survive them."""
-    from cnn_ray.cli import load_train_config
+    from cnn_ray.config_io import load_train_config
 
     run_dir = work / "runs" / "keep"
     (run_dir / "checkpoint_000001").mkdir(parents=True)

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from cnn_ray.cli import load_train_config
+from cnn_ray.config_io import load_train_config
 from cnn_ray.config import ConfigError, DataConfig
 from cnn_ray.data.decode import BadInputError, decode_image
 from cnn_ray.data.prepare import prepare_dataset
