@@ -23,13 +23,23 @@
   (``jobs/replay_sweep.py``): predicted savings, and the bound with a perfect predictor.
 """
 
-from cnn_ray.tune.release import resources_released
-from cnn_ray.tune.results import SweepResult, TrialSummary
-from cnn_ray.tune.settings import SchedulerSettings, SearcherSettings, SweepSettings
-from cnn_ray.tune.space import SearchSpace, trial_config
-from cnn_ray.tune.space_parse import parse_space
-from cnn_ray.tune.sweep import run_sweep
+from typing import Any
 
-__all__ = ["run_sweep", "SweepResult", "TrialSummary", "SearchSpace", "parse_space",
-           "trial_config", "SweepSettings", "SchedulerSettings", "SearcherSettings",
-           "resources_released"]
+# The exports are imported on first use (PEP 562), so the Ray-free modules of this package
+# (space, space_parse, settings, replay's loader) can be imported without loading Ray.
+_EXPORTS = {
+    "run_sweep": "cnn_ray.tune.sweep", "SweepResult": "cnn_ray.tune.results",
+    "TrialSummary": "cnn_ray.tune.results", "SearchSpace": "cnn_ray.tune.space",
+    "trial_config": "cnn_ray.tune.space", "parse_space": "cnn_ray.tune.space_parse",
+    "SweepSettings": "cnn_ray.tune.settings", "SchedulerSettings": "cnn_ray.tune.settings",
+    "SearcherSettings": "cnn_ray.tune.settings", "resources_released": "cnn_ray.tune.release",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cnn_ray.tune' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
