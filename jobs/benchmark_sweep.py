@@ -188,51 +188,59 @@ def startup_probe(n: int, storage: str) -> dict:
             statistics.median(r["to_function_s"] for r in out)}
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+def run_startup_probe(args) -> int:
+    """``--startup-probe N``: time N bare Train start-ups, print (and write) the figures."""
     import ray
 
     from cnn_ray.io import atomic_write_json
 
-    if args.startup_probe:
-        ray.init(num_cpus=args.cpus or float(os.cpu_count() or 1), include_dashboard=False)
-        probe = startup_probe(args.startup_probe, args.storage or "/tmp/cnn_ray_startup_probe")
-        probe["hardware"] = hardware(ray.cluster_resources().get("CPU", 0.0))
-        print(json.dumps(probe, indent=2))
-        if args.json:
-            atomic_write_json(args.json, probe, indent=2)
-        return 0
+    ray.init(num_cpus=args.cpus or float(os.cpu_count() or 1), include_dashboard=False)
+    probe = startup_probe(args.startup_probe, args.storage or "/tmp/cnn_ray_startup_probe")
+    probe["hardware"] = hardware(ray.cluster_resources().get("CPU", 0.0))
+    print(json.dumps(probe, indent=2))
+    if args.json:
+        atomic_write_json(args.json, probe, indent=2)
+    return 0
 
-    from cnn_ray.train.launch import prepare_data
-    from cnn_ray.tune import run_sweep
-    from cnn_ray.tune.sweep import (SchedulerSettings, SearcherSettings, SweepPlan, SweepSettings,
-                                    fit_concurrency)
 
-    data = make_data(args)
+def init_ray(args) -> float:
+    """Join ``RAY_ADDRESS`` or start a local Ray with ``--cpus`` (unless one is running);
+    returns the cluster's logical CPUs."""
+    import ray
+
     cpus = args.cpus or float(os.cpu_count() or 1)
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init()
         else:
             ray.init(num_cpus=cpus, include_dashboard=False)
-    cpus = ray.cluster_resources().get("CPU", cpus)
-    storage = args.storage or str(Path.home() / "cnn_ray_runs" / "benchmark_sweep" /
-                                  time.strftime("%Y%m%d-%H%M%S"))
-    # How many trials fit at once (data.cache=memory: 1 worker CPU each, no Ray Data tasks),
-    # then split the cores between them.
+    return ray.cluster_resources().get("CPU", cpus)
+
+
+def plan_trials(args, data: dict[str, Path], storage: str):
+    """The base config, the sampled configurations (drawn once, seeded: both sweeps run exactly
+    these), the trials at once and the torch threads per trial.
+
+    How many trials fit at once is planned first (data.cache=memory: 1 worker CPU each, no Ray
+    Data tasks); the cores are then split between them.
+    """
+    import ray
+
+    from cnn_ray.tune.sweep import (SchedulerSettings, SearcherSettings, SweepPlan, SweepSettings,
+                                    fit_concurrency)
+
     plan = SweepPlan(base_config(args, data, storage, 1), SPACE,
                      SweepSettings(num_samples=args.trials,
                                    max_concurrent_trials=args.concurrency),
                      SchedulerSettings(kind="fifo"), SearcherSettings(seed=args.seed))
     concurrency = fit_concurrency(plan, ray.cluster_resources())
     threads = args.threads or max(1, int((os.cpu_count() or 1) // concurrency))
-    base = base_config(args, data, storage, threads)
-    points = plan.points  # drawn once (seeded); both sweeps run exactly these
-    print(f"[benchmark_sweep] {args.trials} configurations x <= {args.epochs} epochs, "
-          f"{args.train_per_class * 10} train / {args.val_per_class * 10} val images, "
-          f"{concurrency} trials at once x {threads} threads, storage {storage}", flush=True)
-    prepare_data(base)  # once, before anything is timed; both sweeps reuse it
+    return base_config(args, data, storage, threads), plan.points, concurrency, threads
+
+
+def run_sweeps(args, base, points: list, concurrency: int) -> dict:
+    """ASHA and FIFO over the same ``points``, in ``--order``; the figures of each."""
+    from cnn_ray.tune import run_sweep
 
     schedulers = {
         "asha": {"kind": "asha", "max_t": args.epochs, "grace_period": 1,
@@ -249,7 +257,12 @@ def main(argv=None) -> int:
                            resume=False, verbose=1)
         figures[kind] = sweep_figures(result, time.time() - t0)
         figures[kind]["scheduler"] = schedulers[kind]
+    return figures
 
+
+def add_comparison(figures: dict, cpus: float, concurrency: int) -> None:
+    """ASHA / FIFO wall-time ratio and start-up against their targets, the hardware, and the
+    replay of the FIFO curves through the same ASHA (in place)."""
     asha, fifo = figures["asha"], figures["fifo"]
     ratio = asha["tune_fit_seconds"] / fifo["tune_fit_seconds"]
     startup_max = max([s for s in (asha["startup_seconds_max"], fifo["startup_seconds_max"])
@@ -259,16 +272,21 @@ def main(argv=None) -> int:
     figures["startup_seconds_max"] = startup_max
     figures["target_startup_met"] = startup_max <= 5.0
     figures["hardware"] = hardware(cpus)
-    figures["replay"] = replay_bound(fifo["path"], schedulers["asha"], concurrency)
-    print(json.dumps(figures, indent=2, default=str))
+    figures["replay"] = replay_bound(fifo["path"], asha["scheduler"], concurrency)
+
+
+def print_summary(figures: dict, concurrency: int) -> None:
+    asha, fifo, hw = figures["asha"], figures["fifo"], figures["hardware"]
+    ratio = asha["tune_fit_seconds"] / fifo["tune_fit_seconds"]
+    startup_max = figures["startup_seconds_max"]
     print(f"\nASHA {asha['tune_fit_seconds']:.0f} s ({asha['epochs_trained']} epochs, best top-1 "
           f"{asha['best_val_top1']:.4f})  vs  FIFO {fifo['tune_fit_seconds']:.0f} s "
           f"({fifo['epochs_trained']} epochs, best top-1 {fifo['best_val_top1']:.4f})")
     print(f"ratio ASHA/FIFO {ratio:.2f} (target <= 0.40: {'met' if ratio <= 0.40 else 'NOT met'}); "
           f"trial start-up median {asha['startup_seconds_median']} / {fifo['startup_seconds_median']}"
           f" s, max {startup_max} s (target <= 5 s: "
-          f"{'met' if startup_max <= 5.0 else 'NOT met'}); {figures['hardware']['cpu']}, "
-          f"{figures['hardware']['cores']} cores, load {figures['hardware']['load_avg_1m']:.1f}")
+          f"{'met' if startup_max <= 5.0 else 'NOT met'}); {hw['cpu']}, "
+          f"{hw['cores']} cores, load {hw['load_avg_1m']:.1f}")
     print(f"start-up phases, median s (ASHA): {asha['startup_phases']}")
     rp = figures["replay"]
     print(f"replay of the FIFO curves through the same ASHA (jobs/replay_sweep.py): ratio "
@@ -276,6 +294,30 @@ def main(argv=None) -> int:
           f"{rp['oracle_ratio']}, {rp['oracle_epochs']} epochs - the floor of async ASHA at "
           f"{concurrency} trials at once; rank correlation of epoch k with the final top-1: "
           f"{rp['rank_correlation']}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    if args.startup_probe:
+        return run_startup_probe(args)
+
+    from cnn_ray.io import atomic_write_json
+    from cnn_ray.train.launch import prepare_data
+
+    data = make_data(args)
+    cpus = init_ray(args)
+    storage = args.storage or str(Path.home() / "cnn_ray_runs" / "benchmark_sweep" /
+                                  time.strftime("%Y%m%d-%H%M%S"))
+    base, points, concurrency, threads = plan_trials(args, data, storage)
+    print(f"[benchmark_sweep] {args.trials} configurations x <= {args.epochs} epochs, "
+          f"{args.train_per_class * 10} train / {args.val_per_class * 10} val images, "
+          f"{concurrency} trials at once x {threads} threads, storage {storage}", flush=True)
+    prepare_data(base)  # once, before anything is timed; both sweeps reuse it
+    figures = run_sweeps(args, base, points, concurrency)
+    add_comparison(figures, cpus, concurrency)
+    print(json.dumps(figures, indent=2, default=str))
+    print_summary(figures, concurrency)
     if args.json:
         atomic_write_json(args.json, figures, indent=2, default=str)
     return 0

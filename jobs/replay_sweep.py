@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sweep_dir", help="a finished sweep's folder (every trial ran to the end)")
     p.add_argument("--metric", default="val_top1")
@@ -31,40 +31,40 @@ def main(argv=None) -> int:
     p.add_argument("--rf", type=float, nargs="+", default=[2, 3, 4],
                    help="reduction factors (2 3 4)")
     p.add_argument("--json", help="also write the figures to this JSON file")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    from cnn_ray.config import ConfigError
-    from cnn_ray.io import atomic_write_json
-    from cnn_ray.tune.replay import load_records, rank_correlation, replay
+
+def replay_settings(records, args, max_t: int):
+    """FIFO's replay and one row per (grace period, reduction factor) of ASHA, as recorded and
+    with a perfect predictor; ratios are to FIFO's modelled wall time, gaps in points of the
+    metric. Raises ConfigError (from :func:`cnn_ray.tune.replay.replay`)."""
+    from cnn_ray.tune.replay import replay
     from cnn_ray.tune.sweep import SchedulerSettings
 
-    try:
-        records = load_records(args.sweep_dir, metric=args.metric)
-        max_t = args.max_t or max(len(r.metric) for r in records)
-        common = dict(mode=args.mode, concurrency=args.concurrency, max_t=max_t,
-                      metric_name=args.metric)
-        fifo = replay(records, SchedulerSettings(kind="fifo", max_t=max_t), **common)
-        rows = []
-        for grace in args.grace:
-            for rf in args.rf:
-                if grace > max_t:
-                    continue
-                s = SchedulerSettings(kind="asha", max_t=max_t, grace_period=grace,
-                                      reduction_factor=rf)
-                real = replay(records, s, **common)
-                ideal = replay(records, s, oracle=True, **common)
-                rows.append({
-                    "grace_period": grace, "reduction_factor": rf,
-                    "ratio": round(real.wall_s / fifo.wall_s, 3), "epochs": real.epochs,
-                    "best": real.best, "gap_points": round(100 * (real.best - fifo.best), 2),
-                    "oracle_ratio": round(ideal.wall_s / fifo.wall_s, 3),
-                    "oracle_epochs": ideal.epochs,
-                    "oracle_gap_points": round(100 * (ideal.best - fifo.best), 2)})
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    rho = rank_correlation(records)
-    print(f"{len(records)} trials x <= {max_t} epochs, {args.concurrency} at once; FIFO modelled "
+    common = dict(mode=args.mode, concurrency=args.concurrency, max_t=max_t,
+                  metric_name=args.metric)
+    fifo = replay(records, SchedulerSettings(kind="fifo", max_t=max_t), **common)
+    rows = []
+    for grace in args.grace:
+        for rf in args.rf:
+            if grace > max_t:
+                continue
+            s = SchedulerSettings(kind="asha", max_t=max_t, grace_period=grace,
+                                  reduction_factor=rf)
+            real = replay(records, s, **common)
+            ideal = replay(records, s, oracle=True, **common)
+            rows.append({
+                "grace_period": grace, "reduction_factor": rf,
+                "ratio": round(real.wall_s / fifo.wall_s, 3), "epochs": real.epochs,
+                "best": real.best, "gap_points": round(100 * (real.best - fifo.best), 2),
+                "oracle_ratio": round(ideal.wall_s / fifo.wall_s, 3),
+                "oracle_epochs": ideal.epochs,
+                "oracle_gap_points": round(100 * (ideal.best - fifo.best), 2)})
+    return fifo, rows
+
+
+def print_table(args, n_trials: int, max_t: int, fifo, rho: list, rows: list[dict]) -> None:
+    print(f"{n_trials} trials x <= {max_t} epochs, {args.concurrency} at once; FIFO modelled "
           f"{fifo.wall_s:.0f} s, {fifo.epochs} epochs, best {args.metric} {fifo.best:.4f} "
           f"({fifo.best_trial})")
     print(f"rank correlation of epoch k's {args.metric} with the final one: "
@@ -75,6 +75,24 @@ def main(argv=None) -> int:
         print(f"{r['grace_period']:>5} {r['reduction_factor']:>4g} | {r['ratio']:>6.3f} "
               f"{r['epochs']:>6} {r['best']:>7.4f} {r['gap_points']:>7.2f} | "
               f"{r['oracle_ratio']:>12.3f} {r['oracle_epochs']:>6} {r['oracle_gap_points']:>7.2f}")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    from cnn_ray.config import ConfigError
+    from cnn_ray.io import atomic_write_json
+    from cnn_ray.tune.replay import load_records, rank_correlation
+
+    try:
+        records = load_records(args.sweep_dir, metric=args.metric)
+        max_t = args.max_t or max(len(r.metric) for r in records)
+        fifo, rows = replay_settings(records, args, max_t)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rho = rank_correlation(records)
+    print_table(args, len(records), max_t, fifo, rho, rows)
     if args.json:
         atomic_write_json(args.json, {
             "sweep_dir": args.sweep_dir, "trials": len(records), "max_t": max_t,

@@ -11,12 +11,12 @@ from cnn_ray.config import AugmentConfig
 from cnn_ray.data.augment import (
     DRAW_COLUMNS,
     N_DRAWS,
-    _affine_grid,
     augment_batch,
     normalize_batch,
     resize_center_crop,
     row_uniforms,
 )
+from cnn_ray.data.geometric import affine_grid
 from cnn_ray.data.shards import ChannelStats
 
 TECHNIQUES = ("random_crop", "hflip", "random_resized_crop", "rotation", "affine", "color_jitter", "cutout")
@@ -251,7 +251,7 @@ def test_random_resized_crop_zooms_in():
 
 def test_affine_grid_matches_torch():
     theta = np.random.default_rng(0).normal(size=(5, 2, 3))
-    ours = _affine_grid(theta, 7, 9)
+    ours = affine_grid(theta, 7, 9)
     ref = F.affine_grid(torch.from_numpy(theta).float(), (5, 1, 7, 9), align_corners=False)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 

@@ -27,13 +27,13 @@ Layouts:
   directory or glob holding ``.parquet`` files is ``parquet``; a directory whose sub-folders hold
   images is ``folder``.
 
-Only local (or locally mounted) paths are supported.
+Only local (or locally mounted) paths are supported. The listing primitives (image and Parquet
+file walks, the listing digest, Parquet image-column types) live in :mod:`cnn_ray.data.listing`.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
 import logging
 import math
 import os
@@ -44,11 +44,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cnn_ray.data.listing import (
+    array_storage,
+    digest,
+    has_image,
+    image_encoding,
+    is_glob,
+    list_images,
+    parquet_files,
+)
 from cnn_ray.data.shards import read_metadata
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 Kind = Literal["folder", "manifest", "parquet"]
 
 
@@ -143,7 +151,7 @@ def discover(
 
 def detect_format(path: str) -> Kind:
     """Guess the layout of ``path`` (rules in the module docstring). Raises :class:`SourceError`."""
-    if _is_glob(path):
+    if is_glob(path):
         if any(p.lower().endswith(".parquet") for p in glob.glob(path)):
             return "parquet"
         raise SourceError(f"{path}: glob matches no .parquet files")
@@ -157,37 +165,13 @@ def detect_format(path: str) -> Kind:
                           ".parquet manifest, a .parquet shard, or an ImageFolder directory")
     if os.path.isdir(path):
         entries = [e for e in os.scandir(path) if not e.name.startswith(".")]
-        if any(e.is_file() and e.name.lower().endswith(".parquet") for e in entries) or _parquet_files(path):
+        if any(e.is_file() and e.name.lower().endswith(".parquet") for e in entries) or parquet_files(path):
             return "parquet"
-        if any(e.is_dir() and _has_image(e.path) for e in entries):
+        if any(e.is_dir() and has_image(e.path) for e in entries):
             return "folder"
         raise SourceError(f"{path}: cannot detect the format: no .parquet files and no class "
                           "sub-folders holding images (expected <root>/<class>/<image>)")
     raise SourceError(f"{path}: path does not exist")
-
-
-def _is_glob(path: str) -> bool:
-    return any(ch in path for ch in "*?[")
-
-
-def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
-
-
-def _has_image(folder: str) -> bool:
-    for _, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        if any(_is_image(f) for f in files):
-            return True
-    return False
-
-
-def _digest(items: Sequence[Any]) -> str:
-    h = hashlib.sha256()
-    for item in items:
-        h.update(repr(item).encode())
-        h.update(b"\n")
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------- folder
@@ -203,7 +187,7 @@ def _discover_folder(root: str, class_names: Optional[list[str]]) -> Source:
     listing: list[tuple] = []
     row = 0
     for cls in found:
-        files = _list_images(os.path.join(root, cls))
+        files = list_images(os.path.join(root, cls))
         if not files:
             reason = "empty class folder: no image files (class kept so label indices stay stable)"
             log.warning("%s: %s", os.path.join(root, cls), reason)
@@ -218,25 +202,8 @@ def _discover_folder(root: str, class_names: Optional[list[str]]) -> Source:
             row += 1
     for missing in sorted(set(names) - set(found)):
         log.warning("%s: no folder for class %r", root, missing)
-    src.listing_digest = _digest(listing)
+    src.listing_digest = digest(listing)
     return src
-
-
-def _list_images(folder: str) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of image files under ``folder``, recursively, sorted by path."""
-    out = []
-    for dirpath, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if _is_image(name):
-                p = os.path.join(dirpath, name)
-                try:
-                    st = os.stat(p)
-                except OSError:
-                    continue  # vanished or a dangling link
-                out.append((p, st.st_size, st.st_mtime_ns))
-    out.sort()
-    return out
 
 
 # ------------------------------------------------------------------------------- manifest
@@ -301,57 +268,20 @@ def _discover_manifest(path: str, class_names: Optional[list[str]]) -> Source:
             src.records.append(Record(full, int(lab) if is_int else index[lab], row))
         else:
             src.problems.append({"path": full or "", "reason": f"manifest row {row}: {reason}", "row": row})
-    src.listing_digest = _digest(listing + [("bad", len(src.problems))])
+    src.listing_digest = digest(listing + [("bad", len(src.problems))])
     return src
 
 
 # -------------------------------------------------------------------------------- parquet
-def _parquet_files(path: str) -> list[str]:
-    if _is_glob(path):
-        files = [p for p in glob.glob(path, recursive=True) if os.path.isfile(p)]
-    elif os.path.isfile(path):
-        files = [path]
-    elif os.path.isdir(path):
-        files = []
-        for dirpath, dirs, names in os.walk(path, followlinks=True):
-            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
-            files += [os.path.join(dirpath, n) for n in names
-                      if n.lower().endswith(".parquet") and not n.startswith((".", "_"))]
-    else:
-        files = []
-    return sorted(f for f in files if f.lower().endswith(".parquet"))
-
-
 _EXPECTED = ("expected columns 'image' (encoded bytes as binary, or uint8 pixels as "
              "fixed_size_binary / fixed_size_list<uint8> / list<uint8>) and 'label' (integer)")
-
-
-def _array_storage(t: pa.DataType) -> tuple[pa.DataType, Optional[tuple[int, ...]]]:
-    """Unwrap an extension type (e.g. Ray's tensor type), returning (storage type, shape or None)."""
-    if isinstance(t, pa.ExtensionType):
-        shape = getattr(t, "shape", None)
-        return t.storage_type, tuple(shape) if shape else None
-    return t, None
-
-
-def image_encoding(t: pa.DataType) -> Optional[Literal["bytes", "array"]]:
-    """``bytes`` (encoded files), ``array`` (raw uint8 pixels) or ``None`` (unsupported type)."""
-    t, _ = _array_storage(t)
-    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
-        return "bytes"
-    if pa.types.is_fixed_size_binary(t):
-        return "array"
-    if (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)) \
-            and pa.types.is_uint8(t.value_type):
-        return "array"
-    return None
 
 
 def _infer_shape(f: str, schema: pa.Schema, channels: int) -> tuple[int, int, int]:
     meta = read_metadata(schema)
     if meta.get("image_shape"):
         return tuple(int(v) for v in meta["image_shape"])  # type: ignore[return-value]
-    storage, ext_shape = _array_storage(schema.field("image").type)
+    storage, ext_shape = array_storage(schema.field("image").type)
     if ext_shape and len(ext_shape) == 3:
         return ext_shape  # type: ignore[return-value]
     if "shape" in schema.names:
@@ -374,7 +304,7 @@ def _infer_shape(f: str, schema: pa.Schema, channels: int) -> tuple[int, int, in
 
 
 def _discover_parquet(path: str, class_names: Optional[list[str]], channels: int) -> Source:
-    files = _parquet_files(path)
+    files = parquet_files(path)
     if not files:
         raise SourceError(f"{path}: no .parquet files found")
     encoding = shape = names_meta = None
@@ -408,7 +338,7 @@ def _discover_parquet(path: str, class_names: Optional[list[str]], channels: int
     else:
         top = int(src.labels().max(initial=-1))
         src.class_names = [str(i) for i in range(top + 1)]
-    src.listing_digest = _digest(listing)
+    src.listing_digest = digest(listing)
     return src
 
 

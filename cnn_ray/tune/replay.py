@@ -125,20 +125,8 @@ def replay(records: Sequence[TrialRecord], scheduler, *, mode: str = "max", conc
     """
     from ray.tune.schedulers import TrialScheduler
 
-    from cnn_ray.tune.sweep import scheduler_from
-
-    if scheduler.kind not in ("asha", "fifo"):
-        raise ConfigError(f"replay: scheduler.kind={scheduler.kind!r} cannot be replayed; "
-                          "expected 'asha' or 'fifo'")
-    if concurrency < 1:
-        raise ConfigError(f"replay: concurrency must be >= 1, got {concurrency}")
-    if not records:
-        raise ConfigError("replay: no trials to replay")
-    budget = max_t or scheduler.max_t or max(len(r.metric) for r in records)
-    if scheduler.kind == "asha" and scheduler.max_t is None:
-        scheduler = scheduler.model_copy(update={"max_t": budget})
-    sched = scheduler_from(scheduler, time_attr=time_attr)
-    sched.set_search_properties(metric_name, mode)
+    sched, budget = _tune_scheduler(records, scheduler, mode=mode, concurrency=concurrency,
+                                    max_t=max_t, metric_name=metric_name, time_attr=time_attr)
     sign = 1.0 if mode == "max" else -1.0
 
     queue = list(range(len(records)))  # record indices, in start order
@@ -172,6 +160,35 @@ def replay(records: Sequence[TrialRecord], scheduler, *, mode: str = "max", conc
         heapq.heappush(running, (now + rec.seconds[epoch], i, epoch + 1))
     return ReplayOutcome(wall_s=now, epochs=epochs, best=best, best_trial=best_trial,
                          stopped_at=stopped_at)
+
+
+def _tune_scheduler(records: Sequence[TrialRecord], scheduler, *, mode: str, concurrency: int,
+                    max_t: Optional[int], metric_name: str, time_attr: str):
+    """Check :func:`replay`'s arguments and build the Tune scheduler it feeds.
+
+    Returns:
+        ``(Tune TrialScheduler with metric and mode set, epoch budget)``; the budget is
+        ``max_t``, else ``scheduler.max_t``, else the longest record (also ASHA's ``max_t`` when
+        the settings leave it unset).
+
+    Raises:
+        ConfigError: as :func:`replay`.
+    """
+    from cnn_ray.tune.sweep import scheduler_from
+
+    if scheduler.kind not in ("asha", "fifo"):
+        raise ConfigError(f"replay: scheduler.kind={scheduler.kind!r} cannot be replayed; "
+                          "expected 'asha' or 'fifo'")
+    if concurrency < 1:
+        raise ConfigError(f"replay: concurrency must be >= 1, got {concurrency}")
+    if not records:
+        raise ConfigError("replay: no trials to replay")
+    budget = max_t or scheduler.max_t or max(len(r.metric) for r in records)
+    if scheduler.kind == "asha" and scheduler.max_t is None:
+        scheduler = scheduler.model_copy(update={"max_t": budget})
+    sched = scheduler_from(scheduler, time_attr=time_attr)
+    sched.set_search_properties(metric_name, mode)
+    return sched, budget
 
 
 def rank_correlation(records: Sequence[TrialRecord]) -> list[Optional[float]]:
