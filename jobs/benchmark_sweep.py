@@ -144,7 +144,7 @@ def startup_phases(sweep_dir: str) -> dict:
     group) -> our imports -> model, optimiser and checkpoint -> first epoch's loop."""
     from cnn_ray.io import iter_jsonl
     from cnn_ray.tune.results import read_trial_starts
-    from cnn_ray.tune.sweep import TRAIN_RUNS, TRIAL_STARTS
+    from cnn_ray.tune.plan import TRAIN_RUNS, TRIAL_STARTS
 
     path = Path(sweep_dir) / TRIAL_STARTS
     starts, built = read_trial_starts(path), read_trial_starts(path, "trainer_built")
@@ -226,8 +226,8 @@ def plan_trials(args, data: dict[str, Path], storage: str):
     """
     import ray
 
-    from cnn_ray.tune.sweep import (SchedulerSettings, SearcherSettings, SweepPlan, SweepSettings,
-                                    fit_concurrency)
+    from cnn_ray.tune.plan import SweepPlan, fit_concurrency
+    from cnn_ray.tune.settings import SchedulerSettings, SearcherSettings, SweepSettings
 
     plan = SweepPlan(base_config(args, data, storage, 1), SPACE,
                      SweepSettings(num_samples=args.trials,
@@ -327,7 +327,7 @@ def replay_bound(fifo_dir: str, asha: dict, concurrency: int) -> dict:
     """The FIFO sweep's curves replayed through the benchmark's ASHA settings, as recorded and
     with a perfect predictor (cnn_ray.tune.replay): what ASHA could have saved here at best."""
     from cnn_ray.tune.replay import load_records, rank_correlation, replay
-    from cnn_ray.tune.sweep import SchedulerSettings
+    from cnn_ray.tune.settings import SchedulerSettings
 
     records = load_records(fifo_dir)
     s = SchedulerSettings(**asha)

@@ -39,7 +39,7 @@ def replay_settings(records, args, max_t: int):
     with a perfect predictor; ratios are to FIFO's modelled wall time, gaps in points of the
     metric. Raises ConfigError (from :func:`cnn_ray.tune.replay.replay`)."""
     from cnn_ray.tune.replay import replay
-    from cnn_ray.tune.sweep import SchedulerSettings
+    from cnn_ray.tune.settings import SchedulerSettings
 
     common = dict(mode=args.mode, concurrency=args.concurrency, max_t=max_t,
                   metric_name=args.metric)

@@ -2,9 +2,9 @@
 
 A FIFO sweep records every trial's metric and duration for every epoch (Tune's per-trial
 ``result.json``). Feeding those records, in the order and with the concurrency the sweep ran
-them, to Ray Tune's own ``ASHAScheduler`` (the very object :func:`cnn_ray.tune.sweep.build_scheduler`
-makes, not a re-implementation) tells, without training anything, which trials ASHA would have
-stopped and when, the epochs it would have trained, the best metric it would have kept, and its
+them, to Ray Tune's own ``ASHAScheduler`` (the very object that
+:func:`cnn_ray.tune.schedulers.build_tune_scheduler` makes, not a re-implementation) tells,
+without training anything, which trials ASHA would have stopped and when, the epochs it would have trained, the best metric it would have kept, and its
 wall time, for any ``grace_period`` / ``reduction_factor``:
 
     python jobs/replay_sweep.py ~/cnn_ray_runs/benchmark_sweep/<stamp>/sweep_fifo
@@ -75,7 +75,7 @@ def load_records(sweep_dir: str, metric: str = "val_top1",
             unknown); no trial folders; or a trial's results lack ``metric`` / ``time_attr`` or
             skip an epoch (the message names the file).
     """
-    from cnn_ray.tune.sweep import SPEC_FILE
+    from cnn_ray.tune.plan import SPEC_FILE
 
     root = Path(sweep_dir).expanduser()
     spec = root / SPEC_FILE
@@ -110,7 +110,7 @@ def load_records(sweep_dir: str, metric: str = "val_top1",
 def replay(records: Sequence[TrialRecord], scheduler, *, mode: str = "max", concurrency: int = 1,
            max_t: Optional[int] = None, oracle: bool = False,
            metric_name: str = "val_top1", time_attr: str = "epoch") -> ReplayOutcome:
-    """Run ``records`` through ``scheduler`` (:class:`~cnn_ray.tune.sweep.SchedulerSettings`,
+    """Run ``records`` through ``scheduler`` (:class:`~cnn_ray.tune.settings.SchedulerSettings`,
     kind ``asha`` or ``fifo``) with ``concurrency`` trials at once, in the given order.
 
     Each epoch's result goes to the Tune scheduler's ``on_trial_result`` at the modelled time
@@ -174,7 +174,7 @@ def _tune_scheduler(records: Sequence[TrialRecord], scheduler, *, mode: str, con
     Raises:
         ConfigError: as :func:`replay`.
     """
-    from cnn_ray.tune.sweep import scheduler_from
+    from cnn_ray.tune.schedulers import scheduler_from
 
     if scheduler.kind not in ("asha", "fifo"):
         raise ConfigError(f"replay: scheduler.kind={scheduler.kind!r} cannot be replayed; "
