@@ -115,8 +115,8 @@ def hardware(ray_cpus: float) -> dict:
 def sweep_figures(result, elapsed: float) -> dict:
     startups = [t.startup_s for t in result.trials if t.startup_s is not None]
     return {
-        "tune_fit_seconds": round(result.wall_seconds, 1),
-        "run_sweep_seconds": round(elapsed, 1),
+        "tune_fit_s": round(result.wall_s, 1),
+        "run_sweep_s": round(elapsed, 1),
         "best_val_top1": result.best.best if result.best else None,
         "best_config": result.best.config if result.best else None,
         "epochs_trained": sum(t.epochs for t in result.trials),
@@ -124,7 +124,7 @@ def sweep_figures(result, elapsed: float) -> dict:
                      for s in sorted({t.status for t in result.trials})},
         "startup_seconds_median": round(statistics.median(startups), 2) if startups else None,
         "startup_seconds_max": round(max(startups), 2) if startups else None,
-        "startup_seconds": startups,
+        "startup_s": startups,
         "concurrency": result.concurrency,
         "path": result.path,
         "startup_phases": startup_phases(result.path),
@@ -264,7 +264,7 @@ def add_comparison(figures: dict, cpus: float, concurrency: int) -> None:
     """ASHA / FIFO wall-time ratio and start-up against their targets, the hardware, and the
     replay of the FIFO curves through the same ASHA (in place)."""
     asha, fifo = figures["asha"], figures["fifo"]
-    ratio = asha["tune_fit_seconds"] / fifo["tune_fit_seconds"]
+    ratio = asha["tune_fit_s"] / fifo["tune_fit_s"]
     startup_max = max([s for s in (asha["startup_seconds_max"], fifo["startup_seconds_max"])
                        if s is not None] or [float("nan")])
     figures["ratio_asha_over_fifo"] = round(ratio, 3)
@@ -277,10 +277,10 @@ def add_comparison(figures: dict, cpus: float, concurrency: int) -> None:
 
 def print_summary(figures: dict, concurrency: int) -> None:
     asha, fifo, hw = figures["asha"], figures["fifo"], figures["hardware"]
-    ratio = asha["tune_fit_seconds"] / fifo["tune_fit_seconds"]
+    ratio = asha["tune_fit_s"] / fifo["tune_fit_s"]
     startup_max = figures["startup_seconds_max"]
-    print(f"\nASHA {asha['tune_fit_seconds']:.0f} s ({asha['epochs_trained']} epochs, best top-1 "
-          f"{asha['best_val_top1']:.4f})  vs  FIFO {fifo['tune_fit_seconds']:.0f} s "
+    print(f"\nASHA {asha['tune_fit_s']:.0f} s ({asha['epochs_trained']} epochs, best top-1 "
+          f"{asha['best_val_top1']:.4f})  vs  FIFO {fifo['tune_fit_s']:.0f} s "
           f"({fifo['epochs_trained']} epochs, best top-1 {fifo['best_val_top1']:.4f})")
     print(f"ratio ASHA/FIFO {ratio:.2f} (target <= 0.40: {'met' if ratio <= 0.40 else 'NOT met'}); "
           f"trial start-up median {asha['startup_seconds_median']} / {fifo['startup_seconds_median']}"

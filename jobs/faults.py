@@ -116,7 +116,7 @@ def _outcome(run: Path, fault_time: float | None, reference_top1: float | None) 
         out["completed_epochs_before_fault"] = completed
         out["resumed_from_epoch"] = resumed
         out["completed_epochs_lost"] = None if resumed is None else completed - resumed
-        epoch_s = sorted(m["epoch_seconds"] + m.get("eval_seconds", 0.0) for m in metrics)
+        epoch_s = sorted(m["epoch_s"] + m.get("eval_s", 0.0) for m in metrics)
         last_mark = max([m["time"] for m in done_before]
                         + [s["time"] for s in starts if s["time"] <= fault_time] or [fault_time])
         if epoch_s:

@@ -114,9 +114,9 @@ def test_count_correct_and_reduce():
     labels = torch.tensor([1, 2, 0])
     c1, c5 = count_correct(logits, labels)
     assert (c1, c5) == (1, 3)
-    a = EpochStats(loss_sum=2.0, correct1=3, num_images=4, seconds=2.0)
+    a = EpochStats(loss_sum=2.0, correct1=3, num_images=4, wall_s=2.0)
     doubled = a.reduce(lambda t: t * 2)  # two identical ranks
-    assert doubled.num_images == 8 and doubled.correct1 == 6 and doubled.seconds == 2.0
+    assert doubled.num_images == 8 and doubled.correct1 == 6 and doubled.wall_s == 2.0
 
 
 def test_weight_decay_off_norm_and_bias():
@@ -207,12 +207,12 @@ def test_epoch_reduction_runs_on_the_training_device():
         seen.append(t.shape)
         return torch.tensor([4.0, 3, 2, 8, 2.0, 1.0, 6, 0, 2], dtype=torch.float64)
 
-    stats = EpochStats(loss_sum=2.0, correct1=3, num_images=4, seconds=2.0)
+    stats = EpochStats(loss_sum=2.0, correct1=3, num_images=4, wall_s=2.0)
     with pytest.raises(RuntimeError, match="device type cpu"):
         stats.reduce(nccl_like)  # the old behaviour: a CPU vector
     out = stats.reduce(nccl_like, torch.device("meta"))
     assert seen == [torch.Size([9])]
-    assert (out.num_images, out.correct1, out.seconds, out.steps) == (8, 3, 1.0, 3)
+    assert (out.num_images, out.correct1, out.wall_s, out.steps) == (8, 3, 1.0, 3)
 
 
 @pytest.mark.parametrize("log_every,expected_reads", [(0, 1), (2, 4)])

@@ -88,7 +88,7 @@ def test_load_records_reads_tune_result_files(tmp_path):
         (d / "result.json").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     recs = load_records(str(tmp_path))
     assert [r.trial_id for r in recs] == ["t_00000", "t_00001", "t_00002"]
-    assert recs[1].metric == [0.3, 0.1] and recs[0].seconds == [5.0, 6.0]
+    assert recs[1].metric == [0.3, 0.1] and recs[0].epoch_s == [5.0, 6.0]
     assert rank_correlation(recs) == [pytest.approx(-1.0), pytest.approx(1.0)]
     assert rank_correlation(recs[:2]) == [None, None]  # undefined with fewer than 3 trials
     with pytest.raises(ConfigError, match="no 'val_top5' results"):
@@ -146,7 +146,7 @@ def test_benchmark_sweep_script_end_to_end(ray_session, cifar_root, tmp_path):
     assert f["fifo"]["epochs_trained"] == 4 and f["fifo"]["statuses"] == {"completed": 2}
     assert 3 <= f["asha"]["epochs_trained"] <= 4
     assert [c["model.name"] for c in f["configs"]] and f["ratio_asha_over_fifo"] > 0
-    assert len(f["fifo"]["startup_seconds"]) == 2 and all(s > 0 for s in f["fifo"]["startup_seconds"])
+    assert len(f["fifo"]["startup_s"]) == 2 and all(s > 0 for s in f["fifo"]["startup_s"])
     phases = f["fifo"]["startup_phases"]  # where a trial's start-up goes, each phase measured
     assert set(phases) == {"trial_function", "controller_to_worker_process",
                            "ray_train_worker_setup", "worker_imports",

@@ -70,7 +70,7 @@ class EpochStats:
     """Counts of one epoch on one rank; ``reduce`` sums them over ranks.
 
     ``loss_sum`` is the sum of per-image losses, ``correct1/correct5`` counts, ``num_images``
-    images seen, ``seconds`` wall time, ``data_wait_seconds`` time blocked on the input
+    images seen, ``wall_s`` wall time (seconds), ``data_wait_s`` time blocked on the input
     iterator, ``steps`` optimiser steps, ``bad_steps`` skipped non-finite steps.
     """
 
@@ -78,8 +78,8 @@ class EpochStats:
     correct1: int = 0
     correct5: int = 0
     num_images: int = 0
-    seconds: float = 0.0
-    data_wait_seconds: float = 0.0
+    wall_s: float = 0.0
+    data_wait_s: float = 0.0
     steps: int = 0
     bad_steps: int = 0
     extra: dict = field(default_factory=dict)
@@ -92,8 +92,8 @@ class EpochStats:
         only ("No backend type associated with device type cpu" otherwise).
         """
         vec = torch.tensor(
-            [self.loss_sum, self.correct1, self.correct5, self.num_images, self.seconds,
-             self.data_wait_seconds, self.steps, self.bad_steps, 1.0], dtype=torch.float64,
+            [self.loss_sum, self.correct1, self.correct5, self.num_images, self.wall_s,
+             self.data_wait_s, self.steps, self.bad_steps, 1.0], dtype=torch.float64,
             device=device,
         )
         out = reduce_sum(vec).tolist()
@@ -254,7 +254,7 @@ def train_one_epoch(
     nxt = next(iterator, None)
     while nxt is not None:
         wait, batch = nxt
-        stats.data_wait_seconds += wait
+        stats.data_wait_s += wait
         x, y = prepare_inputs(batch, s)
         nxt = next(iterator, None)
         micro += 1
@@ -278,7 +278,7 @@ def train_one_epoch(
         if max_steps is not None and stats.steps >= max_steps:
             break  # right after a step: no partial gradients are left behind
     _check_bad_steps(counts, s, scaler)
-    stats.seconds = time.perf_counter() - t_start
+    stats.wall_s = time.perf_counter() - t_start
     return counts.into(stats)
 
 
@@ -361,7 +361,7 @@ def evaluate(
     for i, (wait, batch) in enumerate(_timed(batches)):
         if max_batches is not None and i >= max_batches:
             break
-        stats.data_wait_seconds += wait
+        stats.data_wait_s += wait
         x, y = prepare_inputs(batch, s)
         with autocast_context(s.device, s.precision):
             logits = (predict(net, x) if predict is not None else net(x)).float()
@@ -369,7 +369,7 @@ def evaluate(
         if collect_predictions:
             preds.append(logits.argmax(1).cpu())
             labels.append(y.cpu())
-    stats.seconds = time.perf_counter() - t0
+    stats.wall_s = time.perf_counter() - t0
     if collect_predictions:
         stats.extra["pred"] = torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
         stats.extra["label"] = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)

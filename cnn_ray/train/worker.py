@@ -274,9 +274,9 @@ def _epoch_metrics(epoch: int, tr: EpochStats, va: EpochStats, num_classes: int,
     metrics.update(tr.summary("train_", num_classes))
     metrics.update(va.summary("val_", num_classes))
     metrics.update(
-        images_per_sec=tr.num_images / max(tr.seconds, 1e-9),
-        data_wait_share=tr.data_wait_seconds / max(tr.seconds, 1e-9),
-        epoch_seconds=tr.seconds, eval_seconds=va.seconds, val_images=va.num_images,
+        images_per_sec=tr.num_images / max(tr.wall_s, 1e-9),
+        data_wait_share=tr.data_wait_s / max(tr.wall_s, 1e-9),
+        epoch_s=tr.wall_s, eval_s=va.wall_s, val_images=va.num_images,
         train_images=tr.num_images, bad_steps=tr.bad_steps, lr=optimizer.param_groups[0]["lr"],
         world_size=world, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
@@ -334,7 +334,7 @@ def _format_metrics(m: dict) -> str:
             parts.append(f"{k} {m[k]:.4f}")
     parts.append(f"images_per_sec {m['images_per_sec']:.0f}")
     parts.append(f"data_wait {100 * m['data_wait_share']:.1f}%")
-    parts.append(f"{m['epoch_seconds']:.1f}s")
+    parts.append(f"{m['epoch_s']:.1f}s")
     return " | ".join(parts)
 
 

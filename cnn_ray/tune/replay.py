@@ -41,11 +41,11 @@ from cnn_ray.io import iter_jsonl
 
 @dataclass
 class TrialRecord:
-    """One trial's recorded run: ``metric[k]`` and ``seconds[k]`` for epoch ``k + 1``."""
+    """One trial's recorded run: ``metric[k]`` and ``epoch_s[k]`` (seconds) for epoch ``k + 1``."""
 
     trial_id: str
     metric: list[float]
-    seconds: list[float]
+    epoch_s: list[float]
     config: dict = field(default_factory=dict)
 
 
@@ -102,7 +102,7 @@ def load_records(sweep_dir: str, metric: str = "val_top1",
         out.append(TrialRecord(
             trial_id=str(rows[0].get("trial_id", f.parent.name)),
             metric=[float(by_epoch[e][metric]) for e in epochs],
-            seconds=[float(by_epoch[e].get("time_this_iter_s", 0.0)) for e in epochs],
+            epoch_s=[float(by_epoch[e].get("time_this_iter_s", 0.0)) for e in epochs],
             config=rows[0].get("config", {})))
     return out
 
@@ -137,7 +137,7 @@ def replay(records: Sequence[TrialRecord], scheduler, *, mode: str = "max", conc
 
     def start(i: int, at: float) -> None:
         sched.on_trial_add(None, trials[i])
-        heapq.heappush(running, (at + records[i].seconds[0], i, 1))
+        heapq.heappush(running, (at + records[i].epoch_s[0], i, 1))
 
     for _ in range(min(concurrency, len(queue))):
         start(queue.pop(0), 0.0)
@@ -157,7 +157,7 @@ def replay(records: Sequence[TrialRecord], scheduler, *, mode: str = "max", conc
             if queue:
                 start(queue.pop(0), now)
             continue
-        heapq.heappush(running, (now + rec.seconds[epoch], i, epoch + 1))
+        heapq.heappush(running, (now + rec.epoch_s[epoch], i, epoch + 1))
     return ReplayOutcome(wall_s=now, epochs=epochs, best=best, best_trial=best_trial,
                          stopped_at=stopped_at)
 

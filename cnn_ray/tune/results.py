@@ -60,7 +60,7 @@ class SweepResult:
     """The outcome of :func:`cnn_ray.tune.run_sweep`.
 
     ``best`` is the trial with the best value of ``metric`` at any epoch (None if no trial
-    reported); ``best_checkpoint`` its best kept checkpoint; ``wall_seconds`` the time spent in
+    reported); ``best_checkpoint`` its best kept checkpoint; ``wall_s`` the time spent in
     ``Tuner.fit`` (seconds).
     """
 
@@ -75,7 +75,7 @@ class SweepResult:
     best_checkpoint: Optional[str]
     table_path: Optional[str]
     curves_path: Optional[str]
-    wall_seconds: float
+    wall_s: float
     concurrency: int
     resumed: bool = False
     unfinished: list[str] = field(default_factory=list)
@@ -105,7 +105,7 @@ class SweepResult:
         return {
             "sweep": self.name, "path": self.path, "trials": len(self.trials), **counts,
             "epochs_total": sum(t.epochs for t in self.trials),
-            "wall_seconds": round(self.wall_seconds, 2), "concurrency": self.concurrency,
+            "wall_s": round(self.wall_s, 2), "concurrency": self.concurrency,
             "not_started": self.not_started, "resumed": self.resumed,
             "metric": self.metric, "mode": self.mode,
             f"best_{self.metric}": self.best.best if self.best else None,
@@ -117,7 +117,7 @@ class SweepResult:
 
 
 # ------------------------------------------------------------------------------ summarise
-def summarize_sweep(plan, grid, *, wall_seconds: float, output_dir: Optional[str] = None,
+def summarize_sweep(plan, grid, *, wall_s: float, output_dir: Optional[str] = None,
                     concurrency: int = 1, resumed: bool = False,
                     unfinished: Optional[list[str]] = None, not_started: int = 0) -> SweepResult:
     """Turn a Tune ``ResultGrid`` into a :class:`SweepResult`, write the files, print the table."""
@@ -131,7 +131,7 @@ def summarize_sweep(plan, grid, *, wall_seconds: float, output_dir: Optional[str
         name=plan.name, path=plan.exp_dir, output_dir=str(out_dir), metric=plan.settings.metric,
         mode=plan.settings.mode, trials=trials, best=best, best_config_path=None,
         best_checkpoint=best.checkpoint if best else None, table_path=None, curves_path=None,
-        wall_seconds=wall_seconds, concurrency=concurrency, resumed=resumed,
+        wall_s=wall_s, concurrency=concurrency, resumed=resumed,
         unfinished=list(unfinished or []), not_started=not_started, result_grid=grid,
     )
     result.table_path = write_table(trials, plan.settings.metric, out_dir / "trials.csv")
@@ -169,7 +169,7 @@ def summarize_trial(plan, result, starts: dict[str, list[float]],
         trial_id=trial_id, status=status, config=config, best=best, best_epoch=best_epoch,
         epochs=epochs, max_epochs=max_epochs,
         wall_s=float(last_tune["time_total_s"]) if _finite(last_tune.get("time_total_s")) else None,
-        startup_s=_startup_seconds(plan, trial_id, starts), checkpoint=_kept_checkpoint(
+        startup_s=_startup_s(plan, trial_id, starts), checkpoint=_kept_checkpoint(
             plan, trial_id, [by_epoch[best_epoch]] if best_epoch else [], list(by_epoch.values())),
         curve=curve, loss_curve=loss,
         error=None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:500],
@@ -233,14 +233,14 @@ def read_trial_starts(path: Path, event: str = "start") -> dict[str, list[float]
     return out
 
 
-def _startup_seconds(plan, trial_id: str, starts: dict[str, list[float]]) -> Optional[float]:
+def _startup_s(plan, trial_id: str, starts: dict[str, list[float]]) -> Optional[float]:
     """Trial function start -> first epoch's training loop, from the trial-start log and the
-    Train run's ``metrics.jsonl`` (report time - epoch_seconds - eval_seconds)."""
+    Train run's ``metrics.jsonl`` (report time - epoch_s - eval_s)."""
     if trial_id not in starts or not plan.local:
         return None
     start = starts[trial_id][-1]
     for m in iter_jsonl(Path(plan.runs_dir) / trial_id / "metrics.jsonl"):
-        loop_start = m["time"] - m.get("epoch_seconds", 0.0) - m.get("eval_seconds", 0.0)
+        loop_start = m["time"] - m.get("epoch_s", 0.0) - m.get("eval_s", 0.0)
         if m["time"] >= start:
             return round(loop_start - start, 2)
     return None

@@ -127,7 +127,7 @@ def run_sweep(
               f"{not_started} not started; its "
               f"state is saved in {plan.exp_dir}: run the same command again (or with "
               "--resume) to continue without re-running finished trials", flush=True)
-    return summarize_sweep(plan, grid, wall_seconds=wall, output_dir=output_dir,
+    return summarize_sweep(plan, grid, wall_s=wall, output_dir=output_dir,
                            concurrency=concurrency, resumed=restoring, unfinished=unfinished,
                            not_started=not_started)
 
