@@ -17,6 +17,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cnn_ray.config_recipe import (EMA, BatchNormSettings, CutMix, EvalConfig, MixUp,
+                                   Whitening)
+
 
 class ConfigError(ValueError):
     """A configuration is invalid. The message names each offending key (dotted path)."""
@@ -98,8 +101,13 @@ class RandomResizedCrop(_Strict):
 
 
 class HFlip(_Strict):
+    """Horizontal flip. ``random``: each image with probability ``p`` every epoch;
+    ``alternating`` (airbench): random on the first epoch, then each image flipped on exactly
+    alternate epochs (``p`` unused), so every image is seen both ways every two epochs."""
+
     enabled: bool = True
     p: float = Field(0.5, ge=0.0, le=1.0)
+    mode: Literal["random", "alternating"] = "random"
 
 
 class Rotation(_Strict):
@@ -142,6 +150,8 @@ class AugmentConfig(_Strict):
     affine: Affine = Field(default_factory=Affine)
     color_jitter: ColorJitter = Field(default_factory=ColorJitter)
     cutout: Cutout = Field(default_factory=Cutout)
+    mixup: MixUp = Field(default_factory=MixUp)
+    cutmix: CutMix = Field(default_factory=CutMix)
 
 
 # ----------------------------------------------------------------------------------- model
@@ -155,6 +165,9 @@ class ModelConfig(_Strict):
     separable: Optional[bool] = None
     dropout: Optional[float] = Field(None, ge=0.0, lt=1.0)
     channels_last: bool = True
+    whitening: Whitening = Field(default_factory=Whitening)
+    batchnorm: BatchNormSettings = Field(default_factory=BatchNormSettings)
+    compile: bool = Field(False, description="torch.compile the model")
 
     def knobs(self) -> dict[str, Any]:
         """The architecture knobs that are set, as keyword arguments for ``create_model``."""
@@ -170,14 +183,22 @@ class OptimConfig(_Strict):
     (the global batch); it is not rescaled automatically.
     """
 
-    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "adam", "muon"] = "sgd"
     lr: float = Field(0.1, gt=0.0, le=100.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = True
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(5e-4, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    schedule: Literal["onecycle", "cosine", "step", "plateau", "constant"] = "onecycle"
+    schedule: Literal["onecycle", "cosine", "step", "plateau", "constant", "linear_decay"] = \
+        "onecycle"
+    initial_lr_frac: float = Field(0.2, ge=0.0, le=1.0, description="linear_decay: lr at step 0")
+    final_lr_frac: float = Field(0.07, ge=0.0, le=1.0, description="linear_decay: lr at the end")
+    decoupled: bool = Field(False, description="lr and weight_decay per 1024 examples, "
+                            "momentum-corrected (airbench); sgd/muon only")
+    muon_lr: float = Field(0.24, gt=0.0, description="optimizer muon: lr of the conv filters")
+    muon_momentum: float = Field(0.6, ge=0.0, lt=1.0)
+    ema: EMA = Field(default_factory=EMA)
     warmup_epochs: float = Field(0.0, ge=0.0)
     pct_start: float = Field(0.25, gt=0.0, lt=1.0, description="OneCycle warm-up share")
     step_size: int = Field(30, ge=1, description="epochs between decays (schedule=step)")
@@ -244,6 +265,7 @@ class TrainConfig(_Strict):
     precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "TrainConfig":
@@ -273,6 +295,12 @@ class TrainConfig(_Strict):
                 "local path or a shared mount every node reads (checkpoints, metrics and the run "
                 "files still go to the URI), or data.use_raw=true"
             )
+        if self.optim.decoupled and self.optim.optimizer not in ("sgd", "muon"):
+            raise ValueError(f"optim.decoupled=true is defined for optim.optimizer sgd or muon "
+                             f"(momentum-corrected SGD), got {self.optim.optimizer!r}")
+        if self.model.whitening.enabled and self.data.use_raw:
+            raise ValueError("model.whitening.enabled=true computes the first layer from the "
+                             "prepared shards; it needs data.use_raw=false")
         if self.data.cache == "memory" and self.data.use_raw:
             raise ValueError(
                 "data.cache=memory keeps the prepared shards in memory; it needs "
@@ -331,7 +359,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             msg = "required key is missing"
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            if "input" in err and kind not in ("model_type",):
+            if "input" in err and kind not in ("model_type",) and loc:
                 msg += f" (got {err['input']!r})"
         lines.append(f"{source}: {loc or '<top>'}: {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

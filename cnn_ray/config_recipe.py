@@ -1,0 +1,73 @@
+"""Config sections of the fast-training recipe (issue 11), part of :class:`cnn_ray.config.TrainConfig`.
+
+Each key switches one technique of :mod:`cnn_ray.recipe` (its card says what it does, the
+values that work and the source); every key is a plain dotted key a sweep space can search
+(``model.whitening.enabled``, ``optim.ema.decay``, ``eval.tta`` ...). Defaults leave every
+technique off, so a config without these keys trains as before.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MixUp(_Strict):
+    """MixUp (Zhang et al., 2018): convex combinations of image pairs and their labels, with
+    ``lambda ~ Beta(alpha, alpha)``; for longer runs on harder data."""
+
+    enabled: bool = False
+    alpha: float = Field(0.2, gt=0.0)
+
+
+class CutMix(_Strict):
+    """CutMix (Yun et al., 2019): paste a box of another image, mix labels by its area."""
+
+    enabled: bool = False
+    alpha: float = Field(1.0, gt=0.0)
+
+
+class Whitening(_Strict):
+    """Patch-whitening initialisation of the first conv from training-data patches (airbench).
+
+    The weight is frozen; its bias trains for ``bias_epochs`` epochs, then is frozen too.
+    Computed on the driver from ``samples`` prepared training images (no second pass over raw
+    files).
+    """
+
+    enabled: bool = False
+    eps: float = Field(5e-4, gt=0.0, description="added to the patch-covariance eigenvalues")
+    samples: int = Field(5000, ge=16, description="training images the patches come from")
+    bias_epochs: float = Field(3.0, ge=0.0, description="epochs the first conv's bias trains")
+
+
+class BatchNormSettings(_Strict):
+    """BatchNorm settings of the whole model (airbench: momentum 0.4 in torch's convention, eps
+    1e-12, frozen scales, BN biases at 64x the learning rate). ``None`` keeps the model's."""
+
+    momentum: Optional[float] = Field(None, gt=0.0, le=1.0, description="torch convention")
+    eps: Optional[float] = Field(None, gt=0.0)
+    freeze_scale: bool = Field(False, description="BN weights fixed at 1, not trained")
+    bias_lr_mult: float = Field(1.0, gt=0.0, description="learning-rate multiplier of BN biases")
+
+
+class EMA(_Strict):
+    """An exponential moving average of the weights (``torch.optim.swa_utils.AveragedModel``),
+    evaluated and checkpointed instead of the raw weights (airbench's lookahead; Polyak)."""
+
+    enabled: bool = False
+    decay: float = Field(0.99, gt=0.0, lt=1.0, description="per update")
+    every_steps: int = Field(5, ge=1, description="optimiser steps between updates")
+    warmup: bool = Field(True, description="decay ramps up as (1+n)/(10+n) early on")
+
+
+class EvalConfig(_Strict):
+    """Evaluation: test-time augmentation (``flip``: mean of the image and its mirror;
+    ``flip_translate``: plus 2-pixel shifts, airbench's multi-crop)."""
+
+    tta: Literal["none", "flip", "flip_translate"] = "none"
