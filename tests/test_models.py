@@ -197,3 +197,16 @@ def test_load_pretrained_errors_name_the_file(tmp_path):
     torch.save(create_model("resnet9", 10, width_mult=0.25).state_dict(), path)
     with pytest.raises(ValueError, match="other.pt"):
         load_pretrained(create_model("resnet9", 10, width_mult=0.5), path)  # body shapes differ
+
+
+def test_airbench_widths_knob_overrides_width_mult():
+    """``widths=(64, 128, 128)`` is airbench93's net: those group widths, ~0.11 GFLOP/image."""
+    model = create_model("airbench", 10, widths=(64, 128, 128), width_mult=2.0)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert sorted({c.out_channels for c in convs[1:]}) == [64, 128]
+    assert 0.09 <= count_flops(model) / 1e9 <= 0.12
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert (bn.momentum, bn.eps, bn.weight.requires_grad) == (0.1, 1e-5, True)  # defaults kept
+    with pytest.raises(ValueError, match="airbench.*widths"):
+        create_model("airbench", 10, widths=(64, 128))

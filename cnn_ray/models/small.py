@@ -8,6 +8,8 @@ so channels-last kernels vectorise well.
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 from torch import Tensor, nn
 
 from .registry import register_model
@@ -288,7 +290,8 @@ class _AirbenchGroup(nn.Sequential):
 
 @register_model
 def airbench(num_classes: int, in_channels: int = 3, width_mult: float = 1.0, depth: int = 1,
-             kernel_size: int = 3, dropout: float = 0.0) -> nn.Module:
+             kernel_size: int = 3, dropout: float = 0.0,
+             widths: Optional[Sequence[int]] = None) -> nn.Module:
     """The network of airbench94 (Keller Jordan, "94% on CIFAR-10 in 3.29 seconds on a single
     GPU", arXiv:2404.00498; KellerJordan/cifar10-airbench ``airbench94.py``): the lighter
     alternative to :func:`resnet9`, about 3x fewer FLOPs, with most channels at low resolution.
@@ -307,14 +310,26 @@ def airbench(num_classes: int, in_channels: int = 3, width_mult: float = 1.0, de
 
     Knobs: ``width_mult`` > 0 scales 64/256/256 (1.0), ``depth`` >= 1 convs after the pool in
     each group (1), ``kernel_size`` >= 1 of the group convs (3), ``dropout`` in [0, 1) before the
-    linear layer (0.0). FLOPs per 32x32 image: ~0.24 GFLOP at defaults, 2.0 M params.
+    linear layer (0.0), ``widths`` the three group widths, overriding ``width_mult`` (None;
+    ``(64, 128, 128)`` is airbench93's net, ``lib_airbench93.py``). FLOPs per 32x32 image:
+    ~0.24 GFLOP at defaults, 2.0 M params; ~0.11 GFLOP, 0.57 M params with
+    ``widths=(64, 128, 128)``.
+
+    BatchNorm layers keep torch's defaults (momentum 0.1, eps 1e-5, trainable scale); airbench's
+    settings (momentum 0.4 in torch's convention, eps 1e-12, frozen scale) are the recipe's
+    :func:`cnn_ray.recipe.configure_batchnorm`.
 
     Raises:
-        ValueError: a knob is out of range.
+        ValueError: a knob is out of range, or ``widths`` is not three ints >= 1.
     """
     _check("airbench", width_mult, depth, kernel_size, dropout)
     c_stem = 2 * 4 * in_channels  # airbench: 2 x (channels x 2 x 2) whitening filters, +/- pairs
-    c1, c2, c3 = (_ch(c, width_mult) for c in (64, 256, 256))
+    if widths is None:
+        c1, c2, c3 = (_ch(c, width_mult) for c in (64, 256, 256))
+    else:
+        if len(widths) != 3 or not all(isinstance(w, int) and w >= 1 for w in widths):
+            raise ValueError(f"airbench: widths must be three ints >= 1, got {widths!r}")
+        c1, c2, c3 = widths
     return nn.Sequential(
         nn.Conv2d(in_channels, c_stem, 2, bias=True), nn.GELU(),
         _AirbenchGroup(c_stem, c1, depth, kernel_size),
