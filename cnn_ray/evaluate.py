@@ -4,6 +4,13 @@
 ``--checkpoint`` the run's latest checkpoint (``<storage_path>/<run.name>/checkpoint_*``) is used;
 without ``--data`` the recipe's validation data (its prepared shards). ``--data`` may be any
 folder/manifest/Parquet input; its classes are matched to the checkpoint's by name.
+
+The model is built as the run trained it (:func:`cnn_ray.recipe.apply.prepare_model`: BatchNorm
+settings, the whitening conv's bias, ``channels_last``, ``torch.compile``). A checkpoint of a run
+that kept an EMA of the weights (``optim.ema``) is evaluated with the averaged weights, which
+the run's own per-epoch ``val_top1`` measured too; the raw weights are used otherwise (or with
+``use_ema=False``). Test-time augmentation follows ``eval.tta`` of the config given (so
+``eval.tta=flip`` on the command line changes it); the number of views is in the report.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import torch
 from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.io import atomic_write_json
 from cnn_ray.models import create_model
-from cnn_ray.train.checkpoint import CheckpointError, load_checkpoint
+from cnn_ray.recipe.apply import prepare_model, tta_predictor
+from cnn_ray.recipe.tta import tta_views
+from cnn_ray.train.checkpoint import CheckpointError, ema_model_state, load_checkpoint
 from cnn_ray.train.loop import StepSettings, evaluate
 from cnn_ray.train.techniques import resolve_precision
 
@@ -29,7 +38,8 @@ from cnn_ray.train.techniques import resolve_precision
 @dataclass
 class EvalResult:
     """``top1`` in [0, 1]; ``per_class`` accuracy per class (NaN for classes absent from the
-    data); ``confusion`` (K, K) int64 counts, rows = true class, columns = predicted."""
+    data); ``confusion`` (K, K) int64 counts, rows = true class, columns = predicted;
+    ``weights``: ``"ema"`` (averaged) or ``"raw"``; ``tta_views``: forward passes per image."""
 
     top1: float
     loss: float
@@ -37,6 +47,8 @@ class EvalResult:
     class_names: list[str]
     per_class: list[float]
     confusion: np.ndarray
+    weights: str = "raw"
+    tta_views: int = 1
 
 
 def latest_checkpoint(run_directory: str | os.PathLike) -> Path:
@@ -55,31 +67,43 @@ def confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int) -> n
 
 
 def evaluate_batches(checkpoint: str | os.PathLike, batches: Iterable[dict], *,
-                     threads: Optional[int] = None) -> EvalResult:
-    """Run a checkpoint over ``{"image": uint8 (N,H,W,C), "label": (N,)}`` batches (no Ray)."""
+                     threads: Optional[int] = None, tta: Optional[str] = None,
+                     use_ema: bool = True) -> EvalResult:
+    """Run a checkpoint over ``{"image": uint8 (N,H,W,C), "label": (N,)}`` batches (no Ray).
+
+    Args:
+        tta: ``eval.tta`` mode (``none``, ``flip``, ``flip_translate``); None: the checkpoint
+            config's.
+        use_ema: evaluate the averaged weights when the checkpoint holds them (``ema.pt``).
+    Raises:
+        CheckpointError: an unreadable checkpoint. ValueError: an unknown ``tta`` mode.
+    """
     state = load_checkpoint(checkpoint)
     meta = state.meta
     cfg = TrainConfig.from_dict(meta["config"], source=f"{checkpoint}/meta.json", check_paths=False)
     names = meta["class_names"]
+    tta = tta or cfg.eval.tta
+    predict = tta_predictor(tta)
     if threads:
         torch.set_num_threads(threads)
     model = create_model(cfg.model.name, num_classes=len(names), in_channels=len(meta["mean"]),
                          **cfg.model.knobs())
-    model.load_state_dict(state.model_state)
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    prepare_model(model, cfg)
+    averaged = ema_model_state(state) if use_ema else None
+    model.load_state_dict(averaged if averaged is not None else state.model_state)
     precision = resolve_precision("fp32" if cfg.precision.dtype == "fp16" else cfg.precision.dtype,
                                   torch.device("cpu"))
     s = StepSettings(device=torch.device("cpu"), precision=precision, mean=meta["mean"],
                      std=meta["std"], channels_last=cfg.model.channels_last)
-    stats = evaluate(model, batches, s, collect_predictions=True)
+    stats = evaluate(model, batches, s, collect_predictions=True, predict=predict)
     pred, label = stats.extra["pred"].numpy(), stats.extra["label"].numpy()
     cm = confusion_matrix(pred, label, len(names))
     totals = cm.sum(axis=1)
     per_class = [float(cm[i, i] / totals[i]) if totals[i] else float("nan") for i in range(len(names))]
     n = max(1, stats.num_images)
     return EvalResult(top1=stats.correct1 / n, loss=stats.loss_sum / n, num_images=stats.num_images,
-                      class_names=list(names), per_class=per_class, confusion=cm)
+                      class_names=list(names), per_class=per_class, confusion=cm,
+                      weights="ema" if averaged is not None else "raw", tta_views=tta_views(tta))
 
 
 def write_report(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, str]:
@@ -97,6 +121,7 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, st
                                            ("confusion_png", "confusion_matrix.png")]}
     atomic_write_json(paths["metrics"], {
         "top1": result.top1, "loss": result.loss, "num_images": result.num_images,
+        "weights": result.weights, "tta_views": result.tta_views,
         "per_class": dict(zip(result.class_names, result.per_class))}, indent=2)
     with open(paths["per_class"], "w", newline="") as f:
         w = csv.writer(f)
@@ -151,10 +176,11 @@ def evaluate_main(cfg: TrainConfig, *, checkpoint: Optional[str] = None, data: O
         ds = build_eval_dataset(prepared.val_files, cfg.data, image_shape=prepared.image_shape)
     ds.context.enable_progress_bars = False
     batches = ds.iter_torch_batches(batch_size=cfg.optim.eval_batch_size, prefetch_batches=2)
-    result = evaluate_batches(ckpt, batches, threads=cfg.scaling.torch_threads)
+    result = evaluate_batches(ckpt, batches, threads=cfg.scaling.torch_threads, tta=cfg.eval.tta)
     out_dir = out or os.path.join(os.path.dirname(ckpt), "eval", Path(ckpt).name)
     paths = write_report(result, out_dir)
-    print(f"top1 {100 * result.top1:.2f}% on {result.num_images} images (checkpoint {ckpt})")
+    print(f"top1 {100 * result.top1:.2f}% on {result.num_images} images (checkpoint {ckpt}, "
+          f"{result.weights} weights, {result.tta_views} TTA views)")
     for name, acc in zip(result.class_names, result.per_class):
         print(f"  {name:20s} {100 * acc:6.2f}%")
     print(json.dumps(paths, indent=2))

@@ -1,7 +1,9 @@
 """`ray job submit --working-dir . -- python jobs/evaluate.py --config FILE [key=value ...]`.
 
 Uses the cluster in RAY_ADDRESS (set by `ray job submit`) or starts local Ray when none is set.
-See `python jobs/evaluate.py --help`.
+A checkpoint of a run with `optim.ema.enabled` is evaluated with its averaged (EMA) weights, as
+the run's own `val_top1` was; `eval.tta=none|flip|flip_translate` sets the test-time
+augmentation (the report's `tta_views`). See `python jobs/evaluate.py --help`.
 """
 
 import sys

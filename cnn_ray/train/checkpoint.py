@@ -4,9 +4,12 @@ Layout of a checkpoint directory::
 
     model.pt        state_dict of the unwrapped model (tensors only)
     train_state.pt  {"optimizer", "scheduler", "scaler", "epoch", "best"} (tensors + primitives)
+    ema.pt          optional (``optim.ema``): {"state": AveragedModel state_dict, "decay"}
     meta.json       {"format": 1, "epoch", "config", "class_names", "mean", "std", "metrics"}
 
-Both ``.pt`` files are read with ``torch.load(weights_only=True)``, which refuses pickles that
+``model.pt`` always holds the raw (trained) weights; the exponential moving average of them,
+when the run keeps one, is in ``ema.pt`` (:func:`ema_model_state` gives it as a plain model
+state dict: what evaluation uses). The ``.pt`` files are read with ``torch.load(weights_only=True)``, which refuses pickles that
 would run code. Writing goes to a temporary sibling directory that is renamed into place, so a
 kill during a save never leaves a half-written checkpoint where a complete one is expected.
 """
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from cnn_ray.io import atomic_directory
+from cnn_ray.recipe.ema import ema_state_dict, load_ema_state_dict
 from cnn_ray.train.techniques import unwrap_model
 
 FORMAT_VERSION = 1
@@ -34,7 +38,8 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class TrainingState:
-    """What a checkpoint restores. ``epoch`` is the number of finished epochs."""
+    """What a checkpoint restores. ``epoch`` is the number of finished epochs; ``ema_state``
+    the :func:`cnn_ray.recipe.ema_state_dict` of the run's EMA (None: it kept none)."""
 
     epoch: int
     model_state: dict
@@ -43,6 +48,7 @@ class TrainingState:
     scaler_state: Optional[dict]
     best: Optional[float]
     meta: dict
+    ema_state: Optional[dict] = None
 
 
 def save_checkpoint(
@@ -59,8 +65,12 @@ def save_checkpoint(
     scaler: Optional[torch.amp.GradScaler] = None,
     best: Optional[float] = None,
     metrics: Optional[dict] = None,
+    ema: Optional[nn.Module] = None,
 ) -> Path:
     """Write a checkpoint into ``directory`` (created; must not already hold one).
+
+    ``ema``: the run's ``AveragedModel`` (:func:`cnn_ray.recipe.make_ema`), saved to ``ema.pt``
+    next to the raw weights in ``model.pt``.
 
     The files are written into ``<directory>.tmp-<pid>-<random>`` and renamed to ``directory``
     at the end (:func:`cnn_ray.io.atomic_directory`). Returns ``directory`` as a Path. Raises
@@ -82,6 +92,10 @@ def save_checkpoint(
             },
             tmp / "train_state.pt",
         )
+        if ema is not None:
+            saved = ema_state_dict(ema)
+            saved["state"] = {k: v.detach().cpu() for k, v in saved["state"].items()}
+            torch.save(saved, tmp / "ema.pt")
         meta = {
             "format": FORMAT_VERSION, "epoch": int(epoch), "config": config,
             "class_names": list(class_names), "mean": list(map(float, mean)),
@@ -114,11 +128,23 @@ def load_checkpoint(directory: str | os.PathLike, *, map_location: str | torch.d
     model_state = _safe_load(directory / "model.pt", map_location)
     train_path = directory / "train_state.pt"
     train = _safe_load(train_path, map_location) if train_path.exists() else {}
+    ema_path = directory / "ema.pt"
     return TrainingState(
         epoch=int(meta["epoch"]), model_state=model_state,
         optimizer_state=train.get("optimizer"), scheduler_state=train.get("scheduler"),
         scaler_state=train.get("scaler"), best=train.get("best"), meta=meta,
+        ema_state=_safe_load(ema_path, map_location) if ema_path.exists() else None,
     )
+
+
+def ema_model_state(state: TrainingState) -> Optional[dict]:
+    """The averaged weights of ``state`` as a state dict of the plain model (the keys of
+    ``model_state``), or None when the checkpoint holds no EMA."""
+    if state.ema_state is None:
+        return None
+    prefix = "module."
+    return {k[len(prefix):]: v for k, v in state.ema_state["state"].items()
+            if k.startswith(prefix)}
 
 
 def _safe_load(path: Path, map_location) -> Any:
@@ -134,10 +160,20 @@ def _safe_load(path: Path, map_location) -> Any:
 
 
 def restore_training_state(
-    state: TrainingState, *, model: nn.Module, optimizer=None, scheduler=None, scaler=None
+    state: TrainingState, *, model: nn.Module, optimizer=None, scheduler=None, scaler=None,
+    ema: Optional[nn.Module] = None,
 ) -> None:
-    """Load model/optimizer/scheduler/scaler states from ``state`` into live objects."""
+    """Load model/optimizer/scheduler/scaler states from ``state`` into live objects.
+
+    ``ema`` (an ``AveragedModel``): gets the saved average; when the checkpoint holds none (the
+    EMA was switched on for this resume) it restarts from the restored weights.
+    """
     unwrap_model(model).load_state_dict(state.model_state)
+    if ema is not None:
+        if state.ema_state is not None:
+            load_ema_state_dict(ema, state.ema_state)
+        else:
+            ema.module.load_state_dict(state.model_state)
     if optimizer is not None and state.optimizer_state is not None:
         optimizer.load_state_dict(state.optimizer_state)
     if scheduler is not None and state.scheduler_state is not None:

@@ -100,6 +100,56 @@ class ShardData:
         val = read_prepared_arrays(p.val_files, shape, image_size=cfg.data.image_size)
         return {"train": ray.put(train), "val": ray.put(val)}
 
+    def stem_weights(self, cfg: TrainConfig) -> Optional[np.ndarray]:
+        """``model.whitening.enabled``: patch-whitening filters of the first conv from
+        ``model.whitening.samples`` training images drawn with ``run.seed`` from the prepared
+        shards (both cache modes read the same shards), normalised with the prepared mean/std
+        (:func:`cnn_ray.recipe.apply.compute_stem_weights`); else None.
+
+        Raises:
+            ConfigError: the model's first conv cannot be whitened (named, with the numbers).
+        """
+        if not cfg.model.whitening.enabled:
+            return None
+        from cnn_ray.recipe.apply import compute_stem_weights
+
+        p = self.prepared
+        sample = sample_shard_images(p.train_files, tuple(p.image_shape),
+                                     cfg.model.whitening.samples, seed=cfg.run.seed)
+        try:
+            return compute_stem_weights(cfg, sample, num_classes=self.summary.num_classes,
+                                        mean=p.mean, std=p.std)
+        except ValueError as exc:
+            raise ConfigError(f"model.whitening.enabled=true: {exc}") from None
+
+
+def sample_shard_images(files: list[str], image_shape: tuple[int, int, int], n: int, *,
+                        seed: int) -> np.ndarray:
+    """``min(n, rows)`` images drawn without replacement (``numpy`` generator seeded with
+    ``seed``) from prepared shard ``files``, in shard order: ``(n, H, W, C)`` uint8. Reads
+    only the shards that hold a drawn row, one at a time.
+
+    Raises:
+        ValueError: no rows in ``files``.
+    """
+    import pyarrow.parquet as pq
+
+    from cnn_ray.data.shards import read_shard_images
+
+    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    total = sum(counts)
+    if total == 0:
+        raise ValueError("sample_shard_images: the training shards hold no images")
+    picked = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+    out, start = [], 0
+    for path, count in zip(files, counts):
+        local = picked[(picked >= start) & (picked < start + count)] - start
+        if len(local):
+            images, _, _ = read_shard_images(pq.read_table(path), image_shape)
+            out.append(images[local])
+        start += count
+    return np.concatenate(out)
+
 
 class RawFiles:
     """Raw files decoded every epoch (``raw``: a ``RawData``, ``data.use_raw``)."""
@@ -125,3 +175,10 @@ class RawFiles:
     def object_refs(self, cfg: TrainConfig) -> dict[str, Any]:
         """Raises ConfigError: ``data.cache: memory`` needs prepared shards."""
         raise ConfigError("data.cache=memory needs prepared shards; set data.use_raw=false")
+
+    def stem_weights(self, cfg: TrainConfig) -> Optional[np.ndarray]:
+        """None; raises ConfigError with ``model.whitening.enabled`` (it needs prepared shards)."""
+        if cfg.model.whitening.enabled:
+            raise ConfigError("model.whitening.enabled=true computes the first layer from the "
+                              "prepared shards; set data.use_raw=false")
+        return None

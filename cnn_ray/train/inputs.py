@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
+import numpy as np
+
 from cnn_ray.config import TrainConfig
 
 
@@ -104,6 +106,10 @@ class TrainingData(Protocol):
     def object_refs(self, cfg: TrainConfig) -> dict[str, Any]:
         """``{"train", "val"}`` object refs of the arrays for ``data.cache: memory``."""
 
+    def stem_weights(self, cfg: TrainConfig) -> Optional[np.ndarray]:
+        """``model.whitening.enabled``: the first conv's patch-whitening filters
+        ``(2*C*k*k, C, k, k)`` float32 from a sample of the training images; else None."""
+
 
 @dataclass
 class WorkerInputs:
@@ -119,6 +125,13 @@ class WorkerInputs:
         precision: ``fp32 | bf16 | fp16`` resolved once for the whole group from
             ``precision.dtype`` (``auto``) on the device the workers get; None = each worker
             resolves it itself.
+        stem_weights: ``model.whitening.enabled``: the first conv's patch-whitening filters,
+            ``(2*C*k*k, C, k, k)`` float32, computed once on the driver so every rank starts
+            from the same ones (:func:`cnn_ray.recipe.apply.compute_stem_weights`); else None.
+
+    Raises:
+        ValueError: ``stem_weights`` missing while ``model.whitening.enabled`` (or given while
+            it is off), or not a 4-D array.
     """
 
     config: TrainConfig
@@ -127,12 +140,27 @@ class WorkerInputs:
     memory: Optional[dict[str, Any]] = None
     fault: Optional[FaultInjection] = None
     precision: Optional[str] = None
+    stem_weights: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        whiten = self.config.model.whitening.enabled
+        if whiten != (self.stem_weights is not None):
+            raise ValueError(f"model.whitening.enabled={str(whiten).lower()} but stem_weights "
+                             f"{'missing' if whiten else 'given'}: the driver computes them "
+                             "exactly when whitening is on")
+        if self.stem_weights is not None:
+            self.stem_weights = np.asarray(self.stem_weights, dtype=np.float32)
+            if self.stem_weights.ndim != 4:
+                raise ValueError(f"stem_weights must be (out, C, k, k), got shape "
+                                 f"{self.stem_weights.shape}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The plain dict Ray Train passes to every worker (object refs kept as they are)."""
+        """The plain dict Ray Train passes to every worker (object refs and the numpy
+        ``stem_weights`` kept as they are)."""
         return {"config": self.config.to_dict(), "data": self.data.to_dict(),
                 "run_dir": self.run_dir, "memory": self.memory, "precision": self.precision,
-                "fault_injection": dataclasses.asdict(self.fault) if self.fault else None}
+                "fault_injection": dataclasses.asdict(self.fault) if self.fault else None,
+                "stem_weights": self.stem_weights}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "WorkerInputs":
@@ -143,7 +171,8 @@ class WorkerInputs:
             ValueError: unknown or missing keys.
         """
         _check_keys(cls, raw, "train_loop_config",
-                    names={"config", "data", "run_dir", "memory", "fault_injection", "precision"},
+                    names={"config", "data", "run_dir", "memory", "fault_injection", "precision",
+                           "stem_weights"},
                     required={"config", "data"})
         fault = raw.get("fault_injection")
         return cls(
@@ -151,7 +180,7 @@ class WorkerInputs:
                                          check_paths=False),
             data=DataSummary.from_dict(raw["data"]), run_dir=raw.get("run_dir"),
             memory=raw.get("memory"), fault=FaultInjection.from_dict(fault) if fault else None,
-            precision=raw.get("precision"))
+            precision=raw.get("precision"), stem_weights=raw.get("stem_weights"))
 
 
 def _check_keys(cls, raw: dict[str, Any], what: str, *, names: Optional[set] = None,

@@ -202,7 +202,12 @@ def build_trainer(
     ``memory``: with ``data.cache: memory``, refs from :func:`put_in_memory` to reuse (a sweep
     puts the data once for all trials); None puts them now. The trainer then gets no Ray
     Datasets: each worker ``ray.get``s the arrays and keeps its share. ``fault_injection``:
-    :class:`~cnn_ray.train.inputs.FaultInjection` fields as a dict (tests).
+    :class:`~cnn_ray.train.inputs.FaultInjection` fields as a dict (tests). With
+    ``model.whitening.enabled`` the first conv's whitening filters are computed here, once,
+    from a sample of the prepared training shards, and handed to every worker.
+
+    Raises:
+        ConfigError: whitening on a model whose first conv cannot take it.
     """
     name = name or cfg.run.name
     data = training_data(cfg, prepared)
@@ -211,7 +216,7 @@ def build_trainer(
     inputs = WorkerInputs(
         config=cfg, data=data.summary, run_dir=directory, memory=refs,
         fault=FaultInjection.from_dict(fault_injection) if fault_injection else None,
-        precision=resolve_group_precision(cfg))
+        precision=resolve_group_precision(cfg), stem_weights=data.stem_weights(cfg))
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1

@@ -12,6 +12,7 @@ import time
 
 IMPORT_STARTED = time.time()  # start-up breakdown in events.jsonl: this module's imports begin
 
+import gc
 import os
 import resource
 import shutil
@@ -30,6 +31,9 @@ import ray.train.torch
 from cnn_ray.config import TrainConfig
 from cnn_ray.io import append_jsonl, is_uri
 from cnn_ray.models import create_model
+from cnn_ray.recipe.apply import (build_step_hooks, eval_model, freeze_whitening_bias,
+                                  make_model_ema, prepare_model, tta_predictor)
+from cnn_ray.recipe.tta import tta_views
 from cnn_ray.train.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from cnn_ray.train.inputs import DataSummary, FaultInjection, WorkerInputs
 from cnn_ray.train.loop import (
@@ -42,15 +46,18 @@ from cnn_ray.train.loop import (
 )
 from cnn_ray.train.optim import (build_lr_scheduler, build_optimizer, schedule_total_steps,
                                  steps_per_epoch, stretch_schedule)
-from cnn_ray.train.techniques import apply_channels_last, make_grad_scaler, resolve_precision
+from cnn_ray.train.techniques import make_grad_scaler, resolve_precision, unwrap_model
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point for ``TorchTrainer(train_loop_per_worker=...)``.
 
     ``loop_config`` is :meth:`WorkerInputs.to_dict` (the config, the data summary, the run dir
-    for the metrics and events files, the object refs of ``data.cache: memory`` and the test
-    hook ``fault_injection``); it is rebuilt and validated here.
+    for the metrics and events files, the object refs of ``data.cache: memory``, the whitening
+    filters and the test hook ``fault_injection``); it is rebuilt and validated here. The
+    recipe's switches are applied by :mod:`cnn_ray.recipe.apply`: the model in
+    :func:`build_parts`, the step hooks (MixUp, EMA), the epoch-start freeze of the whitening
+    bias, and the evaluation of the EMA weights with test-time augmentation.
     """
     entered = time.time()
     inputs = WorkerInputs.from_dict(loop_config)
@@ -58,25 +65,23 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     log = _rank0_logger(rank)
-    parts = build_parts(cfg, inputs.data, rank, world, precision=inputs.precision)
+    parts = build_parts(cfg, inputs.data, rank, world, precision=inputs.precision,
+                        stem_weights=inputs.stem_weights)
     progress = restore(parts, cfg, log)
     log(f"precision {parts.settings.precision} (asked {cfg.precision.dtype}) on {parts.device}, "
         f"{parts.threads} threads, channels_last={cfg.model.channels_last}")
     _record_start(inputs, rank, world, progress.start_epoch, entered)
     feed = open_feed(inputs, rank, world, parts.device, log)
     smoke = 2 if cfg.run.smoke else None  # steps and validation batches per epoch
+    hooks = build_step_hooks(cfg, parts.model, parts.ema, inputs.data.num_classes,
+                             seed=cfg.run.seed + rank,
+                             start_step=progress.start_epoch * parts.steps_per_epoch)
+    predict = tta_predictor(cfg.eval.tta)
 
     for epoch in range(progress.start_epoch, cfg.optim.epochs):
-        batches = _with_fault(feed.train_batches(epoch), inputs.fault, rank, epoch + 1)
-        train_stats = train_one_epoch(
-            parts.model, batches, parts.optimizer, parts.settings, scheduler=parts.scheduler,
-            scheduler_per_step=parts.per_step, scaler=parts.scaler, max_steps=smoke, log=log,
-        ).reduce(distributed_reduce, parts.device)
-        val_stats = evaluate(parts.model, feed.val_batches(), parts.settings,
-                             max_batches=smoke).reduce(distributed_reduce, parts.device)
-        metrics = _epoch_metrics(epoch, train_stats, val_stats, inputs.data.num_classes,
-                                 parts.optimizer, world)
-        metrics["bad_inputs"] = _bad_inputs(inputs, rank)
+        begin_epoch(parts, cfg, epoch, world, log)
+        metrics = run_epoch(parts, feed, inputs, epoch, rank, world, hooks=hooks,
+                            predict=predict, max_steps=smoke, log=log)
         if not parts.per_step:
             parts.scheduler.step(metrics["val_loss"])
         metrics.update(progress.update(metrics["val_top1"]))
@@ -93,12 +98,36 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
 
 
+def run_epoch(parts: "TrainParts", feed, inputs: WorkerInputs, epoch: int, rank: int, world: int,
+              *, hooks, predict, max_steps: Optional[int], log) -> dict[str, Any]:
+    """Train one epoch (0-based ``epoch``) on this worker's batches with the recipe's step
+    ``hooks``, evaluate its share of the validation set (the EMA weights when kept, through
+    ``predict``: test-time augmentation or None) and return the epoch's metrics summed over
+    ranks (``tta_views``: forward passes per validation image). ``max_steps``: smoke runs'
+    steps and validation batches per epoch (None: all)."""
+    batches = _with_fault(feed.train_batches(epoch), inputs.fault, rank, epoch + 1)
+    train_stats = train_one_epoch(
+        parts.model, batches, parts.optimizer, parts.settings, scheduler=parts.scheduler,
+        scheduler_per_step=parts.per_step, scaler=parts.scaler, max_steps=max_steps, log=log,
+        hooks=hooks,
+    ).reduce(distributed_reduce, parts.device)
+    val_stats = evaluate(eval_model(parts.model, parts.ema), feed.val_batches(), parts.settings,
+                         max_batches=max_steps,
+                         predict=predict).reduce(distributed_reduce, parts.device)
+    metrics = _epoch_metrics(epoch, train_stats, val_stats, inputs.data.num_classes,
+                             parts.optimizer, world)
+    metrics.update(bad_inputs=_bad_inputs(inputs, rank),
+                   tta_views=tta_views(inputs.config.eval.tta))
+    return metrics
+
+
 # ------------------------------------------------------------------------------ build, restore
 @dataclass
 class TrainParts:
     """What one worker trains with: the (DDP-wrapped when world > 1) model on ``device``, its
     optimiser, LR schedule (``per_step``: stepped per optimiser step, else per epoch on the
-    validation loss), fp16 grad scaler (or None), step settings and torch threads."""
+    validation loss), fp16 grad scaler (or None), step settings, torch threads, optimiser
+    steps per epoch on this worker and the EMA of the weights (``optim.ema``; else None)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -108,22 +137,26 @@ class TrainParts:
     settings: StepSettings
     device: torch.device
     threads: int
+    steps_per_epoch: int = 1
+    ema: Optional[Any] = None
 
 
 def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
-                precision: Optional[str] = None) -> TrainParts:
-    """Set torch threads and seed (``run.seed + rank``), build model, optimiser, schedule
-    (over this worker's steps per epoch; at most 2 in smoke runs) and grad scaler.
-    ``precision``: the group's resolved precision (None: resolve ``precision.dtype`` here)."""
+                precision: Optional[str] = None, stem_weights=None) -> TrainParts:
+    """Set torch threads and seed (``run.seed + rank``), build model (the recipe's switches
+    applied by :func:`cnn_ray.recipe.apply.prepare_model` before DDP wraps it), its EMA,
+    optimiser, schedule (over this worker's steps per epoch; at most 2 in smoke runs) and
+    grad scaler. ``precision``: the group's resolved precision (None: resolve
+    ``precision.dtype`` here); ``stem_weights``: the driver's whitening filters."""
     threads = cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker))
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.run.seed + rank)
     device = ray.train.torch.get_device()
     model = create_model(cfg.model.name, num_classes=data.num_classes,
                          in_channels=data.image_shape[2], **cfg.model.knobs())
-    if cfg.model.channels_last:
-        apply_channels_last(model)
+    prepare_model(model, cfg, stem_weights)  # the same on every rank, before DDP
     model = ray.train.torch.prepare_model(model)
+    ema = make_model_ema(model, cfg)
     optimizer = build_optimizer(model, cfg.optim)
     spe = steps_per_epoch(data.num_train, world, cfg.per_worker_batch_size(),
                           cfg.optim.grad_accum_steps)
@@ -140,7 +173,7 @@ def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
         max_bad_steps=cfg.optim.max_bad_steps, log_every=cfg.run.log_every,
     )
     return TrainParts(model, optimizer, scheduler, per_step, make_grad_scaler(device, precision),
-                      settings, device, threads)
+                      settings, device, threads, steps_per_epoch=spe, ema=ema)
 
 
 def restore(parts: TrainParts, cfg: TrainConfig, log) -> TrainProgress:
@@ -154,7 +187,7 @@ def restore(parts: TrainParts, cfg: TrainConfig, log) -> TrainProgress:
         state = load_checkpoint(d)
     planned = schedule_total_steps(parts.scheduler)  # the current config's budget
     restore_training_state(state, model=parts.model, optimizer=parts.optimizer,
-                           scheduler=parts.scheduler, scaler=parts.scaler)
+                           scheduler=parts.scheduler, scaler=parts.scaler, ema=parts.ema)
     previous = stretch_schedule(parts.scheduler, planned)
     if previous is not None:
         log(f"one-cycle schedule refitted to optim.epochs={cfg.optim.epochs}: "
@@ -162,6 +195,22 @@ def restore(parts: TrainParts, cfg: TrainConfig, log) -> TrainProgress:
     log(f"resumed from checkpoint at epoch {state.epoch}")
     stale = int(state.meta.get("metrics", {}).get("epochs_without_improvement", 0))
     return TrainProgress(start_epoch=state.epoch, best=state.best, stale=stale)
+
+
+def begin_epoch(parts: TrainParts, cfg: TrainConfig, epoch: int, world: int, log) -> None:
+    """Epoch-start switches of the recipe: the whitening bias is frozen once
+    ``model.whitening.bias_epochs`` are done (:func:`cnn_ray.recipe.apply.freeze_whitening_bias`).
+    DDP fixes the parameters it reduces when it is built, so with world > 1 the model is
+    re-wrapped (every rank at the same epoch); the old wrapper and its gradient hooks go first."""
+    if not freeze_whitening_bias(parts.model, cfg, epoch):
+        return
+    log(f"whitening bias frozen from epoch {epoch + 1} (model.whitening.bias_epochs="
+        f"{cfg.model.whitening.bias_epochs:g})")
+    if world > 1:
+        bare = unwrap_model(parts.model)
+        parts.model = bare
+        gc.collect()
+        parts.model = ray.train.torch.prepare_model(bare)
 
 
 def _record_start(inputs: WorkerInputs, rank: int, world: int, start_epoch: int,
@@ -287,7 +336,8 @@ def _report(inputs: WorkerInputs, metrics: dict, rank: int, parts: TrainParts, *
             best: Optional[float], save: bool) -> None:
     """``ray.train.report`` this epoch's metrics; with ``save``, rank 0 attaches a checkpoint
     (model, optimiser, schedule, scaler, config, class names, normalisation) and every rank
-    waits until the controller has committed it (:func:`_wait_until_committed`)."""
+    waits until the controller has committed it (:func:`_wait_until_committed`). The checkpoint
+    holds the raw weights and, with ``optim.ema``, the averaged ones (``ema.pt``)."""
     if not save:
         ray.train.report(metrics)
         return
@@ -301,6 +351,7 @@ def _report(inputs: WorkerInputs, metrics: dict, rank: int, parts: TrainParts, *
             config=inputs.config.to_dict(), class_names=list(data.class_names),
             mean=list(data.mean), std=list(data.std), optimizer=parts.optimizer,
             scheduler=parts.scheduler, scaler=parts.scaler, best=best, metrics=metrics,
+            ema=parts.ema,
         )
         checkpoint = ray.train.Checkpoint.from_directory(str(path))
     try:
