@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from cnn_ray.config import TrainConfig
 from cnn_ray.train.checkpoint import load_checkpoint
@@ -122,3 +123,36 @@ def test_cluster_fit_check_counts_data_cpus_only_when_streaming(ray_session, cif
     with pytest.raises(ConfigError, match=r"data.data_cpus \(0.5, data.cache=none\)"):
         check_cluster_fits(_cfg(cifar_small, tmp_path, scaling__num_workers=4))
     check_cluster_fits(_cfg(cifar_small, tmp_path, scaling__num_workers=4, data__cache="memory"))
+
+
+def test_every_recipe_switch_two_worker_smoke_and_ema_resume(ray_session, cifar_ddp, tmp_path):
+    """Issue 11: a 2-worker DDP smoke run with every technique switched on completes (the
+    whitening bias is frozen after epoch 1, which re-wraps DDP) and reports its TTA views; a
+    resume restores the EMA (its update count goes on from the checkpoint's)."""
+    over = dict(
+        run__name="recipe", run__smoke=True,
+        model__name="airbench", model__width_mult=0.25,
+        model__whitening={"enabled": True, "samples": 256, "bias_epochs": 1},
+        model__batchnorm={"momentum": 0.4, "eps": 1e-12, "freeze_scale": True,
+                          "bias_lr_mult": 64.0},
+        optim__optimizer="muon", optim__decoupled=True, optim__schedule="linear_decay",
+        optim__label_smoothing=0.2, optim__lr=1.0,
+        optim__ema={"enabled": True, "every_steps": 1, "decay": 0.9},
+        augment__hflip={"mode": "alternating"}, augment__mixup={"enabled": True},
+        eval__tta="flip_translate",
+    )
+    cfg = _cfg(cifar_ddp, tmp_path, **over)
+    result = run_training(cfg)
+    m = result.metrics
+    assert m["epoch"] == 2 and m["world_size"] == 2 and m["tta_views"] == 6
+    assert 0.0 <= m["val_top1"] <= 1.0
+    state = load_checkpoint(result.checkpoint.path)
+    assert int(state.ema_state["state"]["n_averaged"]) == 4  # 2 smoke steps x 2 epochs
+    stem = next(v for v in state.model_state.values() if v.ndim == 4)  # the first conv
+    assert stem.shape[0] == 24 and torch.equal(stem[12:], -stem[:12])  # frozen +/- filters
+
+    more = _cfg(cifar_ddp, tmp_path, **dict(over, optim__epochs=3, data__cache="memory"))
+    result2 = run_training(more)
+    assert result2.metrics["epoch"] == 3 and result2.metrics["tta_views"] == 6
+    state2 = load_checkpoint(result2.checkpoint.path)
+    assert int(state2.ema_state["state"]["n_averaged"]) == 6  # restored 4, then 2 more
