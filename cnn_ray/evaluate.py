@@ -6,10 +6,10 @@ without ``--data`` the recipe's validation data (its prepared shards). ``--data`
 folder/manifest/Parquet input; its classes are matched to the checkpoint's by name.
 
 The model is built as the run trained it (:func:`cnn_ray.recipe.apply.prepare_model`: BatchNorm
-settings, the whitening conv's bias, ``channels_last``, ``torch.compile``). A checkpoint of a run
-that kept an EMA of the weights (``optim.ema``) is evaluated with the averaged weights, which
-the run's own per-epoch ``val_top1`` measured too; the raw weights are used otherwise (or with
-``use_ema=False``). Test-time augmentation follows ``eval.tta`` of the config given (so
+settings, the whitening conv's bias, ``channels_last``; not ``torch.compile``: one pass over
+the data does not repay the compile time). A checkpoint of a run that kept an EMA of the
+weights (``optim.ema``) is evaluated with the averaged weights, which the run's own per-epoch
+``val_top1`` measured too; the raw weights are used otherwise (or with ``use_ema=False``). Test-time augmentation follows ``eval.tta`` of the config given (so
 ``eval.tta=flip`` on the command line changes it); the number of views is in the report.
 """
 
@@ -88,7 +88,7 @@ def evaluate_batches(checkpoint: str | os.PathLike, batches: Iterable[dict], *,
         torch.set_num_threads(threads)
     model = create_model(cfg.model.name, num_classes=len(names), in_channels=len(meta["mean"]),
                          **cfg.model.knobs())
-    prepare_model(model, cfg)
+    prepare_model(model, cfg, compile=False)  # one pass over the data: compiling costs more
     averaged = ema_model_state(state) if use_ema else None
     model.load_state_dict(averaged if averaged is not None else state.model_state)
     precision = resolve_precision("fp32" if cfg.precision.dtype == "fp16" else cfg.precision.dtype,
