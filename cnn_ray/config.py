@@ -164,6 +164,8 @@ class ModelConfig(_Strict):
     kernel_size: Optional[int] = Field(None, ge=1, le=11)
     separable: Optional[bool] = None
     dropout: Optional[float] = Field(None, ge=0.0, lt=1.0)
+    widths: Optional[tuple[int, int, int]] = Field(
+        None, description="airbench: the three group widths (overrides width_mult)")
     channels_last: bool = True
     whitening: Whitening = Field(default_factory=Whitening)
     batchnorm: BatchNormSettings = Field(default_factory=BatchNormSettings)
@@ -171,7 +173,7 @@ class ModelConfig(_Strict):
 
     def knobs(self) -> dict[str, Any]:
         """The architecture knobs that are set, as keyword arguments for ``create_model``."""
-        keys = ("width_mult", "depth", "kernel_size", "separable", "dropout")
+        keys = ("width_mult", "depth", "kernel_size", "separable", "dropout", "widths")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
