@@ -124,7 +124,7 @@ def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
     if cfg.model.channels_last:
         apply_channels_last(model)
     model = ray.train.torch.prepare_model(model)
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, bn_bias_lr_mult=cfg.model.batchnorm.bias_lr_mult)
     spe = steps_per_epoch(data.num_train, world, cfg.per_worker_batch_size(),
                           cfg.optim.grad_accum_steps)
     if cfg.run.smoke:
