@@ -66,6 +66,10 @@ class DataConfig(_Strict):
         "prepared shards once into Ray's object store (shared by all workers and sweep trials) "
         "and augment on each Train worker (cnn_ray.data.memory; small data sets, sweeps)"
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each Ray Data task (prepare "
+        "decoding, streaming augmentation) asks for, e.g. {data_node: 0.001}: keeps Data work "
+        "on the CPU-only nodes that advertise it in a mixed CPU/GPU cluster")
     cache_max_mb: float = Field(
         4096.0, gt=0.0, description="cache: memory refuses data sets larger than this (MB)"
     )
