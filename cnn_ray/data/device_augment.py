@@ -107,18 +107,12 @@ def augment_params(idx: np.ndarray, cfg: AugmentConfig, *, seed: int, epoch: int
     check_device_augment(cfg)
     idx = np.asarray(idx, dtype=np.int64)
     crop, flip, cutout = _steps(cfg)
-    random_flip = flip and cfg.hflip.mode == "random"
     n_draws = N_DRAWS if cutout else DRAW_COLUMNS["flip"] + 1
     u = row_uniforms(seed, epoch, idx, n_draws)
     out = np.zeros((len(idx), len(PARAM_COLUMNS)), dtype=np.int64)
-    out[:, 0], out[:, 1], flips = crop_flip_draws(u, cfg, crop=crop, flip=random_flip)
-    if flip and not random_flip:
-        # Imported here: the cnn_ray.recipe package pulls in torchvision, which the rest of
-        # this module does not need.
-        from cnn_ray.recipe.flip import alternating_flip_mask
-
-        flips = alternating_flip_mask(idx, epoch, seed)
-    out[:, 2] = flips
+    # the numpy path's own draws (random or alternating flip): identical images on any device
+    out[:, 0], out[:, 1], out[:, 2] = crop_flip_draws(u, cfg, crop=crop, flip=flip, idx=idx,
+                                                      epoch=epoch, seed=seed)
     if cutout:  # the formulas of photometric.cutout_
         h, w = size
         col, half = DRAW_COLUMNS, cfg.cutout.size // 2
