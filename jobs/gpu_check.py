@@ -15,8 +15,9 @@ Sections (each a key of the JSON, with ``ok`` and its figures or the error):
                group refuses a CPU tensor (the bug this guards against).
   precision    the numeric core's train_one_epoch/evaluate on a CIFAR-10 subset in fp32, bf16
                and fp16 + GradScaler (loss finite and falling; scaler state saved and resumed).
-  throughput   (a) pure compute images/s (synthetic batch already on the GPU) and (b) the
-               memory-cache path (uint8 rows -> augment -> normalise -> step), ratio b/a;
+  throughput   (a) pure compute images/s (one batch already on the GPU, repeated) and (b) the
+               memory-cache path (GPU-resident uint8 rows -> crop/alternating flip on the
+               device -> normalise -> step; cnn_ray.data.memory.DeviceShard), ratio b/a;
                torch.compile off and on.
   recipe       the full ``jobs/configs/cifar10_94.yaml`` recipe (Ray-free trainer): training
                seconds from first to last step, test top-1 (with TTA).
@@ -216,13 +217,33 @@ def _throughput_once(device: torch.device, data: dict, steps: int, compiled: boo
     train_one_epoch(net, [fixed] * steps, opt, s)
     _sync(device)
     a = bs * steps / (time.perf_counter() - t0)
-    n = min(len(xtr), bs * steps)
+    shard = _memory_shard(xtr[: min(len(xtr), bs * steps)], ytr, device)
+    _sync(device)
     t0 = time.perf_counter()
-    st = train_one_epoch(net, _batches(xtr[:n], ytr[:n], bs, device, 1), opt, s)
+    st = train_one_epoch(net, shard.batches(bs, augment=_crop_flip(), seed=0, epoch=1,
+                                            drop_last=True), opt, s)
     _sync(device)
     b = st.num_images / (time.perf_counter() - t0)
-    return {"precision": precision, "batch": bs, "a_images_per_sec": round(a),
-            "b_images_per_sec": round(b), "b_over_a": round(b / a, 3)}
+    return {"precision": precision, "batch": bs, "memory_path": type(shard).__name__,
+            "a_images_per_sec": round(a), "b_images_per_sec": round(b),
+            "b_over_a": round(b / a, 3)}
+
+
+def _crop_flip():
+    from cnn_ray.config import AugmentConfig
+
+    return AugmentConfig.model_validate({"random_crop": {"padding": 2},
+                                         "hflip": {"mode": "alternating"}})
+
+
+def _memory_shard(x, y, device: torch.device):
+    """The data.cache=memory path: an InMemoryShard, on the GPU when there is one."""
+    import numpy as np
+
+    from cnn_ray.data.memory import InMemoryShard, shard_for_device
+
+    host = InMemoryShard(x, y[: len(x)], np.arange(len(x), dtype=np.int64))
+    return shard_for_device(host, device, _crop_flip())
 
 
 def _sync(device: torch.device) -> None:
