@@ -66,6 +66,10 @@ class DataConfig(_Strict):
         "prepared shards once into Ray's object store (shared by all workers and sweep trials) "
         "and augment on each Train worker (cnn_ray.data.memory; small data sets, sweeps)"
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each Ray Data task (prepare "
+        "decoding, streaming augmentation) asks for, e.g. {data_node: 0.001}: keeps Data work "
+        "on the CPU-only nodes that advertise it in a mixed CPU/GPU cluster")
     cache_max_mb: float = Field(
         4096.0, gt=0.0, description="cache: memory refuses data sets larger than this (MB)"
     )
@@ -164,6 +168,8 @@ class ModelConfig(_Strict):
     kernel_size: Optional[int] = Field(None, ge=1, le=11)
     separable: Optional[bool] = None
     dropout: Optional[float] = Field(None, ge=0.0, lt=1.0)
+    widths: Optional[tuple[int, int, int]] = Field(
+        None, description="airbench: the three group widths (overrides width_mult)")
     channels_last: bool = True
     whitening: Whitening = Field(default_factory=Whitening)
     batchnorm: BatchNormSettings = Field(default_factory=BatchNormSettings)
@@ -171,7 +177,7 @@ class ModelConfig(_Strict):
 
     def knobs(self) -> dict[str, Any]:
         """The architecture knobs that are set, as keyword arguments for ``create_model``."""
-        keys = ("width_mult", "depth", "kernel_size", "separable", "dropout")
+        keys = ("width_mult", "depth", "kernel_size", "separable", "dropout", "widths")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 

@@ -96,3 +96,57 @@ def cifar10_subset(split: str, per_class: int, *, seed: int = 0) -> Path:
         make_subset(extract_cifar10() / split, dst, per_class, seed=seed)
         (dst / ".complete").touch()
     return dst
+
+
+def _decode_rgb(path: str):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def cifar10_arrays(split: str, *, root: str | os.PathLike | None = None,
+                   processes: int | None = None, cache: bool = True):
+    """The CIFAR-10 JPEGs of ``split`` (``train`` / ``test``) decoded into arrays, for Ray-free
+    runs (``jobs/gpu_check.py``, recipe probes) that need the whole set in memory.
+
+    Decodes ``<root>/<split>/<class>/*.jpg`` with Pillow in a process pool (``processes``,
+    default all CPUs) in sorted (class, file) order and caches the result as
+    ``<cache>/decoded/cifar10-<split>-{x,y}.npy`` (written atomically) unless ``cache`` is off.
+
+    Returns:
+        ``(x, y)``: ``(N, 32, 32, 3) uint8`` NHWC images and ``(N,) int64`` labels (indices of
+        :data:`CIFAR10_CLASSES`).
+    Raises:
+        ValueError: ``split`` is not ``train`` or ``test``. FileNotFoundError: no archive/root.
+    """
+    import multiprocessing
+
+    import numpy as np
+
+    from cnn_ray.io import atomic_write_bytes
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    store = default_cache_dir() / "decoded"
+    xs, ys = store / f"cifar10-{split}-x.npy", store / f"cifar10-{split}-y.npy"
+    if cache and xs.exists() and ys.exists():
+        return np.load(xs), np.load(ys)
+    base = Path(root) if root else extract_cifar10()
+    files, labels = [], []
+    for label, name in enumerate(CIFAR10_CLASSES):
+        for f in sorted((base / split / name).iterdir()):
+            files.append(str(f))
+            labels.append(label)
+    with multiprocessing.get_context("spawn").Pool(processes or os.cpu_count()) as pool:
+        x = np.stack(pool.map(_decode_rgb, files, chunksize=256))
+    y = np.asarray(labels, dtype=np.int64)
+    if cache:
+        import io as _io
+
+        for path, arr in ((xs, x), (ys, y)):
+            buf = _io.BytesIO()
+            np.save(buf, arr)
+            atomic_write_bytes(path, buf.getvalue())
+    return x, y

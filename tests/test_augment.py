@@ -18,6 +18,7 @@ from cnn_ray.data.augment import (
 )
 from cnn_ray.data.geometric import affine_grid
 from cnn_ray.data.shards import ChannelStats
+from cnn_ray.recipe import alternating_flip_mask
 
 TECHNIQUES = ("random_crop", "hflip", "random_resized_crop", "rotation", "affine", "color_jitter", "cutout")
 
@@ -148,6 +149,47 @@ def test_hflip_flips_about_half(rng):
     kept = np.all(out == x, axis=(1, 2, 3))
     assert np.all(flipped | kept)
     assert 160 < flipped.sum() < 240
+
+
+def test_hflip_random_mode_flips_where_the_flip_draw_is_below_p(rng):
+    """The random flip is the ``flip`` column of the counter-based draws, as before."""
+    x = images(rng, 200, 6, 6, 3)
+    idx = rng.permutation(10**6)[:200].astype(np.int64)
+    for epoch in range(3):
+        out = run(x, only(hflip={"p": 0.3, "mode": "random"}), idx=idx, seed=9, epoch=epoch)
+        flipped = np.all(out == np.flip(x, axis=2), axis=(1, 2, 3))
+        expected = row_uniforms(9, epoch, idx, N_DRAWS)[:, DRAW_COLUMNS["flip"]] < 0.3
+        np.testing.assert_array_equal(flipped, expected)
+
+
+def test_hflip_alternating_flips_each_image_on_alternate_epochs(rng):
+    """``hflip.mode: alternating``: a coin per image on epoch 0, then the opposite state every
+    epoch (the mask of cnn_ray.recipe.alternating_flip_mask); ``p`` is not used."""
+    x = images(rng, 200, 8, 8, 3)
+    idx = rng.permutation(10**6)[:200].astype(np.int64)
+    cfg = only(hflip={"mode": "alternating"})
+    states = []
+    for epoch in range(4):
+        out = run(x, cfg, idx=idx, seed=5, epoch=epoch)
+        flipped = np.all(out == np.flip(x, axis=2), axis=(1, 2, 3))
+        kept = np.all(out == x, axis=(1, 2, 3))
+        assert np.all(flipped ^ kept)
+        np.testing.assert_array_equal(flipped, alternating_flip_mask(idx, epoch, seed=5))
+        states.append(flipped)
+    for before, after in zip(states, states[1:]):
+        assert np.all(before != after)  # every image changes orientation every epoch
+    assert 60 < states[0].sum() < 140  # epoch 0 is a fair coin per image
+    np.testing.assert_array_equal(states[0], states[2])
+    p0 = only(hflip={"mode": "alternating", "p": 0.0})
+    np.testing.assert_array_equal(run(x, p0, idx=idx, seed=5, epoch=1),
+                                  run(x, cfg, idx=idx, seed=5, epoch=1))
+    # with the crop on too, the flips stay those of the mask and the crop draws are unchanged
+    both = only(random_crop={"padding": 2}, hflip={"mode": "alternating"})
+    plain = only(random_crop={"padding": 2}, hflip={"p": 0.0})
+    mask = alternating_flip_mask(idx, 3, seed=5)
+    out = run(x, both, idx=idx, seed=5, epoch=3)
+    np.testing.assert_array_equal(np.where(mask[:, None, None, None], np.flip(out, axis=2), out),
+                                  run(x, plain, idx=idx, seed=5, epoch=3))
 
 
 @pytest.mark.parametrize("h,w,c,padding", [(16, 16, 3, 3), (5, 6, 5, 8), (7, 4, 1, 2)])

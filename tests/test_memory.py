@@ -97,3 +97,13 @@ def test_bad_construction_is_a_clear_error():
         InMemoryShard(np.zeros((2, 4, 4, 3), np.uint8), np.zeros(3), np.zeros(2))
     with pytest.raises(ValueError, match="batch_size"):
         list(shard().batches(0))
+
+
+def test_order_is_the_seeded_numpy_permutation_shared_with_the_device_shard():
+    from cnn_ray.data.memory import DeviceShard, epoch_order
+
+    s = shard()
+    want = np.random.default_rng([3, 2, 1]).permutation(len(s))
+    assert np.array_equal(s.order(shuffle=True, seed=3, epoch=2, rank=1), want)
+    assert np.array_equal(epoch_order(len(s), shuffle=True, seed=3, epoch=2, rank=1), want)
+    assert isinstance(s.to_device("cpu"), DeviceShard)

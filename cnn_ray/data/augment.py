@@ -66,7 +66,7 @@ class _Steps:
         cj = cfg.color_jitter
         return cls(
             crop=cfg.random_crop.enabled and cfg.random_crop.padding > 0,
-            flip=cfg.hflip.enabled and cfg.hflip.p > 0,
+            flip=cfg.hflip.enabled and (cfg.hflip.p > 0 or cfg.hflip.mode == "alternating"),
             geometric=cfg.random_resized_crop.enabled or cfg.rotation.enabled
             or cfg.affine.enabled,
             color=cj.enabled and (cj.brightness > 0 or cj.contrast > 0
@@ -136,7 +136,8 @@ def augment_batch(
         images: ``(N, H, W, C) uint8``; not modified.
         idx: ``(N,)`` int64 global row indices (the per-image random stream).
         cfg: which techniques and how strong.
-        seed: run seed. epoch: epoch number (draws change every epoch).
+        seed: run seed. epoch: the 0-based training epoch (draws change every epoch;
+            ``hflip.mode: alternating`` flips each image on alternate epochs by its parity).
         padding_mode: ``zeros`` (default, as torchvision's fill=0), ``reflection`` or ``border``:
             what the geometric resample reads outside the image.
 
@@ -154,7 +155,9 @@ def augment_batch(
     u = row_uniforms(seed, epoch, idx, N_DRAWS)
     out = images
     if steps.crop or steps.flip:
-        out = crop_flip(out, *crop_flip_draws(u, cfg, crop=steps.crop, flip=steps.flip))
+        draws = crop_flip_draws(u, cfg, crop=steps.crop, flip=steps.flip, idx=idx, epoch=epoch,
+                                seed=seed)
+        out = crop_flip(out, *draws)
     theta = affine_thetas(u, cfg, h, w) if steps.geometric else None
     if theta is not None or steps.color:
         out = _float_stage(out, u, cfg, theta, color=steps.color, padding_mode=padding_mode)

@@ -16,6 +16,7 @@ import torch
 from cnn_ray.config import AugmentConfig
 from cnn_ray.data.buffers import scratch
 from cnn_ray.data.draws import DRAW_COLUMNS, uniform
+from cnn_ray.recipe.flip import alternating_flip_mask
 
 __all__ = ["affine_grid", "affine_thetas", "crop_flip", "crop_flip_draws"]
 
@@ -146,14 +147,24 @@ def crop_flip(x: np.ndarray, sy: np.ndarray, sx: np.ndarray, flip: np.ndarray) -
 
 
 def crop_flip_draws(
-    u: np.ndarray, cfg: AugmentConfig, *, crop: bool, flip: bool
+    u: np.ndarray, cfg: AugmentConfig, *, crop: bool, flip: bool, idx: np.ndarray, epoch: int,
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The per-image ``(sy, sx, flip)`` arguments of :func:`crop_flip` from the draws ``u``.
 
+    ``hflip.mode``: ``random`` -- image ``i`` is flipped when its ``flip`` draw is below
+    ``hflip.p`` (a fresh coin every epoch); ``alternating`` -- it is flipped when
+    :func:`cnn_ray.recipe.alternating_flip_mask` ``(idx, epoch, seed)`` says so (a coin per
+    image on epoch 0, then the opposite of the previous epoch's state; ``p`` unused), so each
+    image is seen both ways in any two consecutive epochs. Card: :mod:`cnn_ray.recipe.flip`.
+
     Args:
         u: ``(N, N_DRAWS) float32`` from :func:`~cnn_ray.data.draws.row_uniforms`.
-        cfg: ``random_crop.padding`` and ``hflip.p`` are read.
+        cfg: ``random_crop.padding``, ``hflip.p`` and ``hflip.mode`` are read.
         crop, flip: whether each technique is on (off: zero shifts / no flips).
+        idx: ``(N,)`` int64 global row indices (the rows ``u`` was drawn for).
+        epoch: the 0-based training epoch; ``alternating`` flips on its parity.
+        seed: the run seed (``alternating``: the epoch-0 coin of each row).
 
     Returns:
         ``sy, sx``: ``(N,)`` int64 in ``[-padding, padding]``; ``flip``: ``(N,)`` bool.
@@ -168,7 +179,12 @@ def crop_flip_draws(
         pad = cfg.random_crop.padding
         d = np.floor(u[:, DRAW_COLUMNS[name]].astype(np.float64) * (2 * pad + 1)).astype(np.int64)
         shifts.append(d - pad)
-    flips = u[:, DRAW_COLUMNS["flip"]] < cfg.hflip.p if flip else np.zeros(n, dtype=bool)
+    if not flip:
+        flips = np.zeros(n, dtype=bool)
+    elif cfg.hflip.mode == "alternating":
+        flips = alternating_flip_mask(idx, epoch, seed)
+    else:
+        flips = u[:, DRAW_COLUMNS["flip"]] < cfg.hflip.p
     return shifts[0], shifts[1], flips
 
 

@@ -21,6 +21,12 @@ different draws. The order is a full (within-share) permutation seeded by
 ``(seed, epoch, rank)``; rank ``r`` of ``w`` keeps rows ``r, r + w, ...`` (equal shares for
 training, like ``DistributedSampler`` without global reshuffling; every row for evaluation).
 
+GPU-resident variant (:class:`DeviceShard`, chosen by :func:`shard_for_device`): on a CUDA
+worker the share is copied to the GPU once (uint8) and every batch is gathered, cropped,
+flipped (and cut out) there by :mod:`cnn_ray.data.device_augment` -- the same rows in the same
+order with the same pixels as the numpy path, no background thread and no per-batch host->device
+copy. On CPU the numpy path stays: it is faster there (``jobs/benchmark_augment.py``).
+
 No Ray here: the Train glue (:mod:`cnn_ray.train.launch`, :mod:`cnn_ray.train.worker`) does the
 ``ray.put`` / ``ray.get``.
 """
@@ -37,9 +43,20 @@ import torch
 
 from cnn_ray.config import AugmentConfig
 from cnn_ray.data.augment import augment_batch, resize_center_crop
+from cnn_ray.data.device_augment import (apply_params, augment_params, check_device_augment,
+                                         device_supports, host_to_device)
 from cnn_ray.data.shards import read_shard_images
 
-__all__ = ["InMemoryShard", "read_prepared_arrays"]
+__all__ = ["DeviceShard", "InMemoryShard", "epoch_order", "read_prepared_arrays",
+           "shard_for_device"]
+
+
+def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0) -> np.ndarray:
+    """Row order of one epoch: ``(n,) int64``, a permutation seeded by ``(seed, epoch, rank)``
+    (numpy ``default_rng``), or ``arange(n)`` without ``shuffle``."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([int(seed), int(epoch), int(rank)]).permutation(n)
 
 
 class InMemoryShard:
@@ -114,9 +131,11 @@ class InMemoryShard:
 
     def order(self, *, shuffle: bool, seed: int, epoch: int, rank: int = 0) -> np.ndarray:
         """Row order for one epoch: a permutation seeded by ``(seed, epoch, rank)``."""
-        if not shuffle:
-            return np.arange(len(self))
-        return np.random.default_rng([int(seed), int(epoch), int(rank)]).permutation(len(self))
+        return epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank)
+
+    def to_device(self, device: torch.device | str) -> "DeviceShard":
+        """This shard's rows as tensors on ``device`` (:class:`DeviceShard`)."""
+        return DeviceShard(self, device)
 
     def batches(self, batch_size: int, *, augment: Optional[AugmentConfig] = None, seed: int = 0,
                 epoch: int = 0, rank: int = 0, shuffle: bool = True, drop_last: bool = False,
@@ -153,6 +172,122 @@ class InMemoryShard:
                     yield b
             return
         yield from _prefetched((make(s) for s in stops), prefetch)
+
+
+class DeviceShard:
+    """An :class:`InMemoryShard` held on a torch device (GPU-resident data).
+
+    Attributes:
+        device: where the tensors live.
+        images: ``(N, H, W, C) uint8`` tensor on ``device`` (NHWC, as stored).
+        labels: ``(N,) int64`` tensor on ``device``.
+        idx: ``(N,) int64`` tensor on ``device``; a host copy is kept for the draws.
+
+    Batches are gathered and augmented on the device by :mod:`cnn_ray.data.device_augment`.
+    Each epoch costs one small host->device copy (the row order and the per-row parameters,
+    ``N x 7`` int64, computed by the numpy path's own functions); batches then never wait on
+    the host, so no background thread is needed (CUDA kernels run asynchronously).
+    """
+
+    def __init__(self, shard: InMemoryShard, device: torch.device | str):
+        self.device = torch.device(device)
+        self.images = host_to_device(shard.images, self.device)
+        self.labels = host_to_device(shard.labels, self.device)
+        self.idx = host_to_device(shard.idx, self.device)
+        self._idx_host = np.array(shard.idx, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(t.numel() * t.element_size() for t in (self.images, self.labels, self.idx)))
+
+    def batches(self, batch_size: int, *, augment: Optional[AugmentConfig] = None, seed: int = 0,
+                epoch: int = 0, rank: int = 0, shuffle: bool = True, drop_last: bool = False,
+                prefetch: int = 0,
+                padding_mode: str = "reflect") -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch of ``{"image": (B, H, W, C) uint8, "label": (B,) int64}`` on ``device``.
+
+        Drop-in for :meth:`InMemoryShard.batches` with the same rows in the same order
+        (:func:`epoch_order`) and, with ``augment``, the same pixels (crop, flip -- including
+        ``hflip.mode: alternating`` -- and cutout; ``padding_mode="zeros"`` fills shifted-in
+        pixels with 0 instead of reflecting). ``prefetch`` is accepted and ignored.
+
+        Raises:
+            ValueError: ``batch_size`` < 1; ``augment`` enables a technique the device path
+                does not support (named as ``augment.<key>``). Raised at the call, not lazily.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if augment is not None:
+            check_device_augment(augment)
+        rows = epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank)
+        if augment is None and not shuffle:
+            return self._slices(batch_size, drop_last)
+        table = rows[:, None]
+        if augment is not None:
+            params = augment_params(self._idx_host[rows], augment, seed=seed, epoch=epoch,
+                                    size=tuple(self.images.shape[1:3]))
+            table = np.concatenate([table, params], axis=1)
+        return self._gathered(host_to_device(table, self.device), batch_size, augment,
+                              drop_last, padding_mode)
+
+    def _stops(self, batch_size: int, drop_last: bool) -> Iterator[tuple[int, int]]:
+        n = len(self)
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            if drop_last and stop - start < batch_size:
+                return
+            yield start, stop
+
+    def _slices(self, batch_size: int, drop_last: bool) -> Iterator[dict[str, torch.Tensor]]:
+        """Stored order, no augmentation: views of the device tensors."""
+        for start, stop in self._stops(batch_size, drop_last):
+            yield {"image": self.images[start:stop], "label": self.labels[start:stop]}
+
+    def _gathered(self, table: torch.Tensor, batch_size: int, augment: Optional[AugmentConfig],
+                  drop_last: bool, padding_mode: str) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of ``table`` rows (device ``(N, 1 or 7) int64``: row, then parameters)."""
+        for start, stop in self._stops(batch_size, drop_last):
+            part = table[start:stop]
+            sel = part[:, 0]
+            if augment is None:
+                image = self.images.index_select(0, sel)
+            else:
+                image = apply_params(self.images, part[:, 1:], augment, sel=sel,
+                                     padding_mode=padding_mode)
+            yield {"image": image, "label": self.labels.index_select(0, sel)}
+
+
+def shard_for_device(shard: InMemoryShard, device: torch.device | str,
+                     augment: Optional[AugmentConfig] = None, *,
+                     prefer_device: Optional[bool] = None) -> InMemoryShard | DeviceShard:
+    """The shard a worker on ``device`` should draw batches from.
+
+    Args:
+        shard: this worker's rows on the host.
+        device: the worker's training device.
+        augment: the augmentation its batches get (None: evaluation).
+        prefer_device: None (default): :class:`DeviceShard` on a CUDA device when ``augment``
+            is supported there, else ``shard`` (the numpy path; it is the faster one on CPU and
+            implements every technique); True: always the device path; False: never.
+
+    Returns:
+        ``shard`` itself or ``shard.to_device(device)``; both have ``batches(...)`` with the
+        same signature and yield the same rows in the same order.
+
+    Raises:
+        ValueError: ``prefer_device=True`` with an ``augment`` the device path does not support.
+    """
+    device = torch.device(device)
+    if prefer_device is None:
+        prefer_device = device.type == "cuda" and device_supports(augment)
+    if not prefer_device:
+        return shard
+    if augment is not None:
+        check_device_augment(augment)
+    return shard.to_device(device)
 
 
 def read_prepared_arrays(files: Iterable[str], image_shape: tuple[int, int, int], *,

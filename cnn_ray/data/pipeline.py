@@ -88,7 +88,7 @@ def build_train_dataset(files: list[str], data: DataConfig, augment: AugmentConf
     return ds.map_batches(
         AugmentBatches(augment, image_shape=image_shape, seed=seed, epoch_offset=epoch_offset,
                        train=True),
-        batch_format="pyarrow", batch_size=batch_rows, num_cpus=data.data_cpus,
+        batch_format="pyarrow", batch_size=batch_rows, num_cpus=data.data_cpus, resources=data.resources or None,
         zero_copy_batch=True,
     )
 
@@ -100,7 +100,7 @@ def build_eval_dataset(files: list[str], data: DataConfig, *, image_shape: tuple
     return ds.map_batches(
         AugmentBatches(AugmentConfig(), image_shape=image_shape, seed=0, train=False,
                        image_size=data.image_size),
-        batch_format="pyarrow", batch_size=batch_rows, num_cpus=data.data_cpus, zero_copy_batch=True,
+        batch_format="pyarrow", batch_size=batch_rows, num_cpus=data.data_cpus, resources=data.resources or None, zero_copy_batch=True,
     )
 
 
@@ -171,12 +171,12 @@ def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig]
     kw = {"size": data.image_size, "channels": data.channels, "encoding": source.image_encoding,
           "src_shape": source.image_shape, "rows_per_block": rows_per_block}
     ds = ds.map_batches(decode_block, batch_size=batch_size, batch_format="pyarrow", fn_kwargs=kw,
-                        num_cpus=data.data_cpus)
+                        num_cpus=data.data_cpus, resources=data.resources or None)
     shape = (data.image_size, data.image_size, data.channels)
     return ds.map_batches(
         _RawBatches(augment or AugmentConfig(), image_shape=shape, seed=seed, train=train,
                     policy=data.bad_input, bad_dir=bad_dir, split="train" if train else "val"),
-        batch_format="pyarrow", batch_size=None, num_cpus=data.data_cpus, zero_copy_batch=True,
+        batch_format="pyarrow", batch_size=None, num_cpus=data.data_cpus, resources=data.resources or None, zero_copy_batch=True,
     )
 
 

@@ -251,7 +251,7 @@ def _decoded_blocks(src: Source, route: np.ndarray, cfg: DataConfig, *, seed: in
     ds = ray.data.from_items(items, override_num_blocks=num_blocks)
     ds = ds.map_batches(decode_block, batch_size=batch_size, batch_format="pyarrow",
                         fn_kwargs=fn_kwargs, compute=ray.data.TaskPoolStrategy(size=min(pool, num_blocks)),
-                        num_cpus=num_cpus)
+                        num_cpus=num_cpus, resources=cfg.resources or None)
     ds.context.execution_options.preserve_order = True  # same input -> same order -> same idx
     ds.context.enable_progress_bars = False  # our own progress line instead
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)

@@ -14,9 +14,10 @@ Source: Zhang et al., "mixup", ICLR 2018; Yun et al., "CutMix", ICCV 2019;
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 
 def mix_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -40,6 +41,8 @@ def mix_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     """
     if mixup_alpha < 0 or cutmix_alpha < 0:
         raise ValueError(f"mixup/cutmix alpha must be >= 0, got {mixup_alpha}, {cutmix_alpha}")
+    from torchvision.transforms import v2  # here: importing torchvision costs seconds
+
     ops = []
     if mixup_alpha > 0:
         ops.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
@@ -50,6 +53,64 @@ def mix_batch(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
     op = ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
     mixed, targets = op(images, labels)
     return mixed, targets.to(torch.float32)
+
+
+class BatchMixer:
+    """``(x, labels) -> (mixed x, soft targets)`` with its own seeded random stream.
+
+    Calls :func:`mix_batch` (one of MixUp/CutMix per batch with probability 0.5 each when both
+    alphas are > 0, as ``torchvision.transforms.v2.RandomChoice`` and timm's ``switch_prob=0.5``)
+    inside ``torch.random.fork_rng``, seeded from ``seed`` and carried from call to call: the
+    draws (Beta lambda, CutMix box, the choice; all on the CPU generator, whatever the batch's
+    device) are a function of ``seed`` and the call count, and torch's global generator (model
+    init, dropout) is left untouched. The stream starts afresh when the object is rebuilt (a
+    resumed run draws the first epoch's values again).
+
+    Args:
+        num_classes: K.
+        mixup_alpha, cutmix_alpha: Beta(alpha, alpha) parameters, >= 0, not both 0.
+        seed: the stream's seed (give each DDP rank its own, e.g. ``run.seed + rank``).
+    Raises:
+        ValueError: a negative alpha, both alphas 0, or ``num_classes < 2``.
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float, cutmix_alpha: float, seed: int):
+        if mixup_alpha < 0 or cutmix_alpha < 0 or mixup_alpha == cutmix_alpha == 0:
+            raise ValueError(f"need alphas >= 0, not both 0; got mixup {mixup_alpha}, "
+                             f"cutmix {cutmix_alpha}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
+        self._rng_state = torch.Generator().manual_seed(int(seed)).get_state()
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` ``(N, C, H, W)`` float, ``labels`` ``(N,)`` int64 -> ``(x', (N, K) float32)``
+        with target rows summing to 1, on ``labels``' device."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._rng_state)
+            out = mix_batch(x, labels, self.num_classes, self.mixup_alpha, self.cutmix_alpha)
+            self._rng_state = torch.get_rng_state()
+        return out
+
+
+def mixing_transform(augment_cfg, num_classes: int, seed: int) -> Optional[BatchMixer]:
+    """The step loop's ``StepHooks.batch_transform`` for ``augment.mixup`` / ``augment.cutmix``.
+
+    Args:
+        augment_cfg: :class:`cnn_ray.config.AugmentConfig` (``mixup.enabled/alpha``,
+            ``cutmix.enabled/alpha`` are read).
+        num_classes: K, the width of the soft targets.
+        seed: seed of the mixing draws (see :class:`BatchMixer`).
+    Returns:
+        None when both are off; else a :class:`BatchMixer` (both on: one of the two per batch,
+        each with probability 0.5).
+    """
+    mixup = augment_cfg.mixup.alpha if augment_cfg.mixup.enabled else 0.0
+    cutmix = augment_cfg.cutmix.alpha if augment_cfg.cutmix.enabled else 0.0
+    if mixup == 0 and cutmix == 0:
+        return None
+    return BatchMixer(num_classes, mixup, cutmix, seed)
 
 
 def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,

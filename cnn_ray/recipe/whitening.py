@@ -61,8 +61,8 @@ def patch_second_moment(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
     for chunk in x.split(_CHUNK):
         # (n, C, H', W', k, k) -> (n, H', W', C, k, k) -> (patches, C*k*k)
         p = chunk.unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, d)
-        p = p.to(device="cpu", dtype=torch.float64)
-        acc += p.T @ p
+        p = p.double() if p.device.type == "cpu" else p.float()  # no float64 on most GPUs
+        acc += (p.T @ p).to(device="cpu", dtype=torch.float64)
         count += p.shape[0]
     if count == 0:
         raise ValueError(f"sample of shape {tuple(x.shape)} has no {k}x{k} patches")

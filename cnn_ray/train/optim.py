@@ -2,8 +2,10 @@
 
 All schedules except ReduceLROnPlateau are stepped once per optimiser step (so warm-up and
 OneCycle are smooth within an epoch); ReduceLROnPlateau is stepped once per epoch on the
-validation loss. Everything is a stock ``torch.optim`` object, so ``state_dict()`` round-trips
-through checkpoints.
+validation loss. Every schedule scales each parameter group's own initial lr (``base_lrs``), so
+per-group multipliers (BN biases at x ``bias_lr_mult``, Muon's conv filters at ``muon_lr``) keep
+their ratio to ``lr`` all run long. Everything is a stock ``torch.optim`` object (or
+:class:`cnn_ray.recipe.MuonSGD`, one), so ``state_dict()`` round-trips through checkpoints.
 """
 
 from __future__ import annotations
@@ -16,22 +18,73 @@ from torch import nn
 
 from cnn_ray.compat import set_scheduler_last_lr
 from cnn_ray.config import OptimConfig
+from cnn_ray.recipe import (MuonSGD, WarmupLinearDecay, bn_bias_param_groups,
+                            decoupled_sgd_hparams, split_muon_groups)
 from cnn_ray.train.techniques import split_decay_params
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov), AdamW or Adam with weight decay kept off norms and biases.
+def sgd_hparams(cfg: OptimConfig) -> tuple[float, float]:
+    """``(lr, weight_decay)`` for torch's SGD/AdamW/Adam from ``cfg``.
+
+    ``optim.decoupled=false``: ``cfg.lr`` and ``cfg.weight_decay`` as written. ``true``: they
+    are per 1024 examples and momentum-corrected (airbench; card in
+    :mod:`cnn_ray.recipe.optimizers`), converted with
+    :func:`cnn_ray.recipe.decoupled_sgd_hparams` for the global ``cfg.batch_size`` and the
+    loss as the training step computes it (mean over the global batch: each micro-batch's mean
+    divided by ``grad_accum_steps``, averaged over workers by DDP).
+    """
+    if not cfg.decoupled:
+        return cfg.lr, cfg.weight_decay
+    return decoupled_sgd_hparams(cfg.lr, cfg.weight_decay, cfg.momentum, cfg.batch_size,
+                                 loss_reduction="mean")
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float,
+                 bn_bias_lr_mult: float = 1.0) -> list[dict]:
+    """Parameter groups: weight decay on weights only, BN biases optionally at a higher lr.
+
+    ``bn_bias_lr_mult == 1``: :func:`cnn_ray.train.techniques.split_decay_params` (decay /
+    no-decay; every group at the optimiser's lr). Otherwise
+    :func:`cnn_ray.recipe.bn_bias_param_groups`: ``decay`` (ndim > 1, ``weight_decay``),
+    ``no_decay`` (other 1-D parameters) at ``lr``, and ``bn_bias`` (trainable BatchNorm biases
+    only) at ``lr * bn_bias_lr_mult`` without weight decay. Frozen parameters are left out.
+    """
+    if bn_bias_lr_mult == 1.0:
+        return split_decay_params(model, weight_decay)
+    return bn_bias_param_groups(model, lr, weight_decay, bias_scaler=bn_bias_lr_mult)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, *,
+                    bn_bias_lr_mult: float = 1.0) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov), AdamW, Adam or Muon + SGD, weight decay kept off norms/biases.
+
+    - ``optimizer: muon``: :class:`cnn_ray.recipe.MuonSGD`; conv filters (ndim >= 4) in one
+      Muon group at ``muon_lr`` / ``muon_momentum`` without weight decay (Muon's orthogonalised
+      update does not scale with the loss, so ``muon_lr`` is never converted); every other
+      parameter SGD (Nesterov if ``nesterov``) at ``lr`` / ``momentum`` in its group.
+    - ``decoupled``: ``lr`` and ``weight_decay`` per 1024 examples (:func:`sgd_hparams`).
+    - ``bn_bias_lr_mult`` (``model.batchnorm.bias_lr_mult``): BN biases at ``lr`` x mult
+      without weight decay (:func:`param_groups`); 1 keeps the two plain groups.
 
     Sources: Sutskever et al. 2013 (Nesterov momentum); Loshchilov & Hutter 2019 (AdamW);
-    Kingma & Ba 2015 (Adam).
+    Kingma & Ba 2015 (Adam); Jordan et al. 2024 (Muon); Page 2018 / airbench (decoupled).
+
+    Raises:
+        ValueError: ``bn_bias_lr_mult <= 0``, or a decoupled setting out of range.
     """
-    groups = split_decay_params(model, cfg.weight_decay)
+    if bn_bias_lr_mult <= 0:
+        raise ValueError(f"bn_bias_lr_mult must be > 0, got {bn_bias_lr_mult}")
+    lr, weight_decay = sgd_hparams(cfg)
+    groups = param_groups(model, lr, weight_decay, bn_bias_lr_mult)
+    nesterov = cfg.nesterov and cfg.momentum > 0
+    if cfg.optimizer == "muon":
+        groups = split_muon_groups(groups, cfg.muon_lr, cfg.muon_momentum)
+        return MuonSGD(groups, lr=lr, momentum=cfg.momentum, nesterov=nesterov)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=nesterov)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-    return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+        return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas)
+    return torch.optim.Adam(groups, lr=lr, betas=cfg.betas)
 
 
 def build_lr_scheduler(
@@ -41,12 +94,18 @@ def build_lr_scheduler(
 
     - ``onecycle``: linear warm-up for ``pct_start`` of training to ``lr`` then cosine/linear
       anneal (Smith & Topin, "Super-Convergence", 2018; ``torch.optim.lr_scheduler.OneCycleLR``).
+    - ``linear_decay``: airbench's triangle, :class:`cnn_ray.recipe.WarmupLinearDecay`: from
+      ``initial_lr_frac`` x ``lr`` up to ``lr`` over the first ``pct_start`` of the steps, then
+      linearly down to ``final_lr_frac`` x ``lr`` at the last step (``initial_lr_frac=1``: no
+      warm-up, as airbench94_muon). ``warmup_epochs`` is not used.
     - ``cosine``: linear warm-up over ``warmup_epochs`` then cosine decay to 0 (Loshchilov &
       Hutter, "SGDR", 2017; Goyal et al. 2017 warm-up).
     - ``step``: multiply by ``gamma`` every ``step_size`` epochs (He et al. 2016).
     - ``plateau``: multiply by ``gamma`` when the validation loss has not improved for
       ``plateau_patience`` epochs (stepped per epoch with the validation loss).
     - ``constant``: fixed ``lr`` (after an optional linear warm-up).
+
+    Each scales every parameter group's own initial lr, so per-group multipliers persist.
 
     Args:
         steps_per_epoch: optimiser steps per epoch on one worker (>= 1).
@@ -59,6 +118,10 @@ def build_lr_scheduler(
     sched = torch.optim.lr_scheduler
     if cfg.schedule == "onecycle":
         return sched.LambdaLR(optimizer, OneCycleFactor(total, cfg.pct_start)), True
+    if cfg.schedule == "linear_decay":
+        factor = WarmupLinearDecay(total, warmup_frac=cfg.pct_start, start=cfg.initial_lr_frac,
+                                   end=cfg.final_lr_frac)
+        return sched.LambdaLR(optimizer, factor), True
     if cfg.schedule == "plateau":
         return sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.gamma,
                                        patience=cfg.plateau_patience), False
@@ -99,29 +162,39 @@ class OneCycleFactor:
         return 1.0 + (self.end - 1.0) * frac
 
 
-def schedule_total_steps(scheduler) -> Optional[int]:
-    """Total optimiser steps of a one-cycle schedule (None for other schedules)."""
+def _budget_factor(scheduler) -> Optional[OneCycleFactor | WarmupLinearDecay]:
+    """The :class:`OneCycleFactor` or :class:`~cnn_ray.recipe.WarmupLinearDecay` driving a
+    ``LambdaLR`` (the schedules planned over a step budget), else None."""
     lambdas = getattr(scheduler, "lr_lambdas", None) or []
-    return lambdas[0].total_steps if lambdas and isinstance(lambdas[0], OneCycleFactor) else None
+    if lambdas and isinstance(lambdas[0], (OneCycleFactor, WarmupLinearDecay)):
+        return lambdas[0]
+    return None
+
+
+def schedule_total_steps(scheduler) -> Optional[int]:
+    """Total optimiser steps of a one-cycle or linear-decay schedule (None for the others)."""
+    factor = _budget_factor(scheduler)
+    return None if factor is None else factor.total_steps
 
 
 def stretch_schedule(scheduler, total_steps: Optional[int]) -> Optional[int]:
-    """After a checkpoint restore: fit a one-cycle schedule to the CURRENT epoch budget.
+    """After a checkpoint restore: fit a one-cycle or linear-decay schedule to the CURRENT budget.
 
-    ``LambdaLR.load_state_dict`` brings back the saved :class:`OneCycleFactor`, whose
-    ``total_steps`` is the budget of the run that wrote the checkpoint; resuming with a larger
-    ``optim.epochs`` would then train the extra epochs at the final (minimum) LR. This keeps the
-    restored step count and warm-up and sets ``total_steps`` so the decay ends at the new budget.
-    Returns the previous total when it changed, else None. Other schedules are left as restored.
+    ``LambdaLR.load_state_dict`` brings back the saved factor, whose ``total_steps`` is the
+    budget of the run that wrote the checkpoint; resuming with a larger ``optim.epochs`` would
+    then train the extra epochs at the final (minimum) LR. This keeps the restored step count
+    and warm-up (``warmup`` / ``peak`` step) and sets ``total_steps`` so the decay ends at the
+    new budget; every group's lr is reset from its own ``base_lr``. Returns the previous total
+    when it changed, else None. Other schedules are left as restored.
     """
-    lambdas = getattr(scheduler, "lr_lambdas", None) or []
-    if total_steps is None or not lambdas or not isinstance(lambdas[0], OneCycleFactor):
+    factor = _budget_factor(scheduler)
+    if total_steps is None or factor is None:
         return None
-    factor = lambdas[0]
-    old = factor.total_steps
-    if old == max(2, int(total_steps)):
+    one_cycle = isinstance(factor, OneCycleFactor)
+    old, new = factor.total_steps, max(2 if one_cycle else 1, int(total_steps))
+    if old == new:
         return None
-    factor.total_steps = max(2, int(total_steps), factor.warmup + 1)
+    factor.total_steps = max(new, (factor.warmup if one_cycle else factor.peak) + 1)
     for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = base_lr * factor(scheduler.last_epoch)
     set_scheduler_last_lr(scheduler)

@@ -157,7 +157,7 @@ def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
     prepare_model(model, cfg, stem_weights)  # the same on every rank, before DDP
     model = ray.train.torch.prepare_model(model)
     ema = make_model_ema(model, cfg)
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, bn_bias_lr_mult=cfg.model.batchnorm.bias_lr_mult)
     spe = steps_per_epoch(data.num_train, world, cfg.per_worker_batch_size(),
                           cfg.optim.grad_accum_steps)
     if cfg.run.smoke:
