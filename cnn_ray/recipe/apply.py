@@ -27,6 +27,7 @@ from cnn_ray.config import TrainConfig
 from cnn_ray.config_recipe import EMA
 from cnn_ray.recipe.batchnorm import batchnorm_modules
 from cnn_ray.recipe.ema import make_ema
+from cnn_ray.recipe.mixing import mixing_transform
 from cnn_ray.recipe.tta import predict_tta, tta_views
 from cnn_ray.recipe.whitening import first_conv, patch_whitening_weights
 from cnn_ray.train.loop import StepHooks
@@ -212,16 +213,6 @@ def eval_model(model: nn.Module, ema: Optional[AveragedModel]) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------ step loop
-def _mixing_transform(cfg: TrainConfig, num_classes: int, seed: int):
-    """``cnn_ray.recipe.mixing.mixing_transform`` (MixUp/CutMix batch transform, or None when
-    off); None while that function does not exist in this checkout."""
-    try:
-        from cnn_ray.recipe.mixing import mixing_transform
-    except ImportError:
-        return None
-    return mixing_transform(cfg.augment, num_classes, seed)
-
-
 def build_step_hooks(cfg: TrainConfig, model: nn.Module, ema: Optional[AveragedModel],
                      num_classes: int, *, seed: int = 0, start_step: int = 0) -> StepHooks:
     """The :class:`~cnn_ray.train.loop.StepHooks` of ``cfg``: MixUp/CutMix as the batch
@@ -229,7 +220,7 @@ def build_step_hooks(cfg: TrainConfig, model: nn.Module, ema: Optional[AveragedM
     when ``ema`` is given. ``seed``: the mixing draws' seed (per rank); ``start_step``:
     optimiser steps already done (a resumed run)."""
     after = [EmaUpdate(ema, model, cfg.optim.ema, start_step)] if ema is not None else []
-    return StepHooks(batch_transform=_mixing_transform(cfg, num_classes, seed),
+    return StepHooks(batch_transform=mixing_transform(cfg.augment, num_classes, seed),
                      after_step=after)
 
 
