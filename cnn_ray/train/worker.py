@@ -252,15 +252,19 @@ class _StreamFeed:
 
     def val_batches(self) -> Iterable[dict]:
         return self.val.iter_torch_batches(batch_size=self.cfg.optim.eval_batch_size,
-                                           prefetch_batches=self.cfg.data.prefetch_batches)
+                                           prefetch_batches=self.cfg.data.prefetch_batches,
+                                           pin_memory=self.device.type == "cuda")
 
 
 class _MemoryFeed:
     """``data.cache: memory``: this worker's share of the arrays the driver put (zero-copy),
-    augmented per batch with draws from (``run.seed``, epoch, image idx)."""
+    augmented per batch with draws from (``run.seed``, epoch, image idx). On a GPU the rows
+    live on the device and are augmented there (:class:`~cnn_ray.data.memory.DeviceShard`)
+    when the augmentation is one the device path supports; else on the host (numpy)."""
 
-    def __init__(self, refs: dict, cfg: TrainConfig, rank: int, world: int, log):
-        from cnn_ray.data.memory import InMemoryShard
+    def __init__(self, refs: dict, cfg: TrainConfig, rank: int, world: int, log,
+                 device: torch.device):
+        from cnn_ray.data.memory import InMemoryShard, shard_for_device
 
         self.cfg, self.rank = cfg, rank
         t0 = time.perf_counter()
@@ -268,7 +272,10 @@ class _MemoryFeed:
                                                equal=True)
         self.val = InMemoryShard.from_arrays(ray.get(refs["val"]), rank=rank, world=world,
                                              equal=False)
-        log(f"data in memory: {len(self.train)} train + {len(self.val)} val images per worker "
+        self.train = shard_for_device(self.train, device, cfg.augment)
+        self.val = shard_for_device(self.val, device)
+        log(f"data in memory ({type(self.train).__name__}): {len(self.train)} train + "
+            f"{len(self.val)} val images per worker "
             f"({(self.train.nbytes + self.val.nbytes) / 1e6:.0f} MB) in "
             f"{time.perf_counter() - t0:.2f}s")
 
@@ -287,7 +294,7 @@ def open_feed(inputs: WorkerInputs, rank: int, world: int, device: torch.device,
     """This worker's batches: ``train_batches(epoch)`` (0-based epoch) and ``val_batches()``,
     each an iterable of ``{"image": (N, H, W, C) uint8, "label": (N,) int64}`` torch batches."""
     if inputs.memory is not None:
-        return _MemoryFeed(inputs.memory, inputs.config, rank, world, log)
+        return _MemoryFeed(inputs.memory, inputs.config, rank, world, log, device)
     return _StreamFeed(inputs.config, rank, device)
 
 
