@@ -68,6 +68,13 @@ class EMA(_Strict):
 
 class EvalConfig(_Strict):
     """Evaluation: test-time augmentation (``flip``: mean of the image and its mirror;
-    ``flip_translate``: plus 2-pixel shifts, airbench's multi-crop)."""
+    ``flip_translate``: plus 1-pixel shifts of both, airbench's multi-crop; 6 forward passes
+    per image), on the last epoch only (``tta_epochs: last``, airbench's choice: the earlier
+    epochs' figures only track progress) or on every epoch (``all``)."""
 
     tta: Literal["none", "flip", "flip_translate"] = "none"
+    tta_epochs: Literal["last", "all"] = "last"
+
+    def tta_at(self, epoch: int, epochs: int) -> str:
+        """The TTA mode of the evaluation after 0-based ``epoch`` of ``epochs``."""
+        return self.tta if self.tta_epochs == "all" or epoch + 1 == epochs else "none"

@@ -12,41 +12,35 @@ import time
 
 IMPORT_STARTED = time.time()  # start-up breakdown in events.jsonl: this module's imports begin
 
-import gc
 import os
 import resource
 import shutil
 import signal
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 import torch
-from torch import nn
 
 import ray.train
 import ray.train.torch
 
 from cnn_ray.config import TrainConfig
 from cnn_ray.io import append_jsonl, is_uri
-from cnn_ray.models import create_model
-from cnn_ray.recipe.apply import (build_step_hooks, eval_model, freeze_whitening_bias,
-                                  make_model_ema, prepare_model, tta_predictor)
+from cnn_ray.recipe.apply import build_step_hooks, eval_model, tta_predictor
 from cnn_ray.recipe.tta import tta_views
 from cnn_ray.train.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
+from cnn_ray.train import parts as parts_lib
 from cnn_ray.train.inputs import DataSummary, FaultInjection, WorkerInputs
 from cnn_ray.train.loop import (
     EpochStats,
-    StepSettings,
     TrainProgress,
     distributed_reduce,
     evaluate,
     train_one_epoch,
 )
-from cnn_ray.train.optim import (build_lr_scheduler, build_optimizer, schedule_total_steps,
-                                 steps_per_epoch, stretch_schedule)
-from cnn_ray.train.techniques import make_grad_scaler, resolve_precision, unwrap_model
+from cnn_ray.train.optim import schedule_total_steps, stretch_schedule
+from cnn_ray.train.parts import TrainParts
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -76,12 +70,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     hooks = build_step_hooks(cfg, parts.model, parts.ema, inputs.data.num_classes,
                              seed=cfg.run.seed + rank,
                              start_step=progress.start_epoch * parts.steps_per_epoch)
-    predict = tta_predictor(cfg.eval.tta)
 
     for epoch in range(progress.start_epoch, cfg.optim.epochs):
         begin_epoch(parts, cfg, epoch, world, log)
         metrics = run_epoch(parts, feed, inputs, epoch, rank, world, hooks=hooks,
-                            predict=predict, max_steps=smoke, log=log)
+                            max_steps=smoke, log=log)
         if not parts.per_step:
             parts.scheduler.step(metrics["val_loss"])
         metrics.update(progress.update(metrics["val_top1"]))
@@ -99,12 +92,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def run_epoch(parts: "TrainParts", feed, inputs: WorkerInputs, epoch: int, rank: int, world: int,
-              *, hooks, predict, max_steps: Optional[int], log) -> dict[str, Any]:
+              *, hooks, max_steps: Optional[int], log) -> dict[str, Any]:
     """Train one epoch (0-based ``epoch``) on this worker's batches with the recipe's step
-    ``hooks``, evaluate its share of the validation set (the EMA weights when kept, through
-    ``predict``: test-time augmentation or None) and return the epoch's metrics summed over
-    ranks (``tta_views``: forward passes per validation image). ``max_steps``: smoke runs'
+    ``hooks``, evaluate its share of the validation set (the EMA weights when kept, with
+    test-time augmentation on the epochs ``eval.tta_epochs`` says) and return the epoch's
+    metrics summed over ranks (``tta_views``: forward passes per validation image). ``max_steps``: smoke runs'
     steps and validation batches per epoch (None: all)."""
+    tta = inputs.config.eval.tta_at(epoch, inputs.config.optim.epochs)
     batches = _with_fault(feed.train_batches(epoch), inputs.fault, rank, epoch + 1)
     train_stats = train_one_epoch(
         parts.model, batches, parts.optimizer, parts.settings, scheduler=parts.scheduler,
@@ -113,67 +107,22 @@ def run_epoch(parts: "TrainParts", feed, inputs: WorkerInputs, epoch: int, rank:
     ).reduce(distributed_reduce, parts.device)
     val_stats = evaluate(eval_model(parts.model, parts.ema), feed.val_batches(), parts.settings,
                          max_batches=max_steps,
-                         predict=predict).reduce(distributed_reduce, parts.device)
+                         predict=tta_predictor(tta)).reduce(distributed_reduce, parts.device)
     metrics = _epoch_metrics(epoch, train_stats, val_stats, inputs.data.num_classes,
                              parts.optimizer, world)
     metrics.update(bad_inputs=_bad_inputs(inputs, rank),
-                   tta_views=tta_views(inputs.config.eval.tta))
+                   tta_views=tta_views(tta))
     return metrics
 
 
 # ------------------------------------------------------------------------------ build, restore
-@dataclass
-class TrainParts:
-    """What one worker trains with: the (DDP-wrapped when world > 1) model on ``device``, its
-    optimiser, LR schedule (``per_step``: stepped per optimiser step, else per epoch on the
-    validation loss), fp16 grad scaler (or None), step settings, torch threads, optimiser
-    steps per epoch on this worker and the EMA of the weights (``optim.ema``; else None)."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    per_step: bool
-    scaler: Optional[torch.amp.GradScaler]
-    settings: StepSettings
-    device: torch.device
-    threads: int
-    steps_per_epoch: int = 1
-    ema: Optional[Any] = None
-
-
 def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
                 precision: Optional[str] = None, stem_weights=None) -> TrainParts:
-    """Set torch threads and seed (``run.seed + rank``), build model (the recipe's switches
-    applied by :func:`cnn_ray.recipe.apply.prepare_model` before DDP wraps it), its EMA,
-    optimiser, schedule (over this worker's steps per epoch; at most 2 in smoke runs) and
-    grad scaler. ``precision``: the group's resolved precision (None: resolve
-    ``precision.dtype`` here); ``stem_weights``: the driver's whitening filters."""
-    threads = cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker))
-    torch.set_num_threads(threads)
-    torch.manual_seed(cfg.run.seed + rank)
-    device = ray.train.torch.get_device()
-    model = create_model(cfg.model.name, num_classes=data.num_classes,
-                         in_channels=data.image_shape[2], **cfg.model.knobs())
-    prepare_model(model, cfg, stem_weights)  # the same on every rank, before DDP
-    model = ray.train.torch.prepare_model(model)
-    ema = make_model_ema(model, cfg)
-    optimizer = build_optimizer(model, cfg.optim, bn_bias_lr_mult=cfg.model.batchnorm.bias_lr_mult)
-    spe = steps_per_epoch(data.num_train, world, cfg.per_worker_batch_size(),
-                          cfg.optim.grad_accum_steps)
-    if cfg.run.smoke:
-        spe = min(spe, 2)
-    scheduler, per_step = build_lr_scheduler(optimizer, cfg.optim, spe)
-    precision = precision or resolve_precision(cfg.precision.dtype, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
-    settings = StepSettings(
-        device=device, precision=precision, mean=data.mean, std=data.std,
-        channels_last=cfg.model.channels_last, label_smoothing=cfg.optim.label_smoothing,
-        grad_accum_steps=cfg.optim.grad_accum_steps, grad_clip_norm=cfg.optim.grad_clip_norm,
-        max_bad_steps=cfg.optim.max_bad_steps, log_every=cfg.run.log_every,
-    )
-    return TrainParts(model, optimizer, scheduler, per_step, make_grad_scaler(device, precision),
-                      settings, device, threads, steps_per_epoch=spe, ema=ema)
+    """:func:`cnn_ray.train.parts.build_parts` on Ray Train's device, with Ray Train's DDP
+    wrapping (``prepare_model``: DDP only when world > 1)."""
+    return parts_lib.build_parts(cfg, data, rank, world, device=ray.train.torch.get_device(),
+                                 wrap=ray.train.torch.prepare_model, precision=precision,
+                                 stem_weights=stem_weights)
 
 
 def restore(parts: TrainParts, cfg: TrainConfig, log) -> TrainProgress:
@@ -198,19 +147,8 @@ def restore(parts: TrainParts, cfg: TrainConfig, log) -> TrainProgress:
 
 
 def begin_epoch(parts: TrainParts, cfg: TrainConfig, epoch: int, world: int, log) -> None:
-    """Epoch-start switches of the recipe: the whitening bias is frozen once
-    ``model.whitening.bias_epochs`` are done (:func:`cnn_ray.recipe.apply.freeze_whitening_bias`).
-    DDP fixes the parameters it reduces when it is built, so with world > 1 the model is
-    re-wrapped (every rank at the same epoch); the old wrapper and its gradient hooks go first."""
-    if not freeze_whitening_bias(parts.model, cfg, epoch):
-        return
-    log(f"whitening bias frozen from epoch {epoch + 1} (model.whitening.bias_epochs="
-        f"{cfg.model.whitening.bias_epochs:g})")
-    if world > 1:
-        bare = unwrap_model(parts.model)
-        parts.model = bare
-        gc.collect()
-        parts.model = ray.train.torch.prepare_model(bare)
+    """:func:`cnn_ray.train.parts.begin_epoch` with Ray Train's DDP wrapping."""
+    parts_lib.begin_epoch(parts, cfg, epoch, world, log, wrap=ray.train.torch.prepare_model)
 
 
 def _record_start(inputs: WorkerInputs, rank: int, world: int, start_epoch: int,
