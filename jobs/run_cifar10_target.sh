@@ -19,7 +19,7 @@ ray job submit --address "http://127.0.0.1:${CNN_RAY_DASHBOARD_PORT}" --working-
   python jobs/train.py --config jobs/configs/cifar10.yaml "run.name=$RUN_NAME" \
   "run.storage_path=$STORAGE" "$@"
 end=$(date +%s)
-python - "$STORAGE/$RUN_NAME/metrics.jsonl" "$((end - start))" <<'PY'
+python - "$STORAGE/$RUN_NAME/metrics.jsonl" "$((end - start))" "$start" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 last = rows[-1]
@@ -28,4 +28,13 @@ print(f"[target] epochs: {last['epoch']}, final val_top1 (10,000 test images): {
 print(f"[target] per-epoch images_per_sec: {[round(r['images_per_sec']) for r in rows]}")
 print(f"[target] per-epoch data_wait_share: {[round(r['data_wait_share'], 3) for r in rows]}")
 print(f"[target] peak RSS of the train worker: {last['peak_rss_mb']:.0f} MB")
+start = float(sys.argv[3])
+print(f"[target] per-epoch val_top1 (tta_views): "
+      f"{[(round(100 * r['val_top1'], 2), r.get('tta_views', 1)) for r in rows]}")
+print(f"[target] minutes from submission at each epoch's report: "
+      f"{[round((r['time'] - start) / 60, 1) for r in rows]}")
+for goal in (0.85, 0.88, 0.90):
+    hit = next((r for r in rows if r["val_top1"] >= goal), None)
+    print(f"[target] time to {100 * goal:.0f}%: " + (
+        f"{(hit['time'] - start) / 60:.1f} min (epoch {hit['epoch']})" if hit else "not reached"))
 PY
