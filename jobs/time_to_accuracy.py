@@ -94,7 +94,7 @@ def describe(row: dict[str, Any], plain_epochs: int, fast_epochs: int) -> str:
         if not hit and not epochs:
             return f"{name}: not run"
         if not hit:
-            return f"{name}: not reached within {epochs} epochs"
+            return f"{name}: not reached within {epochs} epoch{'s' if epochs != 1 else ''}"
         return (f"{name}: {hit['wall_s']:.0f} s from start, {hit['train_s']:.0f} s training "
                 f"(epoch {hit['epoch']})")
 
@@ -168,8 +168,8 @@ def run_plain(cfg, *, batch_size: int, thresholds: Sequence[float], max_epochs: 
             opt.step()
         train_s += time.perf_counter() - t0
         top1 = plain_test_top1(model, test, device)
-        curve.append({"epoch": epoch, "val_top1": round(top1, 4),
-                      "wall_s": round(time.perf_counter() - start, 2), "train_s": round(train_s, 2)})
+        curve.append({"epoch": epoch, "val_top1": round(top1, 4), "train_s": round(train_s, 2),
+                      "wall_s": round(time.perf_counter() - start, 2)})
         log(f"[tta] plain epoch {epoch}: test top-1 {top1:.4f}, {train_s:.0f} s training, "
             f"{curve[-1]['wall_s']:.0f} s from start")
         if all(time_to(curve, t) for t in thresholds):
