@@ -1,0 +1,329 @@
+"""Time to accuracy: the plain PyTorch recipe of the seed articles vs the cnn_ray fast recipe.
+
+    python jobs/time_to_accuracy.py --json tta.json                 # both, the full data
+    python jobs/time_to_accuracy.py --only fast                     # the cnn_ray recipe alone
+    python jobs/time_to_accuracy.py --smoke                         # tiny subset, 1 epoch each
+
+Trains, one after the other on this machine:
+
+(i) **plain**: the recipe of the PyTorch tutorials: ``torchvision.datasets.ImageFolder`` +
+    ``DataLoader(num_workers=2, shuffle=True)`` + per-image ``transforms`` (``RandomCrop(32,
+    padding=4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``), fp32, NCHW, Adam (lr
+    1e-3), cross-entropy; the SAME network and batch size as the fast recipe (``--config``'s
+    model, ``create_model(name, **knobs)``); test top-1 on the test ImageFolder after every
+    epoch; stops once every ``--thresholds`` top-1 is reached, or after ``--plain-max-epochs``.
+(ii) **fast**: ``--config`` (``jobs/configs/cifar10.yaml``) through cnn_ray on Ray, the code
+    path of ``jobs/train.py`` (:func:`cnn_ray.train.launch.run_training`: prepare step, Ray
+    Train worker) with ``eval.tta_epochs=all``, so every epoch's top-1 is the TTA figure; the
+    per-epoch figures come from the run's ``metrics.jsonl``. Runs the recipe's epochs.
+
+Prints, for each threshold (default 80% and 85%), the wall time each recipe needs to reach it
+from its start (data loading / Ray start / prepare included) and the training time alone
+(evaluation excluded), and the ratio plain / fast ("not reached within N epochs" otherwise, with
+the ratio's lower bound when only the fast recipe reached it); then the machine and its
+pure-compute images/s for the network (:func:`cnn_ray.benchmark.synthetic_images_per_sec`, the
+fast recipe's precision and layout). Uses the cluster in ``RAY_ADDRESS`` or starts local Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "jobs" / "configs" / "cifar10.yaml"
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10, as tutorials write
+
+# A curve: one dict per epoch, {"epoch" (1-based), "val_top1" (fraction), "wall_s" (seconds from
+# the recipe's start to the end of this epoch's evaluation), "train_s" (training seconds so far)}.
+Curve = list[dict[str, float]]
+
+
+def time_to(curve: Curve, threshold: float) -> Optional[dict[str, float]]:
+    """The first epoch of ``curve`` whose top-1 is >= ``threshold``, as ``{"epoch", "wall_s",
+    "train_s"}``; None when no epoch reaches it."""
+    for row in curve:
+        if row["val_top1"] >= threshold:
+            return {k: row[k] for k in ("epoch", "wall_s", "train_s")}
+    return None
+
+
+def compare(plain: Curve, fast: Curve, thresholds: Sequence[float]) -> list[dict[str, Any]]:
+    """Per threshold: ``{"threshold", "plain", "fast"}`` (each :func:`time_to` or None) and the
+    ratios plain / fast of wall and training time (None unless both reached it). When only the
+    fast recipe reached it, ``wall_ratio_at_least`` / ``train_ratio_at_least``: the plain run's
+    total times over the fast ones, a lower bound of the speed-up."""
+    out = []
+    for t in thresholds:
+        p, f = time_to(plain, t), time_to(fast, t)
+        row: dict[str, Any] = {"threshold": t, "plain": p, "fast": f,
+                               "wall_ratio": None, "train_ratio": None}
+        if p and f:
+            row["wall_ratio"] = round(p["wall_s"] / max(f["wall_s"], 1e-9), 2)
+            row["train_ratio"] = round(p["train_s"] / max(f["train_s"], 1e-9), 2)
+        elif f and plain:
+            row["wall_ratio_at_least"] = round(plain[-1]["wall_s"] / max(f["wall_s"], 1e-9), 2)
+            row["train_ratio_at_least"] = round(plain[-1]["train_s"] / max(f["train_s"], 1e-9), 2)
+        out.append(row)
+    return out
+
+
+def curve_from_metrics(rows: Sequence[dict], start_unix: float) -> Curve:
+    """A :data:`Curve` from a run's ``metrics.jsonl`` records (``epoch``, ``val_top1``,
+    ``epoch_s``: training seconds of the epoch, ``time``: unix time the record was written, after
+    the epoch's evaluation); ``start_unix``: when the recipe started (unix seconds)."""
+    curve, train_s = [], 0.0
+    for r in sorted(rows, key=lambda r: r["epoch"]):
+        train_s += float(r["epoch_s"])
+        curve.append({"epoch": int(r["epoch"]), "val_top1": float(r["val_top1"]),
+                      "wall_s": round(float(r["time"]) - start_unix, 2),
+                      "train_s": round(train_s, 2)})
+    return curve
+
+
+def describe(row: dict[str, Any], plain_epochs: int, fast_epochs: int) -> str:
+    """One printed line of a :func:`compare` row (times in seconds); ``*_epochs``: epochs each
+    recipe ran (0: not run)."""
+    def side(name: str, hit: Optional[dict], epochs: int) -> str:
+        if not hit and not epochs:
+            return f"{name}: not run"
+        if not hit:
+            return f"{name}: not reached within {epochs} epoch{'s' if epochs != 1 else ''}"
+        return (f"{name}: {hit['wall_s']:.0f} s from start, {hit['train_s']:.0f} s training "
+                f"(epoch {hit['epoch']})")
+
+    text = (f"{100 * row['threshold']:g}% top-1 -- {side('plain', row['plain'], plain_epochs)}; "
+            f"{side('fast', row['fast'], fast_epochs)}")
+    if row["wall_ratio"] is not None:
+        text += f"; plain/fast: {row['wall_ratio']}x wall, {row['train_ratio']}x training"
+    elif "wall_ratio_at_least" in row:
+        text += (f"; plain/fast: > {row['wall_ratio_at_least']}x wall, "
+                 f"> {row['train_ratio_at_least']}x training")
+    return text
+
+
+# ------------------------------------------------------------------------------ plain recipe
+def plain_loaders(train_dir: str, test_dir: str, batch_size: int, workers: int = 2):
+    """``(train_loader, test_loader, num_classes)`` as the tutorials build them."""
+    import torch
+    import torchvision
+    from torchvision import transforms as T
+
+    norm = T.Normalize(MEAN, STD)
+    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                          norm])
+    train = torchvision.datasets.ImageFolder(train_dir, transform=train_tf)
+    test = torchvision.datasets.ImageFolder(test_dir, transform=T.Compose([T.ToTensor(), norm]))
+    loader = torch.utils.data.DataLoader
+    return (loader(train, batch_size=batch_size, shuffle=True, num_workers=workers),
+            loader(test, batch_size=batch_size, shuffle=False, num_workers=workers),
+            len(train.classes))
+
+
+def plain_test_top1(model, loader, device) -> float:
+    """Top-1 (fraction) of ``model`` over ``loader``, in eval mode, without gradients."""
+    import torch
+
+    model.eval()
+    correct = seen = 0
+    with torch.no_grad():
+        for x, y in loader:
+            pred = model(x.to(device)).argmax(1).cpu()
+            correct += int((pred == y).sum())
+            seen += len(y)
+    return correct / max(seen, 1)
+
+
+def run_plain(cfg, *, batch_size: int, thresholds: Sequence[float], max_epochs: int,
+              device, seed: int = 0, log: Callable[[str], None] = print) -> Curve:
+    """Train the plain recipe (module docstring, (i)) on ``cfg.data.train`` and evaluate on
+    ``cfg.data.val`` after every epoch, until every threshold is reached or ``max_epochs``."""
+    import torch
+    import torch.nn.functional as F
+
+    from cnn_ray.models import create_model
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    train, test, classes = plain_loaders(os.path.expanduser(cfg.data.train),
+                                         os.path.expanduser(cfg.data.val), batch_size)
+    model = create_model(cfg.model.name, num_classes=classes, in_channels=3,
+                         **cfg.model.knobs()).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    curve: Curve = []
+    train_s = 0.0
+    for epoch in range(1, max_epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        for x, y in train:
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        train_s += time.perf_counter() - t0
+        top1 = plain_test_top1(model, test, device)
+        curve.append({"epoch": epoch, "val_top1": round(top1, 4), "train_s": round(train_s, 2),
+                      "wall_s": round(time.perf_counter() - start, 2)})
+        log(f"[tta] plain epoch {epoch}: test top-1 {top1:.4f}, {train_s:.0f} s training, "
+            f"{curve[-1]['wall_s']:.0f} s from start")
+        if all(time_to(curve, t) for t in thresholds):
+            break
+    return curve
+
+
+# ------------------------------------------------------------------------------ fast recipe
+def run_fast(cfg, *, force_prepare: bool = False,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg`` as ``jobs/train.py`` does (Ray start if none, prepare step, Ray Train) and
+    read its per-epoch figures back from ``<run dir>/metrics.jsonl``.
+
+    Returns ``{"curve": Curve, "ray_init_s", "prepare_s", "total_s", "run_dir"}`` (seconds; the
+    curve's ``wall_s`` from before Ray start; the driver's and the worker's clocks are compared,
+    so run it on one machine or clock-synchronised nodes).
+    """
+    import ray
+
+    from cnn_ray.io import read_jsonl_at
+    from cnn_ray.train.launch import prepare_data, run_dir, run_training
+
+    start_unix, start = time.time(), time.perf_counter()
+    if not ray.is_initialized():
+        ray.init()  # RAY_ADDRESS or local Ray, as jobs/train.py
+    ray_init_s = time.perf_counter() - start
+    prepared = prepare_data(cfg, force=force_prepare)
+    prepare_s = time.perf_counter() - start - ray_init_s
+    log(f"[tta] fast: Ray {ray_init_s:.1f} s, prepare {prepare_s:.1f} s; training {cfg.run.name}")
+    run_training(cfg, prepared=prepared)
+    total_s = time.perf_counter() - start
+    directory = run_dir(cfg)
+    curve = curve_from_metrics(read_jsonl_at(directory, "metrics.jsonl"), start_unix)
+    for row in curve:
+        log(f"[tta] fast epoch {row['epoch']}: test top-1 {row['val_top1']:.4f}, "
+            f"{row['train_s']:.0f} s training, {row['wall_s']:.0f} s from start")
+    return {"curve": curve, "ray_init_s": round(ray_init_s, 2), "prepare_s": round(prepare_s, 2),
+            "total_s": round(total_s, 2), "run_dir": directory}
+
+
+# ------------------------------------------------------------------------------ command line
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="the fast recipe (YAML)")
+    p.add_argument("--batch-size", type=int,
+                   help="batch size of both recipes (default: the fast recipe's optim.batch_size)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.80, 0.85],
+                   help="test top-1 fractions to time")
+    p.add_argument("--plain-max-epochs", type=int, default=40)
+    p.add_argument("--only", choices=["plain", "fast"], help="run one recipe only")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides of the fast recipe (data paths apply to both)")
+    p.add_argument("--storage", help="run.storage_path of the fast run (default: the recipe's)")
+    p.add_argument("--force-prepare", action="store_true", help="redo the prepare step")
+    p.add_argument("--compute-steps", type=int, default=5,
+                   help="timed steps of the pure-compute images/s (0: skip)")
+    p.add_argument("--seed", type=int, default=0, help="seed of both recipes")
+    p.add_argument("--smoke", action="store_true",
+                   help="20 train / 10 test images per class, 1 epoch each, batch 64")
+    p.add_argument("--json", help="write the figures to this JSON file")
+    return p
+
+
+def fast_config(args: argparse.Namespace, device):
+    """The validated fast-recipe config for ``args`` (``eval.tta_epochs=all``, a fresh run
+    name, the seed, ``--set``, ``--batch-size``, ``--storage``; ``--smoke``: subsets, 1 epoch).
+
+    Raises:
+        cnn_ray.config.ConfigError: an invalid override or a data path that does not exist.
+    """
+    from cnn_ray.config_io import load_train_config
+
+    overrides = [*args.set, "eval.tta_epochs=all", f"run.seed={args.seed}",
+                 f"run.name=time_to_accuracy_{time.strftime('%Y%m%d_%H%M%S')}"]
+    if args.smoke:
+        from cnn_ray.datasets import cifar10_subset
+
+        overrides += [f"data.train={cifar10_subset('train', 20)}",
+                      f"data.val={cifar10_subset('test', 10)}", "optim.epochs=1"]
+    batch = args.batch_size or (64 if args.smoke else None)
+    overrides += [f"optim.batch_size={batch}"] if batch else []
+    overrides += [f"run.storage_path={args.storage}"] if args.storage else []
+    overrides += ["scaling.use_gpu=true"] if device.type == "cuda" else []
+    return load_train_config(args.config, overrides)
+
+
+def _pure_compute(cfg, steps: int) -> Optional[float]:
+    """Median images/s of forward+backward+step of the network on in-memory tensors (the fast
+    recipe's batch, precision and layout); None when ``steps`` is 0."""
+    if steps <= 0:
+        return None
+    from cnn_ray.benchmark import synthetic_images_per_sec
+
+    return round(synthetic_images_per_sec(cfg, 10, steps=steps, warmup=1), 1)
+
+
+def measure(args: argparse.Namespace, cfg, device) -> dict[str, Any]:
+    """Run the selected recipes and build the JSON document (curves, comparison, machine)."""
+    import torch
+
+    from cnn_ray.benchmark import hardware_summary
+
+    plain_epochs = 1 if args.smoke else args.plain_max_epochs
+    plain = fast = None
+    if args.only in (None, "plain"):
+        plain = {"curve": run_plain(cfg, batch_size=cfg.optim.batch_size, seed=args.seed,
+                                    thresholds=args.thresholds, max_epochs=plain_epochs,
+                                    device=device),
+                 "max_epochs": plain_epochs, "torch_threads": torch.get_num_threads()}
+    if args.only in (None, "fast"):
+        fast = run_fast(cfg, force_prepare=args.force_prepare)
+        fast["epochs"] = cfg.optim.epochs
+    return {"config": str(args.config), "set": list(args.set), "eval": "tta_epochs=all",
+            "batch_size": cfg.optim.batch_size, "thresholds": list(args.thresholds),
+            "seed": args.seed, "smoke": args.smoke, "device": str(device),
+            "train_dir": cfg.data.train, "test_dir": cfg.data.val, "plain": plain, "fast": fast,
+            "comparison": compare(plain["curve"] if plain else [], fast["curve"] if fast else [],
+                                  args.thresholds),
+            "machine": hardware_summary(),
+            "pure_compute_images_per_sec": _pure_compute(cfg, 1 if args.smoke else
+                                                         args.compute_steps)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Measure, print the times to each threshold and their ratios, write ``--json``. Exit 2 on
+    an invalid override or missing data."""
+    import torch
+
+    from cnn_ray.config import ConfigError
+    from cnn_ray.io import atomic_write_json
+
+    args = _parser().parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        cfg = fast_config(args, device)
+    except ConfigError as exc:
+        print(f"time_to_accuracy: {exc}", file=sys.stderr)
+        return 2
+    doc = measure(args, cfg, device)
+    plain_n = doc["plain"]["curve"][-1]["epoch"] if doc["plain"] else 0
+    fast_n = doc["fast"]["curve"][-1]["epoch"] if doc["fast"] and doc["fast"]["curve"] else 0
+    print(f"\n[tta] batch {doc['batch_size']}, seed {doc['seed']}, device {doc['device']}, "
+          f"train {doc['train_dir']}, test {doc['test_dir']}")
+    for row in doc["comparison"]:
+        print("[tta] " + describe(row, plain_n, fast_n))
+    if doc["fast"]:
+        print(f"[tta] fast: Ray start {doc['fast']['ray_init_s']} s, prepare "
+              f"{doc['fast']['prepare_s']} s, whole run {doc['fast']['total_s']} s")
+    print(f"[tta] machine: {doc['machine']}; pure-compute images/s of the network "
+          f"(fast recipe's batch/precision): {doc['pure_compute_images_per_sec']}")
+    if args.json:
+        atomic_write_json(args.json, doc, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
