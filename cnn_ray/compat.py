@@ -87,75 +87,87 @@ def mkldnn_bf16_supported() -> bool:
 
 
 # ------------------------------------------------------------------------------ checks
+def _check_asha_rungs() -> None:
+    from ray.tune.schedulers import ASHAScheduler
+
+    s = ASHAScheduler(time_attr="training_iteration", metric="m", mode="max", max_t=4)
+    rungs = asha_rungs(s)
+    assert rungs and all(isinstance(rec, dict) for b in rungs for _, rec in b), \
+        "AsyncHyperBandScheduler._brackets[i]._rungs: (milestone, {trial: value}) pairs"
+
+
+def _check_experiment_trials() -> None:
+    import inspect
+
+    from ray.tune import ResultGrid
+
+    assert "self._experiment_analysis" in inspect.getsource(ResultGrid.__init__), \
+        "ResultGrid._experiment_analysis"
+
+
+def _check_placement_group_rows() -> None:
+    from ray._private.state import state
+    from ray._raylet import GlobalStateAccessor
+    from ray.core.generated import gcs_pb2
+
+    assert callable(getattr(state, "_connect_and_get_accessor", None)), \
+        "ray._private.state.state._connect_and_get_accessor"
+    assert callable(getattr(GlobalStateAccessor, "get_placement_group_table", None)), \
+        "GlobalStateAccessor.get_placement_group_table"
+    assert hasattr(gcs_pb2.PlacementGroupTableData, "REMOVED")
+    for f in ("creator_actor_dead", "creator_actor_id", "creator_job_id", "is_detached",
+              "placement_group_id", "state"):
+        assert f in gcs_pb2.PlacementGroupTableData.DESCRIPTOR.fields_by_name, f
+
+
+def _check_session_dir() -> None:
+    import ray._private.node
+    import ray._private.worker as rw
+
+    assert hasattr(rw, "_global_node"), "ray._private.worker._global_node"
+    assert callable(getattr(ray._private.node.Node, "get_session_dir_path", None)), \
+        "ray._private.node.Node.get_session_dir_path"
+
+
+def _check_data_execution_index() -> None:
+    import ray.data
+
+    assert hasattr(ray.data.DataContext.get_current(), "_execution_idx"), \
+        "DataContext._execution_idx"
+
+
+def _check_resolve_execution_options() -> None:
+    import ray.train
+
+    assert callable(getattr(ray.train.DataConfig, "_resolve_execution_options", None)), \
+        "ray.train.DataConfig._resolve_execution_options"
+
+
+def _check_set_scheduler_last_lr() -> None:
+    import torch
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    assert hasattr(sched, "_last_lr"), "LRScheduler._last_lr"
+    set_scheduler_last_lr(sched)
+    assert sched.get_last_lr() == [0.1]
+
+
+def _check_mkldnn_bf16_supported() -> None:
+    import torch
+
+    assert callable(torch.ops.mkldnn._is_mkldnn_bf16_supported), \
+        "torch.ops.mkldnn._is_mkldnn_bf16_supported"
+
+
 def _checks() -> dict[str, Callable[[], Any]]:
-    def asha():
-        from ray.tune.schedulers import ASHAScheduler
-
-        s = ASHAScheduler(time_attr="training_iteration", metric="m", mode="max", max_t=4)
-        rungs = asha_rungs(s)
-        assert rungs and all(isinstance(rec, dict) for b in rungs for _, rec in b), \
-            "AsyncHyperBandScheduler._brackets[i]._rungs: (milestone, {trial: value}) pairs"
-
-    def grid():
-        import inspect
-
-        from ray.tune import ResultGrid
-
-        assert "self._experiment_analysis" in inspect.getsource(ResultGrid.__init__), \
-            "ResultGrid._experiment_analysis"
-
-    def pgs():
-        from ray._private.state import state
-        from ray._raylet import GlobalStateAccessor
-        from ray.core.generated import gcs_pb2
-
-        assert callable(getattr(state, "_connect_and_get_accessor", None)), \
-            "ray._private.state.state._connect_and_get_accessor"
-        assert callable(getattr(GlobalStateAccessor, "get_placement_group_table", None)), \
-            "GlobalStateAccessor.get_placement_group_table"
-        assert hasattr(gcs_pb2.PlacementGroupTableData, "REMOVED")
-        for f in ("creator_actor_dead", "creator_actor_id", "creator_job_id", "is_detached",
-                  "placement_group_id", "state"):
-            assert f in gcs_pb2.PlacementGroupTableData.DESCRIPTOR.fields_by_name, f
-
-    def node():
-        import ray._private.node
-        import ray._private.worker as rw
-
-        assert hasattr(rw, "_global_node"), "ray._private.worker._global_node"
-        assert callable(getattr(ray._private.node.Node, "get_session_dir_path", None)), \
-            "ray._private.node.Node.get_session_dir_path"
-
-    def data_ctx():
-        import ray.data
-
-        assert hasattr(ray.data.DataContext.get_current(), "_execution_idx"), \
-            "DataContext._execution_idx"
-
-    def data_cfg():
-        import ray.train
-
-        assert callable(getattr(ray.train.DataConfig, "_resolve_execution_options", None)), \
-            "ray.train.DataConfig._resolve_execution_options"
-
-    def last_lr():
-        import torch
-
-        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        assert hasattr(sched, "_last_lr"), "LRScheduler._last_lr"
-        set_scheduler_last_lr(sched)
-        assert sched.get_last_lr() == [0.1]
-
-    def mkldnn():
-        import torch
-
-        assert callable(torch.ops.mkldnn._is_mkldnn_bf16_supported), \
-            "torch.ops.mkldnn._is_mkldnn_bf16_supported"
-
-    return {"mkldnn_bf16_supported": mkldnn, "asha_rungs": asha, "experiment_trials": grid, "placement_group_rows": pgs,
-            "session_dir": node, "data_execution_index": data_ctx,
-            "resolve_execution_options": data_cfg, "set_scheduler_last_lr": last_lr}
+    """Wrapper name -> a check that raises when its private API is gone."""
+    return {"mkldnn_bf16_supported": _check_mkldnn_bf16_supported,
+            "asha_rungs": _check_asha_rungs, "experiment_trials": _check_experiment_trials,
+            "placement_group_rows": _check_placement_group_rows,
+            "session_dir": _check_session_dir, "data_execution_index": _check_data_execution_index,
+            "resolve_execution_options": _check_resolve_execution_options,
+            "set_scheduler_last_lr": _check_set_scheduler_last_lr}
 
 
 def check() -> list[str]:
