@@ -91,9 +91,6 @@ def run_sweep(
         ConfigError: a bad space, setting, sampled configuration, or resources that do not fit,
             named by key, before any trial runs.
     """
-    import ray
-
-    from cnn_ray.train.launch import check_cluster_fits, prepare_data
     from cnn_ray.tune.results import summarize_sweep
 
     if settings is None:
@@ -105,6 +102,26 @@ def run_sweep(
                      settings_from(SchedulerSettings, scheduler, "scheduler"),
                      settings_from(SearcherSettings, searcher, "searcher"), points)
     restoring = _decide_resume(plan, resume)
+    concurrency, trainable = _start(plan)
+    t0 = time.time()
+    grid = _tuner(plan, trainable, concurrency, restoring=restoring, verbose=verbose,
+                  tune_callbacks=tune_callbacks).fit()
+    wall = time.time() - t0
+    wait_for_release()
+    unfinished, not_started = unfinished_trials(plan, grid)
+    _warn_if_interrupted(plan, unfinished, not_started)
+    return summarize_sweep(plan, grid, wall_s=wall, output_dir=output_dir,
+                           concurrency=concurrency, resumed=restoring, unfinished=unfinished,
+                           not_started=not_started)
+
+
+def _start(plan: SweepPlan) -> tuple[int, Any]:
+    """Connect to (or start) Ray, check the base recipe fits, decide the concurrency, prepare
+    the data once on the driver, build the trial function and record the sweep's spec.
+    Returns ``(concurrency, trainable)``."""
+    import ray
+
+    from cnn_ray.train.launch import check_cluster_fits, prepare_data
 
     if not ray.is_initialized():
         ray.init()
@@ -114,22 +131,15 @@ def run_sweep(
     trainable = make_trainable(plan, prepared)
     if plan.local:
         io.atomic_write_text(Path(plan.exp_dir) / SPEC_FILE, json.dumps(plan.spec(), indent=1))
+    return concurrency, trainable
 
-    t0 = time.time()
-    tuner = _tuner(plan, trainable, concurrency, restoring=restoring, verbose=verbose,
-                   tune_callbacks=tune_callbacks)
-    grid = tuner.fit()
-    wall = time.time() - t0
-    wait_for_release()
-    unfinished, not_started = unfinished_trials(plan, grid)
+
+def _warn_if_interrupted(plan: SweepPlan, unfinished: list[str], not_started: int) -> None:
     if unfinished or not_started:
         print(f"[cnn_ray] sweep interrupted: {len(unfinished)} trial(s) unfinished, "
               f"{not_started} not started; its "
               f"state is saved in {plan.exp_dir}: run the same command again (or with "
               "--resume) to continue without re-running finished trials", flush=True)
-    return summarize_sweep(plan, grid, wall_s=wall, output_dir=output_dir,
-                           concurrency=concurrency, resumed=restoring, unfinished=unfinished,
-                           not_started=not_started)
 
 
 def _tuner(plan: SweepPlan, trainable, concurrency: int, *, restoring: bool, verbose: int,
