@@ -44,6 +44,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, on any node
 
@@ -167,93 +168,109 @@ def _released(timeout: float = 60.0) -> bool:
 
 # ------------------------------------------------------------------------------ faults
 def fault_scenarios(args) -> dict:
+    """The faults on a 2-node local cluster: an undisturbed reference run, then each fault
+    asked for (``--faults``), each judged against the reference's final top-1."""
     import ray
-    import yaml
     from ray.cluster_utils import Cluster
 
-    from cnn_ray.config import TrainConfig
-    from cnn_ray.train.launch import prepare_data, run_training
+    from cnn_ray.train.launch import prepare_data
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     storage = Path(tempfile.mkdtemp(prefix="cnn_ray_faults_"))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    node2 = cluster.add_node(num_cpus=2)
+    ctx = SimpleNamespace(cluster=cluster, node2=cluster.add_node(num_cpus=2), storage=storage,
+                          env=None, limit=args.fault_timeout, results={}, top1=None)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
-    env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONPATH": str(REPO)}
-    results: dict = {"storage": str(storage), "nodes": 2}
-    limit = args.fault_timeout
-
-    def cfg(name: str) -> TrainConfig:
-        return TrainConfig.from_dict(_recipe(storage, name))
-
-    prepare_data(cfg("prepare"), progress=False)
-
+    ctx.env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONPATH": str(REPO)}
+    ctx.results.update(storage=str(storage), nodes=2)
+    prepare_data(_cfg(ctx, "prepare"), progress=False)
     want = set(args.faults or FAULTS)
-    if not want & {"worker_killed", "node_removed", "driver_killed"}:
-        return _later_faults(args, want, cluster, storage, env, results)
+    if want & {"worker_killed", "node_removed", "driver_killed"}:
+        for step in (_undisturbed, _worker_killed, _node_removed, _driver_killed):
+            step(ctx)
+    return _later_faults(args, want, cluster, storage, ctx.env, ctx.results)
 
-    # undisturbed --------------------------------------------------------------------
+
+def _cfg(ctx, name: str):
+    from cnn_ray.config import TrainConfig
+
+    return TrainConfig.from_dict(_recipe(ctx.storage, name))
+
+
+def _record(ctx, name: str, res: dict) -> None:
+    ctx.results[name] = res
+    print(f"[faults] {name}: {json.dumps(res)}", flush=True)
+
+
+def _undisturbed(ctx) -> None:
+    from cnn_ray.train.launch import run_training
+
     t0 = time.time()
-    run_training(cfg("undisturbed"))
-    ref = _outcome(storage / "undisturbed", None, None)
-    ref["seconds"] = round(time.time() - t0, 1)
-    results["undisturbed"] = ref
-    top1 = ref["final_val_top1"]
-    print(f"[faults] undisturbed: {json.dumps(ref)}", flush=True)
+    run_training(_cfg(ctx, "undisturbed"))
+    ref = _outcome(ctx.storage / "undisturbed", None, None)
+    ref["wall_s"] = round(time.time() - t0, 1)
+    ctx.top1 = ref["final_val_top1"]
+    _record(ctx, "undisturbed", ref)
 
-    # one Train worker SIGKILLed mid-epoch ----------------------------------------------
-    marker = storage / "worker_killed.marker"
+
+def _worker_killed(ctx) -> None:
+    """One Train worker SIGKILLed mid-epoch."""
+    from cnn_ray.train.launch import run_training
+
+    marker = ctx.storage / "worker_killed.marker"
     t, box = _run_in_thread(lambda: run_training(
-        cfg("worker_killed"), fault_injection={"rank": 1, "epoch": 2, "step": 2,
-                                              "marker": str(marker)}))
-    t.join(limit)
+        _cfg(ctx, "worker_killed"), fault_injection={"rank": 1, "epoch": 2, "step": 2,
+                                                     "marker": str(marker)}))
+    t.join(ctx.limit)
     fault_time = marker.stat().st_mtime if marker.exists() else None
-    res = _outcome(storage / "worker_killed", fault_time, top1)
+    res = _outcome(ctx.storage / "worker_killed", fault_time, ctx.top1)
     res.update(hang=t.is_alive(), error=box.get("error"), fault_happened=fault_time is not None)
-    results["worker_killed"] = res
-    print(f"[faults] worker_killed: {json.dumps(res)}", flush=True)
+    _record(ctx, "worker_killed", res)
     _released()
 
-    # worker node removed mid-run --------------------------------------------------------
-    run = storage / "node_removed"
-    t, box = _run_in_thread(lambda: run_training(cfg("node_removed")))
-    removed = _wait_for(lambda: len(_jsonl(run / "metrics.jsonl")) >= 1, limit)
+
+def _node_removed(ctx) -> None:
+    """The worker node removed mid-run (a new one is added afterwards)."""
+    from cnn_ray.train.launch import run_training
+
+    run = ctx.storage / "node_removed"
+    t, box = _run_in_thread(lambda: run_training(_cfg(ctx, "node_removed")))
     fault_time = None
-    if removed:
+    if _wait_for(lambda: len(_jsonl(run / "metrics.jsonl")) >= 1, ctx.limit):
         time.sleep(1.0)  # mid-epoch 2
         fault_time = time.time()
-        cluster.remove_node(node2)
-    t.join(limit)
-    res = _outcome(run, fault_time, top1)
+        ctx.cluster.remove_node(ctx.node2)
+    t.join(ctx.limit)
+    res = _outcome(run, fault_time, ctx.top1)
     res.update(hang=t.is_alive(), error=box.get("error"), fault_happened=fault_time is not None)
-    results["node_removed"] = res
-    print(f"[faults] node_removed: {json.dumps(res)}", flush=True)
+    _record(ctx, "node_removed", res)
     _released()
-    cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
+    ctx.cluster.add_node(num_cpus=2)
+    ctx.cluster.wait_for_nodes()
 
-    # job driver SIGKILLed, then re-submitted with the same run name ---------------------
-    recipe = storage / "driver_killed.yaml"
-    recipe.write_text(yaml.safe_dump(_recipe(storage, "driver_killed")))
-    run = storage / "driver_killed"
+
+def _driver_killed(ctx) -> None:
+    """The job driver SIGKILLed, then re-submitted with the same run name."""
+    import yaml
+
+    recipe = ctx.storage / "driver_killed.yaml"
+    recipe.write_text(yaml.safe_dump(_recipe(ctx.storage, "driver_killed")))
+    run = ctx.storage / "driver_killed"
     cmd = [sys.executable, str(REPO / "jobs" / "train.py"), "--config", str(recipe)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, env=ctx.env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     fault_time = None
-    if _wait_for(lambda: len(_jsonl(run / "metrics.jsonl")) >= 1, limit):
+    if _wait_for(lambda: len(_jsonl(run / "metrics.jsonl")) >= 1, ctx.limit):
         time.sleep(1.0)
         fault_time = time.time()
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    rc, hang = _run_again(cmd, env, limit)
-    res = _outcome(run, fault_time, top1)
+    rc, hang = _run_again(cmd, ctx.env, ctx.limit)
+    res = _outcome(run, fault_time, ctx.top1)
     res.update(hang=hang, resubmit_exit_code=rc, fault_happened=fault_time is not None)
-    results["driver_killed"] = res
-    print(f"[faults] driver_killed: {json.dumps(res)}", flush=True)
+    _record(ctx, "driver_killed", res)
     _released()
-
-    return _later_faults(args, want, cluster, storage, env, results)
 
 
 def _later_faults(args, want, cluster, storage: Path, env: dict, results: dict) -> dict:
@@ -335,7 +352,7 @@ def one_node_reference(args) -> dict:
     t0 = time.time()
     run_training(TrainConfig.from_dict(raw))
     out = _outcome(storage / "one_node", None, None)
-    out["seconds"] = round(time.time() - t0, 1)
+    out["wall_s"] = round(time.time() - t0, 1)
     ray.shutdown()
     return out
 
@@ -503,7 +520,7 @@ def main(argv=None) -> int:
         if "undisturbed" in f:
             print(f"  undisturbed: {f['undisturbed']['final_val_top1']:.4f} top-1 after {EPOCHS} "
                   f"epochs, workers on {f['undisturbed']['nodes_per_start'][0]} nodes, "
-                  f"{f['undisturbed']['seconds']} s")
+                  f"{f['undisturbed']['wall_s']} s")
         for n in names:
             r = f[n]
             print(f"  fault {n:20s} {'survived' if survived[n] else 'NOT SURVIVED'}: "
