@@ -217,17 +217,10 @@ def _timed(iterable: Iterable) -> Iterable[tuple[float, object]]:
 
 
 def train_one_epoch(
-    model: nn.Module,
-    batches: Iterable[dict],
-    optimizer: torch.optim.Optimizer,
-    s: StepSettings,
-    *,
-    scheduler=None,
-    scheduler_per_step: bool = True,
-    scaler: Optional[torch.amp.GradScaler] = None,
-    max_steps: Optional[int] = None,
-    log: Optional[Callable[[str], None]] = None,
-    hooks: Optional[StepHooks] = None,
+    model: nn.Module, batches: Iterable[dict], optimizer: torch.optim.Optimizer, s: StepSettings,
+    *, scheduler=None, scheduler_per_step: bool = True,
+    scaler: Optional[torch.amp.GradScaler] = None, max_steps: Optional[int] = None,
+    log: Optional[Callable[[str], None]] = None, hooks: Optional[StepHooks] = None,
 ) -> EpochStats:
     """Train for one pass over ``batches`` and return this rank's :class:`EpochStats`.
 
