@@ -86,6 +86,12 @@ def mkldnn_bf16_supported() -> bool:
         return False
 
 
+def compiled_original(model):
+    """The module a ``torch.compile`` wrapper (``OptimizedModule``) holds, or ``model`` itself
+    (private ``OptimizedModule._orig_mod``; torch has no public accessor)."""
+    return getattr(model, "_orig_mod", model)
+
+
 # ------------------------------------------------------------------------------ checks
 def _check_asha_rungs() -> None:
     from ray.tune.schedulers import ASHAScheduler
@@ -160,6 +166,13 @@ def _check_mkldnn_bf16_supported() -> None:
         "torch.ops.mkldnn._is_mkldnn_bf16_supported"
 
 
+def _check_compiled_original() -> None:
+    import torch
+
+    net = torch.nn.Linear(1, 1)
+    assert compiled_original(torch.compile(net)) is net, "OptimizedModule._orig_mod"
+
+
 def _checks() -> dict[str, Callable[[], Any]]:
     """Wrapper name -> a check that raises when its private API is gone."""
     return {"mkldnn_bf16_supported": _check_mkldnn_bf16_supported,
@@ -167,7 +180,8 @@ def _checks() -> dict[str, Callable[[], Any]]:
             "placement_group_rows": _check_placement_group_rows,
             "session_dir": _check_session_dir, "data_execution_index": _check_data_execution_index,
             "resolve_execution_options": _check_resolve_execution_options,
-            "set_scheduler_last_lr": _check_set_scheduler_last_lr}
+            "set_scheduler_last_lr": _check_set_scheduler_last_lr,
+            "compiled_original": _check_compiled_original}
 
 
 def check() -> list[str]:

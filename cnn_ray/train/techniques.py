@@ -122,8 +122,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     Works for any world size: ``prepare_model`` wraps in DDP only when there is more than one
     worker, so never write ``model.module`` blindly.
     """
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+    from cnn_ray.compat import compiled_original
+
+    return compiled_original(getattr(model, "module", model))
 
 
 @contextlib.contextmanager
