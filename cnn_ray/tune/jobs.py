@@ -86,14 +86,17 @@ def load_sweep_file(path: str | os.PathLike, overrides: Sequence[str] = (), *,
 def tune_main(config_path: str, overrides: Sequence[str] = (), *, resume: bool = False) -> int:
     """``cnn-ray tune --config SWEEP.yaml [--resume] [key=value ...]``.
 
-    Without ``--resume`` a saved sweep of the same name is resumed when there is one (and it
-    is the same sweep); with ``--resume`` it must exist. Returns 0 when the sweep finished and
-    at least one trial reported, else 1 (interrupted: run it again to continue). Config problems raise :class:`ConfigError` (exit status 2 in the CLI).
+    A sweep is restored only when asked: with ``--resume`` the saved sweep must exist (and be
+    the same sweep); without it, a sweep name that exists is a :class:`ConfigError` (resume it
+    or choose another name). Restoring unpickles Tune's files from the sweep's storage, so
+    only resume sweeps from storage you trust. Returns 0 when the sweep finished and at least
+    one trial reported, else 1 (interrupted: run it again with ``--resume`` to continue).
+    Config problems raise :class:`ConfigError` (exit status 2 in the CLI).
     """
     from cnn_ray.tune.sweep import run_sweep
 
     spec = load_sweep_file(config_path, overrides)
     # run_sweep validates everything, then connects to RAY_ADDRESS or starts local Ray.
     result = run_sweep(spec.base, spec.space, settings=spec.sweep, scheduler=spec.scheduler,
-                       searcher=spec.searcher, resume=True if resume else None)
+                       searcher=spec.searcher, resume=bool(resume))
     return 0 if result.best is not None and not result.interrupted else 1

@@ -138,8 +138,9 @@ def _warn_if_interrupted(plan: SweepPlan, unfinished: list[str], not_started: in
     if unfinished or not_started:
         print(f"[cnn_ray] sweep interrupted: {len(unfinished)} trial(s) unfinished, "
               f"{not_started} not started; its "
-              f"state is saved in {plan.exp_dir}: run the same command again (or with "
-              "--resume) to continue without re-running finished trials", flush=True)
+              f"state is saved in {plan.exp_dir}: run the same command with --resume "
+              "(run_sweep(..., resume=True)) to continue without re-running finished trials",
+              flush=True)
 
 
 def _tuner(plan: SweepPlan, trainable, concurrency: int, *, restoring: bool, verbose: int,
