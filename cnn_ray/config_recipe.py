@@ -58,12 +58,18 @@ class BatchNormSettings(_Strict):
 
 class EMA(_Strict):
     """An exponential moving average of the weights (``torch.optim.swa_utils.AveragedModel``),
-    evaluated and checkpointed instead of the raw weights (airbench's lookahead; Polyak)."""
+    evaluated and checkpointed instead of the raw weights (Polyak averaging); with
+    ``lookahead`` the average is also copied back into the trained weights after each update
+    (airbench's Lookahead: decay 0.95**5 every 5 steps from epoch 3, ``power`` 3)."""
 
     enabled: bool = False
     decay: float = Field(0.99, gt=0.0, lt=1.0, description="per update")
     every_steps: int = Field(5, ge=1, description="optimiser steps between updates")
     warmup: bool = Field(True, description="decay ramps up as (1+n)/(10+n) early on")
+    power: float = Field(0.0, ge=0.0, description="decay * (step / total steps) ** power "
+                         "(replaces warmup when > 0; airbench: 3)")
+    start_epoch: float = Field(0.0, ge=0.0, description="updates begin after these epochs")
+    lookahead: bool = Field(False, description="copy the average back into the weights")
 
 
 class EvalConfig(_Strict):

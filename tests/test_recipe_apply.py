@@ -246,3 +246,31 @@ def test_compile_keeps_state_dict_keys_and_ema_copy_runs_its_own_weights(tmp_pat
     x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     assert torch.equal(ema.module(x), torch.zeros(2, 3))
     assert compiled(x).abs().sum() > 0
+
+
+def test_lookahead_ema_starts_late_ramps_and_copies_back():
+    """airbench's Lookahead: no update before start_epoch, decay * (step/total)**power, and the
+    average copied back into the trained weights after each update."""
+    import torch
+    from torch import nn
+
+    from cnn_ray.config_recipe import EMA
+    from cnn_ray.recipe.apply import EmaUpdate
+    from cnn_ray.recipe.ema import make_ema
+
+    model = nn.Linear(2, 1, bias=False)
+    ema = make_ema(model, decay=0.5)
+    upd = EmaUpdate(ema, model, EMA(enabled=True, decay=0.5, every_steps=1, power=1.0,
+                                    start_epoch=1, lookahead=True, warmup=False),
+                    steps_per_epoch=2, total_steps=4)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    upd(1)  # step 1 < first update step 2: nothing
+    assert int(ema.n_averaged) == 0
+    upd(2)  # first update copies the weights
+    assert int(ema.n_averaged) == 1 and torch.equal(ema.module.weight, model.weight)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    upd(3)  # decay 0.5 * (3/4) = 0.375: 0.375 * 1 + 0.625 * 3 = 2.25, copied back
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), 2.25))
+    assert torch.allclose(model.weight, torch.full((1, 2), 2.25))

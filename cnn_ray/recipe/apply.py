@@ -26,7 +26,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from cnn_ray.config import TrainConfig
 from cnn_ray.config_recipe import EMA
 from cnn_ray.recipe.batchnorm import batchnorm_modules
-from cnn_ray.recipe.ema import make_ema
+from cnn_ray.recipe.ema import copy_ema_to_model, ema_decay_at, make_ema
 from cnn_ray.recipe.mixing import mixing_transform
 from cnn_ray.recipe.tta import predict_tta, tta_views
 from cnn_ray.recipe.whitening import first_conv, patch_whitening_weights
@@ -189,22 +189,32 @@ def ema_warmup_decay(decay: float, updates: int) -> float:
 class EmaUpdate:
     """``StepHooks.after_step`` callable: fold ``model`` into ``ema`` every ``every_steps``
     optimiser steps (counted over the run from ``start_step``, so a resumed run keeps the
-    phase), with the warm-up decay of :func:`ema_warmup_decay` when ``warmup``."""
+    phase) once ``start_epoch`` epochs are done, with the decay ramp ``power``
+    (:func:`cnn_ray.recipe.ema.ema_decay_at` over ``total_steps``) or the warm-up of
+    :func:`ema_warmup_decay` when ``warmup``; with ``lookahead`` the average is copied back
+    into the model after each update (airbench)."""
 
-    def __init__(self, ema: AveragedModel, model: nn.Module, settings: EMA, start_step: int = 0):
+    def __init__(self, ema: AveragedModel, model: nn.Module, settings: EMA, start_step: int = 0,
+                 *, steps_per_epoch: int = 1, total_steps: Optional[int] = None):
         self.ema, self.model, self.settings = ema, unwrap_model(model), settings
         self.step = int(start_step)
+        self.first = int(settings.start_epoch * steps_per_epoch)
+        self.total = total_steps
 
     @torch.no_grad()
     def __call__(self, epoch_step: int) -> None:
         self.step += 1
-        if self.step % self.settings.every_steps:
+        if self.step < self.first or self.step % self.settings.every_steps:
             return
-        decay = self.settings.decay
-        if self.settings.warmup:
-            decay = ema_warmup_decay(decay, int(self.ema.n_averaged))
+        s = self.settings
+        if s.power > 0:
+            decay = ema_decay_at(s.decay, self.step, self.total, s.power)
+        else:
+            decay = ema_warmup_decay(s.decay, int(self.ema.n_averaged)) if s.warmup else s.decay
         self.ema.multi_avg_fn = get_ema_multi_avg_fn(decay)
         self.ema.update_parameters(self.model)
+        if s.lookahead:
+            copy_ema_to_model(self.ema, self.model)
 
 
 def eval_model(model: nn.Module, ema: Optional[AveragedModel]) -> nn.Module:
@@ -214,12 +224,14 @@ def eval_model(model: nn.Module, ema: Optional[AveragedModel]) -> nn.Module:
 
 # ------------------------------------------------------------------------------ step loop
 def build_step_hooks(cfg: TrainConfig, model: nn.Module, ema: Optional[AveragedModel],
-                     num_classes: int, *, seed: int = 0, start_step: int = 0) -> StepHooks:
+                     num_classes: int, *, seed: int = 0, start_step: int = 0,
+                     steps_per_epoch: int = 1) -> StepHooks:
     """The :class:`~cnn_ray.train.loop.StepHooks` of ``cfg``: MixUp/CutMix as the batch
     transform (``augment.mixup`` / ``augment.cutmix``), an :class:`EmaUpdate` after each step
     when ``ema`` is given. ``seed``: the mixing draws' seed (per rank); ``start_step``:
     optimiser steps already done (a resumed run)."""
-    after = [EmaUpdate(ema, model, cfg.optim.ema, start_step)] if ema is not None else []
+    after = [EmaUpdate(ema, model, cfg.optim.ema, start_step, steps_per_epoch=steps_per_epoch,
+                       total_steps=steps_per_epoch * cfg.optim.epochs)] if ema is not None else []
     return StepHooks(batch_transform=mixing_transform(cfg.augment, num_classes, seed),
                      after_step=after)
 

@@ -47,7 +47,8 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
     host = InMemoryShard(train[0], train[1], np.arange(len(train[0]), dtype=np.int64))
     shard = shard_for_device(host, device, cfg.augment)
     val_shard = shard_for_device(InMemoryShard(val[0], val[1], np.arange(len(val[0]))), device)
-    hooks = build_step_hooks(cfg, parts.model, parts.ema, summary.num_classes, seed=cfg.run.seed)
+    hooks = build_step_hooks(cfg, parts.model, parts.ema, summary.num_classes, seed=cfg.run.seed,
+                             steps_per_epoch=parts.steps_per_epoch)
     train_s = eval_s = 0.0
     images, by_epoch = 0, []
     for epoch in range(cfg.optim.epochs):

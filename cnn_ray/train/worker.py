@@ -69,7 +69,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     smoke = 2 if cfg.run.smoke else None  # steps and validation batches per epoch
     hooks = build_step_hooks(cfg, parts.model, parts.ema, inputs.data.num_classes,
                              seed=cfg.run.seed + rank,
-                             start_step=progress.start_epoch * parts.steps_per_epoch)
+                             start_step=progress.start_epoch * parts.steps_per_epoch,
+                             steps_per_epoch=parts.steps_per_epoch)
 
     for epoch in range(progress.start_epoch, cfg.optim.epochs):
         begin_epoch(parts, cfg, epoch, world, log)
