@@ -164,15 +164,25 @@ def object_store_spilled_bytes() -> int:
                if f.is_file())
 
 
-def benchmark_main(cfg: TrainConfig, *, steps: int = 20, json_path: Optional[str] = None) -> int:
-    """CLI entry: run (a), (c) then (b), print a table of figures and write them as JSON."""
-    from cnn_ray.train.launch import prepare_data
+def benchmark_main(cfg: TrainConfig, *, steps: int = 20, json_path: Optional[str] = None,
+                   only: Optional[str] = None) -> int:
+    """CLI entry: run (a), (c) then (b), print a table of figures and write them as JSON.
+    ``only="a"``: just the pure-compute figure (no Ray, no data: the machine's images/s)."""
     from cnn_ray.train.techniques import resolve_precision
 
-    prepared = prepare_data(cfg)
-    num_classes = len(prepared.class_names)
     hw = hardware_summary()
     print(f"[benchmark] hardware: {hw}", flush=True)
+    if only == "a":
+        a = synthetic_images_per_sec(cfg, 10, steps=steps)
+        print(f"[benchmark] (a) synthetic fwd+bwd+step: {a:.1f} images/s ({cfg.model.name} "
+              f"{cfg.model.knobs()}, batch {cfg.per_worker_batch_size()}, "
+              f"{resolve_precision(cfg.precision.dtype, torch.device('cpu'))})", flush=True)
+        if json_path:
+            atomic_write_json(json_path, {"hardware": hw, "a_synthetic_images_per_sec": a})
+        return 0
+    from cnn_ray.train.launch import prepare_data
+
+    num_classes = len(prepare_data(cfg).class_names)
     a = synthetic_images_per_sec(cfg, num_classes, steps=steps)
     print(f"[benchmark] (a) synthetic fwd+bwd+step: {a:.1f} images/s", flush=True)
     c = plain_pytorch_images_per_sec(cfg, steps=max(3, steps // 4))

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "benchmark":
             sp.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
             sp.add_argument("--json", help="write the figures to this JSON file")
+            sp.add_argument("--only", choices=["a"], help="a: only the pure-compute figure "
+                            "(the machine's images/s for this model, batch and precision)")
         if name == "tune":
             sp.add_argument("--resume", action="store_true", help="restore an interrupted sweep")
     return p
@@ -84,7 +86,7 @@ def _dispatch(args) -> int:
     if args.command == "benchmark":
         from cnn_ray.benchmark import benchmark_main
 
-        return benchmark_main(cfg, steps=args.steps, json_path=args.json)
+        return benchmark_main(cfg, steps=args.steps, json_path=args.json, only=args.only)
     raise AssertionError(args.command)
 
 
