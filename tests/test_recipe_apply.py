@@ -274,3 +274,16 @@ def test_lookahead_ema_starts_late_ramps_and_copies_back():
     upd(3)  # decay 0.5 * (3/4) = 0.375: 0.375 * 1 + 0.625 * 3 = 2.25, copied back
     assert torch.allclose(ema.module.weight, torch.full((1, 2), 2.25))
     assert torch.allclose(model.weight, torch.full((1, 2), 2.25))
+
+
+def test_eval_model_is_the_raw_model_until_the_first_ema_update():
+    from torch import nn
+
+    from cnn_ray.recipe.apply import eval_model
+    from cnn_ray.recipe.ema import make_ema
+
+    model = nn.Linear(2, 1)
+    ema = make_ema(model, decay=0.5)
+    assert eval_model(model, ema) is model and eval_model(model, None) is model
+    ema.update_parameters(model)
+    assert eval_model(model, ema) is ema.module

@@ -218,8 +218,9 @@ class EmaUpdate:
 
 
 def eval_model(model: nn.Module, ema: Optional[AveragedModel]) -> nn.Module:
-    """The module to evaluate: the averaged weights when an EMA is kept, else ``model``."""
-    return ema.module if ema is not None else model
+    """The module to evaluate: the averaged weights once an EMA has been updated (it starts at
+    ``optim.ema.start_epoch``), else ``model``."""
+    return ema.module if ema is not None and int(ema.n_averaged) > 0 else model
 
 
 # ------------------------------------------------------------------------------ step loop
