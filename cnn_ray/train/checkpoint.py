@@ -139,9 +139,12 @@ def load_checkpoint(directory: str | os.PathLike, *, map_location: str | torch.d
 
 def ema_model_state(state: TrainingState) -> Optional[dict]:
     """The averaged weights of ``state`` as a state dict of the plain model (the keys of
-    ``model_state``), or None when the checkpoint holds no EMA."""
+    ``model_state``), or None when the checkpoint holds no EMA or one never updated."""
     if state.ema_state is None:
         return None
+    averaged = state.ema_state["state"].get("n_averaged")
+    if averaged is not None and int(averaged) == 0:
+        return None  # saved before the EMA's first update (optim.ema.start_epoch)
     prefix = "module."
     return {k[len(prefix):]: v for k, v in state.ema_state["state"].items()
             if k.startswith(prefix)}
