@@ -29,7 +29,8 @@ from cnn_ray.models import create_model
 
 
 def hardware_summary() -> str:
-    """One line: CPU model, logical cores, memory, torch/ray versions."""
+    """One line: CPU model, logical cores, memory, GPU, torch/ray versions (the installed Ray's
+    version is read from its metadata: nothing imports Ray)."""
     cpu = platform.processor() or "cpu"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -39,11 +40,15 @@ def hardware_summary() -> str:
     except OSError:
         pass
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    import ray
+    from importlib import metadata
 
+    try:
+        ray_version = metadata.version("ray")
+    except metadata.PackageNotFoundError:
+        ray_version = "not installed"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {os.cpu_count()} logical cores, {mem_gb:.0f} GiB, {gpu}; "
-            f"torch {torch.__version__}, ray {ray.__version__}")
+            f"torch {torch.__version__}, ray {ray_version}")
 
 
 def _time_steps(step, steps: int, warmup: int) -> list[float]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -49,7 +48,7 @@ VARIANTS: dict[str, list[str]] = {
     "no_tta": ["eval.tta=none"],
     "no_label_smoothing": ["optim.label_smoothing=0"],
     "onecycle": ["optim.schedule=onecycle"],
-    "plus_ema": ["optim.ema.enabled=true"],
+    "no_lookahead": ["optim.ema.enabled=false"],
 }
 ALWAYS = ["eval.tta_epochs=all"]  # every epoch's top-1 is the TTA figure
 
@@ -131,21 +130,10 @@ def markdown_table(rows: Sequence[dict], thresholds: Sequence[float]) -> str:
 
 
 def machine_line() -> str:
-    """One line without Ray: CPU model, logical cores, memory, GPU, torch version."""
-    import torch
+    """One line without Ray: :func:`cnn_ray.benchmark.hardware_summary`."""
+    from cnn_ray.benchmark import hardware_summary
 
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} logical cores, {mem_gb:.0f} GiB, {gpu}; "
-            f"torch {torch.__version__}")
+    return hardware_summary()
 
 
 def _parser() -> argparse.ArgumentParser:

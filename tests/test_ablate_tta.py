@@ -52,7 +52,7 @@ def test_every_variant_is_a_valid_config_that_changes_its_technique(ablate):
     assert full.eval.tta != "none" and cfgs["no_tta"].eval.tta == "none"
     assert full.optim.label_smoothing > 0 and cfgs["no_label_smoothing"].optim.label_smoothing == 0
     assert cfgs["onecycle"].optim.schedule == "onecycle" != full.optim.schedule
-    assert cfgs["plus_ema"].optim.ema.enabled and not full.optim.ema.enabled
+    assert full.optim.ema.lookahead and not cfgs["no_lookahead"].optim.ema.enabled
 
 
 def test_variant_selection_and_unknown_names(ablate):

@@ -216,6 +216,7 @@ def test_evaluate_job_uses_ema_weights_and_tta(tmp_path):
     with torch.no_grad():
         for p in ema.module.parameters():
             p.zero_()  # constant logits: every image predicted as class 0
+        ema.n_averaged.fill_(1)  # as after its first update
     ck = save_checkpoint(tmp_path / "ck", model=model, epoch=1, config=cfg.to_dict(),
                          class_names=["a", "b", "c"], mean=[0.5] * 3, std=[0.25] * 3, ema=ema)
     g = torch.Generator().manual_seed(0)
@@ -287,3 +288,26 @@ def test_eval_model_is_the_raw_model_until_the_first_ema_update():
     assert eval_model(model, ema) is model and eval_model(model, None) is model
     ema.update_parameters(model)
     assert eval_model(model, ema) is ema.module
+
+
+def test_evaluate_job_uses_raw_weights_when_the_ema_never_updated(tmp_path):
+    """A checkpoint saved before optim.ema.start_epoch holds an untouched average."""
+    import torch
+
+    from cnn_ray.models import create_model
+    from cnn_ray.recipe.apply import make_model_ema
+    from cnn_ray.train.checkpoint import ema_model_state, load_checkpoint, save_checkpoint
+
+    cfg = _cfg(tmp_path, model={"name": "simple_cnn"}, optim={"ema": {"enabled": True}})
+    model = create_model("simple_cnn", num_classes=3)
+    ema = make_model_ema(model, cfg)
+    ck = save_checkpoint(tmp_path / "ck", model=model, epoch=1, config=cfg.to_dict(),
+                         class_names=["a", "b", "c"], mean=[0.5] * 3, std=[0.25] * 3, ema=ema)
+    assert ema_model_state(load_checkpoint(ck)) is None
+    ema.update_parameters(model)
+    ck2 = save_checkpoint(tmp_path / "ck2", model=model, epoch=1, config=cfg.to_dict(),
+                          class_names=["a", "b", "c"], mean=[0.5] * 3, std=[0.25] * 3, ema=ema)
+    state = ema_model_state(load_checkpoint(ck2))
+    raw = model.state_dict()
+    assert state is not None and state.keys() == raw.keys()
+    assert all(torch.equal(state[k], raw[k]) for k in raw if raw[k].is_floating_point())
