@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from cnn_ray.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,13 +32,3 @@ def test_resume_of_a_missing_sweep_is_a_named_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--resume: no saved sweep" in err and "Traceback" not in err
 
-
-@pytest.fixture(autouse=True)
-def _no_ray_left(request):
-    yield
-    import sys
-
-    if "ray" in sys.modules:
-        import ray
-
-        assert not ray.is_initialized(), "the resume checks must fail before Ray starts"
