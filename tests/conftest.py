@@ -77,6 +77,17 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one intra-op thread for a test module (restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def cifar_ddp(cifar_root, tmp_path_factory) -> dict[str, Path]:
     """A seeded real subset for DDP tests: 200 train and 50 test images per class."""

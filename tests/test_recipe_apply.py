@@ -24,12 +24,8 @@ from cnn_ray.train.inputs import DataSummary, WorkerInputs
 from cnn_ray.train.loop import StepSettings, evaluate, train_one_epoch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models run fastest on one thread (and leave the other core to the rest of the suite)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(tmp_path, **sections) -> TrainConfig:

@@ -25,12 +25,8 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models run fastest on one thread (and leave the other core to the rest of the suite)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_net(num_classes: int = 4) -> nn.Module:
