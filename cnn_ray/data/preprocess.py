@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -85,21 +86,35 @@ def normalize_batch(
         raise ValueError(
             f"images must be (N, H, W, C) uint8, got {tuple(images.shape)} {images.dtype}"
         )
-    c = images.shape[3]
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
-    std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
-    if mean_t.numel() not in (1, c) or std_t.numel() not in (1, c):
-        raise ValueError(f"mean/std need 1 or {c} values, got {mean_t.numel()} and {std_t.numel()}")
-    if bool((std_t <= 0).any()):
-        raise ValueError(f"std must be > 0, got {std_t.tolist()}")
-    n, h, w, _ = images.shape
-    # Work on (N*H, W*C) rows with the per-channel constants tiled W times: a broadcast over a
-    # long contiguous row vectorises, one over the trailing C=3 axis of NHWC does not (~6x).
-    scale = (1.0 / (255.0 * std_t)).expand(c).repeat(w).to(images.device)
-    shift = (mean_t / std_t).expand(c).repeat(w).to(images.device)
+    n, h, w, c = images.shape
+    scale, shift = _row_constants(tuple(np.ravel(mean).tolist()), tuple(np.ravel(std).tolist()),
+                                  c, w, images.device)
     x = images.contiguous().view(n * h, w * c).to(torch.float32)
     x.mul_(scale).sub_(shift)
     if dtype != torch.float32:
         x = x.to(dtype)
     x = x.view(n, h, w, c).permute(0, 3, 1, 2)  # NCHW view of NHWC memory = channels_last
     return x if channels_last else x.contiguous()
+
+
+@functools.lru_cache(maxsize=32)
+def _row_constants(mean: tuple, std: tuple, c: int, w: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``1 / (255 std)`` and ``mean / std`` tiled over a (W*C) row, built once per
+    (statistics, width, device) and kept there: no host-to-device copy per batch.
+
+    Work on (N*H, W*C) rows with the per-channel constants tiled W times: a broadcast over a
+    long contiguous row vectorises, one over the trailing C=3 axis of NHWC does not (~6x).
+
+    Raises:
+        ValueError: mean/std length not C (or 1), or a std <= 0.
+    """
+    mean_t = torch.tensor(mean, dtype=torch.float32)
+    std_t = torch.tensor(std, dtype=torch.float32)
+    if mean_t.numel() not in (1, c) or std_t.numel() not in (1, c):
+        raise ValueError(f"mean/std need 1 or {c} values, got {mean_t.numel()} and {std_t.numel()}")
+    if bool((std_t <= 0).any()):
+        raise ValueError(f"std must be > 0, got {std_t.tolist()}")
+    scale = (1.0 / (255.0 * std_t)).expand(c).repeat(w).to(device)
+    shift = (mean_t / std_t).expand(c).repeat(w).to(device)
+    return scale, shift
