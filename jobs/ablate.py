@@ -183,7 +183,11 @@ def plan(args: argparse.Namespace, device) -> tuple[list, dict, list[str]]:
 def run_ablation(args: argparse.Namespace, variants, configs, extra, device,
                  log=print) -> dict[str, Any]:
     """Train every variant of :func:`plan` for every seed; returns the JSON document (``rows``:
-    one :func:`summarise` dict per variant, plus the settings, machine, pure-compute images/s)."""
+    one :func:`summarise` dict per variant, plus the settings, machine, pure-compute images/s).
+    With ``args.json`` the rows done so far are written there (``"partial": true``) after each
+    variant, so a run stopped early keeps them."""
+    from cnn_ray.io import atomic_write_json
+
     from cnn_ray.datasets import cifar10_arrays
     from cnn_ray.train.local import train_arrays
 
@@ -197,6 +201,10 @@ def run_ablation(args: argparse.Namespace, variants, configs, extra, device,
             runs.append(train_arrays(configs[name, seed], train, test, device=device,
                                      log=lambda m: log(f"[ablate]   {m}")))
         rows.append(summarise(name, overrides, runs, args.thresholds))
+        if getattr(args, "json", None):
+            atomic_write_json(args.json, {"partial": True, "config": str(args.config),
+                                          "set": list(args.set), "seeds": list(args.seeds),
+                                          "device": str(device), "rows": rows}, indent=2)
     epochs = configs[variants[0][0], args.seeds[0]].optim.epochs
     return {"config": str(args.config), "set": list(args.set), "always": ALWAYS,
             "seeds": list(args.seeds), "epochs": epochs, "train_images": len(train[0]),

@@ -19,8 +19,12 @@ Sections (each a key of the JSON, with ``ok`` and its figures or the error):
                memory-cache path (GPU-resident uint8 rows -> crop/alternating flip on the
                device -> normalise -> step; cnn_ray.data.memory.DeviceShard), ratio b/a;
                torch.compile off and on.
+  syncs        host<->device synchronisations of the recipe's training steps, counted with
+               ``torch.cuda.set_sync_debug_mode("warn")`` (CUDA only): total, per step, and
+               the source lines that synchronise.
   recipe       the full ``jobs/configs/cifar10_94.yaml`` recipe (Ray-free trainer): training
                seconds from first to last step, test top-1 (with TTA).
+  recipe_compiled  the same with ``model.compile=true`` (CUDA, not ``--quick``).
   ray_train    (Ray installed only) a 1-worker use_gpu=True Ray Train smoke run.
 """
 
@@ -252,14 +256,51 @@ def _sync(device: torch.device) -> None:
 
 
 # ------------------------------------------------------------------------------ recipe, ray
-def check_recipe(device: torch.device, data: dict, config: str, epochs: int | None) -> dict:
+def check_recipe(device: torch.device, data: dict, config: str, epochs: int | None,
+                 extra: tuple[str, ...] = ()) -> dict:
     """The full recipe through the Ray-free trainer (``cnn_ray.train.local``)."""
     from cnn_ray.config_io import load_train_config
     from cnn_ray.train.local import train_arrays
 
-    overrides = [f"optim.epochs={epochs}"] if epochs else []
+    overrides = [*([f"optim.epochs={epochs}"] if epochs else []), *extra]
     cfg = load_train_config(str(REPO / config), overrides, check_paths=False)
     return train_arrays(cfg, data["train"], data["test"], device=device)
+
+
+def check_syncs(device: torch.device, data: dict, config: str, batches: int = 20) -> dict:
+    """Run ``batches`` steps of the recipe (EMA from the first step, so its hooks run) with
+    CUDA's sync debug mode on; count the synchronising calls and name where they happen."""
+    import warnings
+    from collections import Counter
+
+    from cnn_ray.config_io import load_train_config
+    from cnn_ray.train.local import train_arrays
+
+    if device.type != "cuda":
+        return {"skipped": "sync debug mode exists on CUDA only"}
+    cfg = load_train_config(str(REPO / config), ["optim.epochs=1", "optim.ema.start_epoch=0",
+                                                 "eval.tta=none"], check_paths=False)
+    n = batches * cfg.per_worker_batch_size()
+    (xtr, ytr), (xte, yte) = data["train"], data["test"]
+    quiet = lambda msg: None  # noqa: E731
+    train_arrays(cfg, (xtr[:n], ytr[:n]), (xte[:1000], yte[:1000]), device=device, log=quiet)
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            t0 = time.perf_counter()
+            out = train_arrays(cfg, (xtr[:n], ytr[:n]), (xte[:1000], yte[:1000]),
+                               device=device, log=quiet)
+            wall = time.perf_counter() - t0
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    where = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in syncs)
+    return {"steps": batches, "syncs_total": len(syncs),
+            "syncs_per_step": round(len(syncs) / batches, 2), "where": dict(where.most_common(12)),
+            "note": "includes the one evaluation pass and the epoch-end reads", "wall_s": round(wall, 2),
+            "train_s": out["train_s"]}
 
 
 def check_ray_train(device: torch.device) -> dict:
@@ -308,19 +349,25 @@ def main(argv=None) -> int:
     n_train = args.train_images or (2048 if quick else None)
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     data = load_data(n_train, 1000 if quick else None)
+    recipe_epochs = args.recipe_epochs or (1 if quick else None)
     plan = [("env", lambda: check_env(device)), ("reduce", lambda: check_reduce(device)),
             ("precision", lambda: check_precision(device, data, 1 if quick else 2)),
+            ("syncs", lambda: check_syncs(device, data, args.recipe_config, 5 if quick else 20)),
+            ("recipe", lambda: check_recipe(device, data, args.recipe_config, recipe_epochs)),
             ("throughput", lambda: check_throughput(device, data, 5 if quick else 50)),
-            ("recipe", lambda: check_recipe(device, data, args.recipe_config,
-                                            args.recipe_epochs or (1 if quick else None))),
+            ("recipe_compiled", lambda: check_recipe(device, data, args.recipe_config,
+                                                     recipe_epochs, ("model.compile=true",))),
             ("ray_train", lambda: check_ray_train(device))]
-    for name, fn in plan:
-        if name not in args.skip:
-            section(results, name, fn)
+    if quick or device.type != "cuda":
+        args.skip = [*args.skip, "recipe_compiled"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     from cnn_ray.io import atomic_write_json
 
-    atomic_write_json(args.out, results, indent=2, default=str)
+    for name, fn in plan:
+        if name not in args.skip:
+            section(results, name, fn)
+            # after every section, so a run stopped at its time limit keeps what it measured
+            atomic_write_json(args.out, results, indent=2, default=str)
     failed = [k for k, v in results.items() if isinstance(v, dict) and not v.get("ok", True)]
     print(f"[gpu_check] wrote {args.out}; failed sections: {failed or 'none'}", flush=True)
     return 1 if failed else 0
