@@ -257,14 +257,29 @@ def _sync(device: torch.device) -> None:
 
 # ------------------------------------------------------------------------------ recipe, ray
 def check_recipe(device: torch.device, data: dict, config: str, epochs: int | None,
-                 extra: tuple[str, ...] = ()) -> dict:
-    """The full recipe through the Ray-free trainer (``cnn_ray.train.local``)."""
+                 extra: tuple[str, ...] = (), warmup: bool = True) -> dict:
+    """The full recipe through the Ray-free trainer (``cnn_ray.train.local``), after an
+    untimed warm-up run on a few batches (``warmup_s``) when ``warmup``."""
     from cnn_ray.config_io import load_train_config
     from cnn_ray.train.local import train_arrays
 
     overrides = [*([f"optim.epochs={epochs}"] if epochs else []), *extra]
     cfg = load_train_config(str(REPO / config), overrides, check_paths=False)
-    return train_arrays(cfg, data["train"], data["test"], device=device)
+    warmup_s = None
+    if warmup:
+        # airbench times after a warm-up run: cuDNN's autotuner (cudnn.benchmark) and
+        # torch.compile pick their kernels for every batch shape of the run (full batches and
+        # the last, partial one) on a small subset first, outside the timed run.
+        (xtr, ytr), (xte, yte) = data["train"], data["test"]
+        bs = cfg.per_worker_batch_size()
+        n = min(len(xtr), 2 * bs + len(xtr) % bs)
+        wcfg = load_train_config(str(REPO / config), [*extra, "optim.epochs=1"],
+                                 check_paths=False)
+        t0 = time.perf_counter()
+        train_arrays(wcfg, (xtr[:n], ytr[:n]), (xte, yte), device=device, log=lambda m: None)
+        warmup_s = round(time.perf_counter() - t0, 2)
+    return {**train_arrays(cfg, data["train"], data["test"], device=device),
+            "warmup_s": warmup_s}
 
 
 def check_syncs(device: torch.device, data: dict, config: str, batches: int = 20) -> dict:
