@@ -195,6 +195,10 @@ class OptimConfig(_Strict):
     nesterov: bool = True
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(5e-4, ge=0.0)
+    decay_norm_and_bias: bool = Field(
+        False, description="also apply weight_decay to 1-D parameters (biases, norm affine "
+        "parameters; BN biases at weight_decay / model.batchnorm.bias_lr_mult, so their decay "
+        "per step is the weights'), as airbench decays every parameter; false: weights only")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     schedule: Literal["onecycle", "cosine", "step", "plateau", "constant", "linear_decay"] = \
         "onecycle"

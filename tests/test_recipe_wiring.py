@@ -95,6 +95,30 @@ def test_bn_bias_group_has_lr_times_mult_no_decay_and_only_bn_biases():
     assert covered == sum(1 for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("mult", [1.0, 64.0])
+def test_decay_norm_and_bias_shrinks_every_parameter_by_lr_times_wd_per_step(mult):
+    """airbench decays every parameter; with zero gradients one plain SGD step (no momentum
+    history yet) multiplies each by ``1 - lr * wd`` -- the BN biases too, despite their x mult lr."""
+    model = create_model("airbench", num_classes=10, widths=(8, 16, 16))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1.0)
+    cfg = OptimConfig(lr=0.1, weight_decay=0.01, momentum=0.0, decay_norm_and_bias=True)
+    opt = build_optimizer(model, cfg, bn_bias_lr_mult=mult)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert any(p.ndim == 1 for p in trainable)  # biases and BN biases are there to check
+    for p in trainable:
+        assert torch.allclose(p, torch.full_like(p, 1 - 0.1 * 0.01)), p.shape
+    # the default keeps 1-D parameters undecayed
+    plain = build_optimizer(model, cfg.model_copy(update={"decay_norm_and_bias": False}),
+                            bn_bias_lr_mult=mult)
+    assert all(g["weight_decay"] == 0.0 for g in plain.param_groups
+               if all(p.ndim == 1 for p in g["params"]))
+
+
 def test_bn_bias_mult_one_keeps_the_two_plain_groups():
     opt = build_optimizer(tiny_net(), OptimConfig(lr=0.2), bn_bias_lr_mult=1.0)
     assert len(opt.param_groups) == 2 and all("name" not in g for g in opt.param_groups)

@@ -40,18 +40,31 @@ def sgd_hparams(cfg: OptimConfig) -> tuple[float, float]:
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float,
-                 bn_bias_lr_mult: float = 1.0) -> list[dict]:
-    """Parameter groups: weight decay on weights only, BN biases optionally at a higher lr.
+                 bn_bias_lr_mult: float = 1.0, *, decay_norm_and_bias: bool = False) -> list[dict]:
+    """Parameter groups: weight decay on weights only (or on all), BN biases optionally at a
+    higher lr.
 
     ``bn_bias_lr_mult == 1``: :func:`cnn_ray.train.techniques.split_decay_params` (decay /
     no-decay; every group at the optimiser's lr). Otherwise
     :func:`cnn_ray.recipe.bn_bias_param_groups`: ``decay`` (ndim > 1, ``weight_decay``),
     ``no_decay`` (other 1-D parameters) at ``lr``, and ``bn_bias`` (trainable BatchNorm biases
     only) at ``lr * bn_bias_lr_mult`` without weight decay. Frozen parameters are left out.
+
+    ``decay_norm_and_bias`` (``optim.decay_norm_and_bias``): every group decays, as in airbench
+    (``lib_airbench93.py`` / ``utils.train``: all trainable parameters get the decay, the
+    BN biases at ``weight_decay / bn_bias_lr_mult`` so that ``lr * weight_decay`` per step is
+    the same for every parameter). The groups keep their names.
     """
     if bn_bias_lr_mult == 1.0:
-        return split_decay_params(model, weight_decay)
-    return bn_bias_param_groups(model, lr, weight_decay, bias_scaler=bn_bias_lr_mult)
+        groups = split_decay_params(model, weight_decay)
+    else:
+        groups = bn_bias_param_groups(model, lr, weight_decay, bias_scaler=bn_bias_lr_mult,
+                                      decay_bn_bias=decay_norm_and_bias)
+    if decay_norm_and_bias:
+        for g in groups:
+            if g.get("name") != "bn_bias":
+                g["weight_decay"] = weight_decay
+    return groups
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, *,
@@ -65,6 +78,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *,
     - ``decoupled``: ``lr`` and ``weight_decay`` per 1024 examples (:func:`sgd_hparams`).
     - ``bn_bias_lr_mult`` (``model.batchnorm.bias_lr_mult``): BN biases at ``lr`` x mult
       without weight decay (:func:`param_groups`); 1 keeps the two plain groups.
+    - ``decay_norm_and_bias``: biases and norm parameters decay too (airbench).
 
     Sources: Sutskever et al. 2013 (Nesterov momentum); Loshchilov & Hutter 2019 (AdamW);
     Kingma & Ba 2015 (Adam); Jordan et al. 2024 (Muon); Page 2018 / airbench (decoupled).
@@ -75,7 +89,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *,
     if bn_bias_lr_mult <= 0:
         raise ValueError(f"bn_bias_lr_mult must be > 0, got {bn_bias_lr_mult}")
     lr, weight_decay = sgd_hparams(cfg)
-    groups = param_groups(model, lr, weight_decay, bn_bias_lr_mult)
+    groups = param_groups(model, lr, weight_decay, bn_bias_lr_mult,
+                          decay_norm_and_bias=cfg.decay_norm_and_bias)
     nesterov = cfg.nesterov and cfg.momentum > 0
     if cfg.optimizer == "muon":
         groups = split_muon_groups(groups, cfg.muon_lr, cfg.muon_momentum)
