@@ -200,10 +200,14 @@ class OptimConfig(_Strict):
         "parameters; BN biases at weight_decay / model.batchnorm.bias_lr_mult, so their decay "
         "per step is the weights'), as airbench decays every parameter; false: weights only")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    schedule: Literal["onecycle", "cosine", "step", "plateau", "constant", "linear_decay"] = \
+    schedule: Literal["onecycle", "cosine", "step", "plateau", "constant", "linear_decay",
+                      "wsd"] = \
         "onecycle"
     initial_lr_frac: float = Field(0.2, ge=0.0, le=1.0, description="linear_decay: lr at step 0")
-    final_lr_frac: float = Field(0.07, ge=0.0, le=1.0, description="linear_decay: lr at the end")
+    final_lr_frac: float = Field(0.07, ge=0.0, le=1.0, description="linear_decay, wsd: lr at "
+                                 "the end")
+    decay_frac: float = Field(0.2, gt=0.0, le=1.0, description="wsd: share of the steps in the "
+                              "final linear decay (warm-up: pct_start)")
     decoupled: bool = Field(False, description="lr and weight_decay per 1024 examples, "
                             "momentum-corrected (airbench); sgd/muon only")
     muon_lr: float = Field(0.24, gt=0.0, description="optimizer muon: lr of the conv filters")

@@ -13,7 +13,8 @@ from torch import nn
 
 from cnn_ray.config import AugmentConfig, ConfigError, OptimConfig, TrainConfig
 from cnn_ray.models import create_model
-from cnn_ray.recipe import MuonSGD, WarmupLinearDecay, bn_bias_params, decoupled_sgd_hparams
+from cnn_ray.recipe import (MuonSGD, WarmupLinearDecay, WarmupStableDecay, bn_bias_params,
+                            decoupled_sgd_hparams)
 from cnn_ray.recipe.mixing import BatchMixer, mixing_transform
 from cnn_ray.train.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from cnn_ray.train.optim import (build_lr_scheduler, build_optimizer, schedule_total_steps,
@@ -233,6 +234,52 @@ def test_linear_decay_start_peak_end():
     assert lrs[60] == pytest.approx(2.0 + (0.14 - 2.0) * 0.5)
     flat = _lrs(cfg.model_copy(update={"initial_lr_frac": 1.0, "final_lr_frac": 0.0}), 10, 100)
     assert flat[:21] == pytest.approx([2.0] * 21) and flat[100] == 0.0  # airbench94_muon form
+
+
+def test_wsd_warms_up_holds_the_peak_then_decays_in_the_last_share():
+    cfg = OptimConfig(schedule="wsd", lr=2.0, epochs=10, pct_start=0.1, decay_frac=0.3,
+                      initial_lr_frac=0.2, final_lr_frac=0.05)
+    lrs = _lrs(cfg, 10, 103)  # 100 planned steps and a few more
+    assert lrs[0] == pytest.approx(0.4) and lrs[10] == pytest.approx(2.0)
+    assert lrs[10:71] == pytest.approx([2.0] * 61)  # stable until 30% before the end
+    assert all(b < a for a, b in zip(lrs[70:100], lrs[71:101]))
+    assert lrs[85] == pytest.approx(2.0 + (0.1 - 2.0) * 0.5)
+    assert lrs[100] == pytest.approx(0.1) and lrs[103] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="warmup_frac \\+ decay_frac"):
+        WarmupStableDecay(10, warmup_frac=0.5, decay_frac=0.6)
+
+
+def test_wsd_ranks_early_epochs_at_the_peak_rate():
+    """The property ASHA needs: two trials stopped at the same early epoch were both trained at
+    their peak rate so far (no trial is further into its decay than another), unlike a
+    one-cycle schedule of a longer run, which has already begun to anneal there."""
+    steps = 10
+    wsd = OptimConfig(schedule="wsd", lr=1.0, epochs=8, pct_start=0.05, decay_frac=0.25)
+    onecycle = OptimConfig(schedule="onecycle", lr=1.0, epochs=8, pct_start=0.25)
+    lw, lo = _lrs(wsd, steps, 80), _lrs(onecycle, steps, 80)
+    assert lw[10:60] == pytest.approx([1.0] * 50)      # epochs 2-6: at the peak
+    assert lo[30] < 1.0 and lo[50] < lo[30]             # one-cycle: already annealing
+
+
+def test_wsd_resume_with_a_larger_budget_moves_the_decay_to_the_new_end():
+    short = OptimConfig(schedule="wsd", lr=1.0, epochs=2, pct_start=0.1, decay_frac=0.5)
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, short)
+    sched, _ = build_lr_scheduler(opt, short, 10)
+    for _ in range(8):
+        opt.step()
+        sched.step()
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+    longer = short.model_copy(update={"epochs": 4})
+    opt2 = build_optimizer(model, longer)
+    sched2, _ = build_lr_scheduler(opt2, longer, 10)
+    opt2.load_state_dict(state["optimizer"])
+    sched2.load_state_dict(copy.deepcopy(state["scheduler"]))
+    assert isinstance(sched2.lr_lambdas[0], WarmupStableDecay)
+    assert stretch_schedule(sched2, schedule_total_steps(build_lr_scheduler(
+        build_optimizer(model, longer), longer, 10)[0])) == 20
+    # step 8 of 40: the decay now starts at step 20, so the rate is back at the peak
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1.0)
 
 
 def test_linear_decay_resume_with_a_larger_budget_stretches(tmp_path):

@@ -2,7 +2,9 @@
 
 One 4-trial ASHA sweep (module fixture) feeds every check: it is interrupted once mid-way
 (SIGUSR1, like Ctrl+C), resumed, then restored again after it finished. Trials use simple_cnn,
-batch 64, 1 worker each, so two run at once on the session's 4 logical CPUs.
+batch 64, 1 worker each, two at a time. The fixture runs twice: ``trainer`` (streamed Ray Data,
+each trial a TorchTrainer run) and ``in_trial`` (the memory cache: each trial trains in the
+Tune trial's own process, checkpoints are Tune's).
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 LRS = [0.05, 0.1, 1e-6, 1e-7]
 
 
-def _base(data, storage: Path, name: str, epochs: int) -> TrainConfig:
+def _base(data, storage: Path, name: str, epochs: int, cache: str = "none") -> TrainConfig:
     return TrainConfig.from_dict({
         "data": {"train": str(data["train"]), "val": str(data["test"]), "image_size": 32,
-                 "shard_size": 500, "data_cpus": 0.5, "shuffle_buffer": 256},
+                 "shard_size": 500, "data_cpus": 0.5, "shuffle_buffer": 256, "cache": cache},
         "model": {"name": "simple_cnn"},
         "optim": {"batch_size": 64, "epochs": epochs, "lr": 0.05},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "torch_threads": 1},
@@ -71,13 +73,15 @@ class _InterruptOnce(tune.Callback):
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
-@pytest.fixture(scope="module")
-def asha(ray_session, cifar_small, tmp_path_factory):
+@pytest.fixture(scope="module", params=["trainer", "in_trial"])
+def asha(request, ray_session, cifar_small, tmp_path_factory):
     """A 4-trial ASHA sweep, interrupted once mid-way (SIGUSR1), then resumed; then restored
     again after it finished."""
     storage = tmp_path_factory.mktemp("sweeps")
-    base = _base(cifar_small, storage, "asha", epochs=2)
-    kw = dict(num_samples=1, metric="val_loss", mode="min", verbose=0,
+    mode = request.param
+    base = _base(cifar_small, storage, "asha", epochs=2,
+                 cache="memory" if mode == "in_trial" else "none")
+    kw = dict(num_samples=1, metric="val_loss", mode="min", verbose=0, max_concurrent_trials=2,
               scheduler={"kind": "asha", "max_t": 2, "grace_period": 1, "reduction_factor": 2})
     space = {"optim.lr": {"grid": LRS}}
     marker = storage / "interrupted"
@@ -87,7 +91,7 @@ def asha(ray_session, cifar_small, tmp_path_factory):
     result = run_sweep(base, space, resume=True, **kw)
     again = run_sweep(base, space, **kw)  # the same sweep exists and is finished: restored
     return {"base": base, "first": first, "result": result, "again": again,
-            "starts_first": starts_first}
+            "starts_first": starts_first, "mode": mode}
 
 
 def test_asha_stops_some_trials_early(asha):
@@ -99,7 +103,7 @@ def test_asha_stops_some_trials_early(asha):
     assert stopped and all(t.epochs == 1 for t in stopped), result.table()
     assert any(t.status == "completed" and t.epochs == 2 for t in result.trials)
     assert result.best is not None and result.best.best == min(t.best for t in result.trials)
-    assert result.concurrency == 2  # (1 worker CPU + 0.5 data CPU) per trial on 4 CPUs
+    assert result.concurrency == 2  # as asked (the CPUs fit 2 streamed or 4 in-trial ones)
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(asha):
@@ -131,9 +135,30 @@ def test_trials_share_one_prepared_dataset_and_name_train_runs_by_trial(asha):
     assert len(list((Path(base.run.storage_path) / "prepared").iterdir())) == 1
     for t in result.trials:
         run = Path(result.path) / "train_runs" / t.trial_id
-        assert (run / "config.yaml").exists() and any(run.glob("checkpoint_*"))
+        assert (run / "config.yaml").exists()
         assert t.curve and [e for e, _ in t.curve] == list(range(1, t.epochs + 1))
-        assert t.startup_s is not None and t.startup_s > 0
+        assert t.startup_s is not None and t.startup_s >= 0
+        if asha["mode"] == "trainer":  # the Train run's checkpoints
+            assert any(run.glob("checkpoint_*"))
+        else:  # Tune's, in the trial's folder, holding the trial's last epoch
+            from cnn_ray.train.checkpoint import load_checkpoint
+
+            assert t.checkpoint and Path(t.checkpoint).parent.name == t.trial_id
+            assert load_checkpoint(t.checkpoint).epoch == t.epochs
+
+
+def test_in_trial_training_runs_in_the_trial_process(asha):
+    """In-trial mode: every (re)start of a trial's training happened in a process that ran the
+    trial function (no Train worker actor); the TorchTrainer mode uses worker actors."""
+    result = asha["result"]
+    trial_pids = {s["pid"] for s in read_jsonl(Path(result.path) / "trial_starts.jsonl")
+                  if s["event"] == "start"}
+    for t in result.trials:
+        starts = [e for e in read_jsonl(Path(result.path) / "train_runs" / t.trial_id /
+                                        "events.jsonl") if e.get("event") == "start"]
+        assert starts
+        inside = {e["pid"] in trial_pids for e in starts}
+        assert inside == ({True} if asha["mode"] == "in_trial" else {False}), (t.trial_id, starts)
 
 
 def test_results_table_curves_and_best_config(asha):

@@ -181,6 +181,52 @@ def test_concurrency_fits_the_cluster(base):
     assert fit_concurrency(mem, {"CPU": 2.0}) == 2 and fit_concurrency(mem, {"CPU": 1.0}) == 1
 
 
+def test_trial_bundle_reserves_the_worker_for_in_trial_training(base):
+    """A one-worker memory-cache trial trains in its own process, so that process holds the
+    worker's CPUs (and GPU); a streamed or multi-worker trial's process only waits on its
+    TorchTrainer, which reserves its workers itself; ``sweep.in_trial=false`` forces that."""
+    from cnn_ray.tune.trial import trial_bundle
+
+    def cpus(plan, sampled):
+        return trial_bundle(plan, sampled).bundles[0].get("CPU", 0.0)
+
+    mem_base = base.model_copy(update={"data": base.data.model_copy(update={"cache": "memory"}),
+                                       "scaling": base.scaling.model_copy(
+                                           update={"cpus_per_worker": 1.5})})
+    space = {"optim.lr": {"grid": [0.1, 0.2]}}
+    mem = SweepPlan(mem_base, space, SweepSettings(num_samples=1), *_defaults())
+    assert cpus(mem, {"point": {"optim.lr": 0.1}}) == 1.5 and cpus(mem, {}) == 1.5
+    # a sampled value that sends the trial back to a TorchTrainer changes its reservation
+    assert cpus(mem, {"point": {"scaling.num_workers": 2}}) == 0.0
+    off = SweepPlan(mem_base, space, SweepSettings(num_samples=1, in_trial=False), *_defaults())
+    assert cpus(off, {}) == 0.0
+    stream = SweepPlan(base, space, SweepSettings(num_samples=1, trial_driver_cpus=0.25),
+                       *_defaults())
+    assert cpus(stream, {}) == 0.25
+
+
+def test_max_t_and_base_epochs_must_agree(base):
+    """Stopping by epoch with a max_t below the base's optim.epochs would cut every trial off
+    before its learning-rate schedule ends: a named error; left out, max_t is derived."""
+    from cnn_ray.tune.settings import SchedulerSettings, SearcherSettings
+
+    space = {"optim.lr": {"grid": [0.1, 0.2]}}
+    epochs = base.optim.epochs
+    with pytest.raises(ConfigError, match=r"scheduler.max_t \(%d\).*optim.epochs \(%d\)"
+                       % (epochs - 1, epochs)):
+        SweepPlan(base, space, SweepSettings(num_samples=1),
+                  SchedulerSettings(kind="asha", max_t=epochs - 1), SearcherSettings())
+    derived = SweepPlan(base, space, SweepSettings(num_samples=1), SchedulerSettings(kind="asha"),
+                        SearcherSettings())
+    assert derived.scheduler.max_t == epochs
+    # FIFO never stops a trial; a space over optim.epochs gives each trial its own schedule
+    SweepPlan(base, space, SweepSettings(num_samples=1),
+              SchedulerSettings(kind="fifo", max_t=epochs + 5), SearcherSettings())
+    SweepPlan(base, {"optim.epochs": {"choice": [epochs, epochs + 2]}},
+              SweepSettings(num_samples=1), SchedulerSettings(kind="asha", max_t=epochs + 2),
+              SearcherSettings())
+
+
 def _defaults():
     from cnn_ray.tune.settings import SchedulerSettings, SearcherSettings
 
@@ -259,7 +305,13 @@ def test_shipped_sweep_files_are_valid(name, tmp_path):
                            [f"base.run.storage_path={tmp_path}"], check_paths=False)
     plan = SweepPlan(spec.base, spec.space, spec.sweep, spec.scheduler, spec.searcher)
     assert len(plan.points) == spec.sweep.num_samples
-    assert all(p["model.name"] in list_models() for p in plan.points)
+    configs = [trial_config(spec.base, {"point": p}) for p in plan.points]  # all valid
+    assert all(c.model.name in list_models() for c in configs)
+    if name == "sweep_cifar10.yaml":  # it searches the fast recipe's switches (seeded draw)
+        assert spec.base.model.whitening.enabled and spec.base.optim.decoupled
+        for key in ("optim.ema.enabled", "model.whitening.enabled", "eval.tta",
+                    "augment.hflip.mode", "optim.decay_norm_and_bias"):
+            assert len({p[key] for p in plan.points}) == 2, key
     assert plan.exp_dir == f"{tmp_path}/{spec.sweep.name}"
     # a trial's LR schedule spans base optim.epochs: ASHA must let the best reach its end
     assert plan.scheduler.max_t == spec.base.optim.epochs

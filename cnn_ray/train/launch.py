@@ -188,6 +188,32 @@ def _trainer_data(cfg: TrainConfig, data: TrainingData, directory: str,
     return data.datasets(cfg, bad_dir), SplitValDataConfig(), None
 
 
+def trains_in_trial(cfg: TrainConfig) -> bool:
+    """Whether a sweep trial of ``cfg`` trains in the Tune trial's own process
+    (:func:`cnn_ray.train.worker.train_in_tune_trial`) instead of through a ``TorchTrainer``:
+    one worker, the memory cache (no Ray Data to stream), and ``sweep.in_trial`` not off. That
+    skips Train's controller and worker actors, ~13-40 s of start-up per trial (issue 13)."""
+    return cfg.scaling.num_workers == 1 and cfg.data.cache == "memory"
+
+
+def worker_inputs(cfg: TrainConfig, prepared: Union["PreparedData", RawData], *,
+                  name: Optional[str] = None, memory: Optional[dict[str, Any]] = None,
+                  fault_injection: Optional[dict] = None):
+    """``(WorkerInputs, datasets, dataset_config)`` of a run of ``cfg`` named ``name``: what
+    every worker is handed (config, data summary, run dir, memory refs, resolved precision,
+    whitening filters) and the Ray Datasets to stream (None with ``data.cache: memory``).
+    See :func:`build_trainer` for ``memory`` and ``fault_injection``."""
+    name = name or cfg.run.name
+    data = training_data(cfg, prepared)
+    directory = run_dir(cfg, name)
+    datasets, dataset_config, refs = _trainer_data(cfg, data, directory, memory)
+    inputs = WorkerInputs(
+        config=cfg, data=data.summary, run_dir=directory, memory=refs,
+        fault=FaultInjection.from_dict(fault_injection) if fault_injection else None,
+        precision=resolve_group_precision(cfg), stem_weights=data.stem_weights(cfg))
+    return inputs, datasets, dataset_config
+
+
 def build_trainer(
     cfg: TrainConfig,
     prepared: Union["PreparedData", RawData],
@@ -210,13 +236,8 @@ def build_trainer(
         ConfigError: whitening on a model whose first conv cannot take it.
     """
     name = name or cfg.run.name
-    data = training_data(cfg, prepared)
-    directory = run_dir(cfg, name)
-    datasets, dataset_config, refs = _trainer_data(cfg, data, directory, memory)
-    inputs = WorkerInputs(
-        config=cfg, data=data.summary, run_dir=directory, memory=refs,
-        fault=FaultInjection.from_dict(fault_injection) if fault_injection else None,
-        precision=resolve_group_precision(cfg), stem_weights=data.stem_weights(cfg))
+    inputs, datasets, dataset_config = worker_inputs(cfg, prepared, name=name, memory=memory,
+                                                     fault_injection=fault_injection)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1

@@ -18,7 +18,7 @@ from torch import nn
 
 from cnn_ray.compat import set_scheduler_last_lr
 from cnn_ray.config import OptimConfig
-from cnn_ray.recipe import (MuonSGD, WarmupLinearDecay, bn_bias_param_groups,
+from cnn_ray.recipe import (MuonSGD, WarmupLinearDecay, WarmupStableDecay, bn_bias_param_groups,
                             decoupled_sgd_hparams, split_muon_groups)
 from cnn_ray.train.techniques import split_decay_params
 
@@ -113,6 +113,10 @@ def build_lr_scheduler(
       ``initial_lr_frac`` x ``lr`` up to ``lr`` over the first ``pct_start`` of the steps, then
       linearly down to ``final_lr_frac`` x ``lr`` at the last step (``initial_lr_frac=1``: no
       warm-up, as airbench94_muon). ``warmup_epochs`` is not used.
+    - ``wsd``: warm-up, stable, decay (:class:`cnn_ray.recipe.WarmupStableDecay`): up to
+      ``lr`` over the first ``pct_start`` of the steps, flat, then linearly down to
+      ``final_lr_frac`` x ``lr`` over the last ``decay_frac``: early epochs rank trials as the
+      final ones do (for ASHA sweeps).
     - ``cosine``: linear warm-up over ``warmup_epochs`` then cosine decay to 0 (Loshchilov &
       Hutter, "SGDR", 2017; Goyal et al. 2017 warm-up).
     - ``step``: multiply by ``gamma`` every ``step_size`` epochs (He et al. 2016).
@@ -136,6 +140,10 @@ def build_lr_scheduler(
     if cfg.schedule == "linear_decay":
         factor = WarmupLinearDecay(total, warmup_frac=cfg.pct_start, start=cfg.initial_lr_frac,
                                    end=cfg.final_lr_frac)
+        return sched.LambdaLR(optimizer, factor), True
+    if cfg.schedule == "wsd":
+        factor = WarmupStableDecay(total, warmup_frac=cfg.pct_start, decay_frac=cfg.decay_frac,
+                                   start=cfg.initial_lr_frac, end=cfg.final_lr_frac)
         return sched.LambdaLR(optimizer, factor), True
     if cfg.schedule == "plateau":
         return sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.gamma,
@@ -177,11 +185,12 @@ class OneCycleFactor:
         return 1.0 + (self.end - 1.0) * frac
 
 
-def _budget_factor(scheduler) -> Optional[OneCycleFactor | WarmupLinearDecay]:
-    """The :class:`OneCycleFactor` or :class:`~cnn_ray.recipe.WarmupLinearDecay` driving a
-    ``LambdaLR`` (the schedules planned over a step budget), else None."""
+def _budget_factor(scheduler) -> Optional[OneCycleFactor | WarmupLinearDecay | WarmupStableDecay]:
+    """The :class:`OneCycleFactor`, :class:`~cnn_ray.recipe.WarmupLinearDecay` or
+    :class:`~cnn_ray.recipe.WarmupStableDecay` driving a ``LambdaLR`` (the schedules planned
+    over a step budget), else None."""
     lambdas = getattr(scheduler, "lr_lambdas", None) or []
-    if lambdas and isinstance(lambdas[0], (OneCycleFactor, WarmupLinearDecay)):
+    if lambdas and isinstance(lambdas[0], (OneCycleFactor, WarmupLinearDecay, WarmupStableDecay)):
         return lambdas[0]
     return None
 

@@ -43,8 +43,97 @@ from cnn_ray.train.optim import schedule_total_steps, stretch_schedule
 from cnn_ray.train.parts import TrainParts
 
 
+# ------------------------------------------------------------------------------ sessions
+class RayTrainSession:
+    """Where a Ray Train worker gets its rank, device, checkpoint and reports: Ray Train.
+
+    The same interface as :class:`TuneTrialSession`: ``rank``, ``world``, ``device()``,
+    ``wrap(model)`` (DDP when world > 1), ``get_checkpoint()`` (a ``Checkpoint`` or None),
+    ``report(metrics, checkpoint_dir)``, ``after_checkpoint()`` (a barrier) and
+    ``dataset_shard(name)`` (streamed Ray Data shards).
+    """
+
+    def __init__(self) -> None:
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+
+    def device(self, cfg: TrainConfig) -> torch.device:
+        return ray.train.torch.get_device()
+
+    def wrap(self, model):
+        return ray.train.torch.prepare_model(model)
+
+    def get_checkpoint(self):
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: Optional[str]) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
+                         if checkpoint_dir else None)
+
+    def after_checkpoint(self) -> None:
+        _wait_until_committed(self.rank)
+
+    def dataset_shard(self, name: str):
+        return ray.train.get_dataset_shard(name)
+
+
+class TuneTrialSession:
+    """One worker trained inside a Ray Tune trial's own process (no Train controller, no
+    worker actor: the trial's training starts without their start-up, issue 13).
+
+    Rank 0 of 1; the device is ``cuda:0`` when ``scaling.use_gpu`` (Ray sets the trial's
+    ``CUDA_VISIBLE_DEVICES``) and the CPU otherwise; no DDP. Checkpoints and reports go to
+    Tune itself: ``ray.tune.report(metrics, checkpoint=...)`` persists the checkpoint in the
+    trial's folder of the sweep storage (local or a URI) and ``ray.tune.get_checkpoint()``
+    hands it back when the trial resumes or restarts, as Ray Train's own would. Only the
+    memory cache feeds it (``data.cache: memory``; :func:`cnn_ray.train.launch.trains_in_trial`).
+    """
+
+    rank, world = 0, 1
+
+    def device(self, cfg: TrainConfig) -> torch.device:
+        if cfg.scaling.use_gpu and torch.cuda.is_available():
+            return torch.device("cuda", 0)
+        return torch.device("cpu")
+
+    def wrap(self, model):
+        return model
+
+    def get_checkpoint(self):
+        import ray.tune
+
+        return ray.tune.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint_dir: Optional[str]) -> None:
+        import ray.tune
+
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(checkpoint_dir)
+                        if checkpoint_dir else None)
+
+    def after_checkpoint(self) -> None:
+        pass  # ray.tune.report persisted the checkpoint before it returned
+
+    def dataset_shard(self, name: str):
+        raise RuntimeError("training inside a Tune trial reads the memory cache "
+                           "(data.cache: memory); streamed Ray Data shards need a TorchTrainer")
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point for ``TorchTrainer(train_loop_per_worker=...)``.
+    """Entry point for ``TorchTrainer(train_loop_per_worker=...)``: :func:`run_worker` with
+    :class:`RayTrainSession`."""
+    run_worker(loop_config, RayTrainSession())
+
+
+def train_in_tune_trial(loop_config: dict[str, Any]) -> None:
+    """One-worker training in the calling Tune trial's process: :func:`run_worker` with
+    :class:`TuneTrialSession` (what :func:`cnn_ray.tune.trial.run_trial` calls for one-worker
+    trials on the memory cache)."""
+    run_worker(loop_config, TuneTrialSession())
+
+
+def run_worker(loop_config: dict[str, Any], session) -> None:
+    """The training of one worker, whatever runs it (``session``: :class:`RayTrainSession` or
+    :class:`TuneTrialSession`).
 
     ``loop_config`` is :meth:`WorkerInputs.to_dict` (the config, the data summary, the run dir
     for the metrics and events files, the object refs of ``data.cache: memory``, the whitening
@@ -56,16 +145,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     entered = time.time()
     inputs = WorkerInputs.from_dict(loop_config)
     cfg = inputs.config
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank, session.world
     log = _rank0_logger(rank)
     parts = build_parts(cfg, inputs.data, rank, world, precision=inputs.precision,
-                        stem_weights=inputs.stem_weights)
-    progress = restore(parts, cfg, log)
+                        stem_weights=inputs.stem_weights, session=session)
+    progress = restore(parts, cfg, log, session=session)
     log(f"precision {parts.settings.precision} (asked {cfg.precision.dtype}) on {parts.device}, "
         f"{parts.threads} threads, channels_last={cfg.model.channels_last}")
     _record_start(inputs, rank, world, progress.start_epoch, entered)
-    feed = open_feed(inputs, rank, world, parts.device, log)
+    feed = open_feed(inputs, rank, world, parts.device, log, session=session)
     smoke = 2 if cfg.run.smoke else None  # steps and validation batches per epoch
     hooks = build_step_hooks(cfg, parts.model, parts.ema, inputs.data.num_classes,
                              seed=cfg.run.seed + rank,
@@ -73,7 +161,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                              steps_per_epoch=parts.steps_per_epoch)
 
     for epoch in range(progress.start_epoch, cfg.optim.epochs):
-        begin_epoch(parts, cfg, epoch, world, log)
+        begin_epoch(parts, cfg, epoch, world, log, session=session)
         metrics = run_epoch(parts, feed, inputs, epoch, rank, world, hooks=hooks,
                             max_steps=smoke, log=log)
         if not parts.per_step:
@@ -86,7 +174,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 _append_jsonl(inputs.run_dir, "metrics.jsonl", metrics)
         last = epoch + 1 == cfg.optim.epochs or stop
         _report(inputs, metrics, rank, parts, best=progress.best,
-                save=(epoch + 1) % cfg.run.checkpoint_every == 0 or last)
+                save=(epoch + 1) % cfg.run.checkpoint_every == 0 or last, session=session)
         if stop:
             log(f"early stopping: val_top1 has not improved for {progress.stale} epochs")
             break
@@ -118,19 +206,20 @@ def run_epoch(parts: "TrainParts", feed, inputs: WorkerInputs, epoch: int, rank:
 
 # ------------------------------------------------------------------------------ build, restore
 def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
-                precision: Optional[str] = None, stem_weights=None) -> TrainParts:
-    """:func:`cnn_ray.train.parts.build_parts` on Ray Train's device, with Ray Train's DDP
-    wrapping (``prepare_model``: DDP only when world > 1)."""
-    return parts_lib.build_parts(cfg, data, rank, world, device=ray.train.torch.get_device(),
-                                 wrap=ray.train.torch.prepare_model, precision=precision,
+                precision: Optional[str] = None, stem_weights=None, session=None) -> TrainParts:
+    """:func:`cnn_ray.train.parts.build_parts` on the session's device with its wrapping
+    (Ray Train: its device, ``prepare_model``, DDP only when world > 1)."""
+    session = session or RayTrainSession()
+    return parts_lib.build_parts(cfg, data, rank, world, device=session.device(cfg),
+                                 wrap=session.wrap, precision=precision,
                                  stem_weights=stem_weights)
 
 
-def restore(parts: TrainParts, cfg: TrainConfig, log) -> TrainProgress:
-    """Load Ray Train's latest checkpoint (if any) into ``parts``; a one-cycle schedule is
+def restore(parts: TrainParts, cfg: TrainConfig, log, *, session=None) -> TrainProgress:
+    """Load the session's latest checkpoint (if any) into ``parts``; a one-cycle schedule is
     refitted to the current ``optim.epochs``. Returns where training stands (epochs done,
     best ``val_top1``, epochs without improvement)."""
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = (session or RayTrainSession()).get_checkpoint()
     if checkpoint is None:
         return TrainProgress()
     with checkpoint.as_directory() as d:
@@ -147,9 +236,11 @@ def restore(parts: TrainParts, cfg: TrainConfig, log) -> TrainProgress:
     return TrainProgress(start_epoch=state.epoch, best=state.best, stale=stale)
 
 
-def begin_epoch(parts: TrainParts, cfg: TrainConfig, epoch: int, world: int, log) -> None:
-    """:func:`cnn_ray.train.parts.begin_epoch` with Ray Train's DDP wrapping."""
-    parts_lib.begin_epoch(parts, cfg, epoch, world, log, wrap=ray.train.torch.prepare_model)
+def begin_epoch(parts: TrainParts, cfg: TrainConfig, epoch: int, world: int, log, *,
+                session=None) -> None:
+    """:func:`cnn_ray.train.parts.begin_epoch` with the session's wrapping (Ray Train: DDP)."""
+    parts_lib.begin_epoch(parts, cfg, epoch, world, log,
+                          wrap=(session or RayTrainSession()).wrap)
 
 
 def _record_start(inputs: WorkerInputs, rank: int, world: int, start_epoch: int,
@@ -165,6 +256,7 @@ def _record_start(inputs: WorkerInputs, rank: int, world: int, start_epoch: int,
     _append_jsonl(run_dir, "events.jsonl",
                   {"event": "start", "rank": rank, "resumed_from_epoch": start_epoch,
                    "world_size": world, "node_id": ray.get_runtime_context().get_node_id(),
+                   "pid": os.getpid(),
                    "process_started": _process_started(), "import_started": IMPORT_STARTED,
                    "entered": entered})
 
@@ -174,10 +266,10 @@ class _StreamFeed:
     """This worker's Ray Data shards (``data.cache: none``): ``iter_torch_batches`` with the
     local shuffle seeded by (``run.seed``, epoch, rank)."""
 
-    def __init__(self, cfg: TrainConfig, rank: int, device: torch.device):
+    def __init__(self, cfg: TrainConfig, rank: int, device: torch.device, session):
         self.cfg, self.rank, self.device = cfg, rank, device
-        self.train = ray.train.get_dataset_shard("train")
-        self.val = ray.train.get_dataset_shard("val")
+        self.train = session.dataset_shard("train")
+        self.val = session.dataset_shard("val")
 
     def train_batches(self, epoch: int) -> Iterable[dict]:
         d, local = self.cfg.data, self.cfg.data.shuffle == "local"
@@ -229,12 +321,13 @@ class _MemoryFeed:
         return self.val.batches(self.cfg.optim.eval_batch_size, shuffle=False, prefetch=1)
 
 
-def open_feed(inputs: WorkerInputs, rank: int, world: int, device: torch.device, log):
+def open_feed(inputs: WorkerInputs, rank: int, world: int, device: torch.device, log, *,
+              session=None):
     """This worker's batches: ``train_batches(epoch)`` (0-based epoch) and ``val_batches()``,
     each an iterable of ``{"image": (N, H, W, C) uint8, "label": (N,) int64}`` torch batches."""
     if inputs.memory is not None:
         return _MemoryFeed(inputs.memory, inputs.config, rank, world, log, device)
-    return _StreamFeed(inputs.config, rank, device)
+    return _StreamFeed(inputs.config, rank, device, session or RayTrainSession())
 
 
 def _with_fault(batches: Iterable[dict], fault: Optional[FaultInjection], rank: int,
@@ -279,16 +372,18 @@ def _epoch_metrics(epoch: int, tr: EpochStats, va: EpochStats, num_classes: int,
 
 
 def _report(inputs: WorkerInputs, metrics: dict, rank: int, parts: TrainParts, *,
-            best: Optional[float], save: bool) -> None:
-    """``ray.train.report`` this epoch's metrics; with ``save``, rank 0 attaches a checkpoint
-    (model, optimiser, schedule, scaler, config, class names, normalisation) and every rank
-    waits until the controller has committed it (:func:`_wait_until_committed`). The checkpoint
+            best: Optional[float], save: bool, session=None) -> None:
+    """Report this epoch's metrics to the session (``ray.train.report``, or Tune's in a trial);
+    with ``save``, rank 0 attaches a checkpoint (model, optimiser, schedule, scaler, config,
+    class names, normalisation) and every rank waits until it is committed
+    (``session.after_checkpoint``; Ray Train: :func:`_wait_until_committed`). The checkpoint
     holds the raw weights and, with ``optim.ema``, the averaged ones (``ema.pt``)."""
+    session = session or RayTrainSession()
     if not save:
-        ray.train.report(metrics)
+        session.report(metrics, None)
         return
     tmp = None
-    checkpoint = None
+    checkpoint: Optional[str] = None
     if rank == 0:
         data = inputs.data
         tmp = tempfile.mkdtemp(prefix="cnn_ray_ckpt_")
@@ -299,13 +394,13 @@ def _report(inputs: WorkerInputs, metrics: dict, rank: int, parts: TrainParts, *
             scheduler=parts.scheduler, scaler=parts.scaler, best=best, metrics=metrics,
             ema=parts.ema,
         )
-        checkpoint = ray.train.Checkpoint.from_directory(str(path))
+        checkpoint = str(path)
     try:
-        ray.train.report(metrics, checkpoint=checkpoint)
+        session.report(metrics, checkpoint)
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    _wait_until_committed(rank)
+    session.after_checkpoint()
 
 
 def _wait_until_committed(rank: int, timeout_s: float = 300.0) -> None:

@@ -28,6 +28,27 @@ SPEC_FILE = "sweep_spec.json"        # what the sweep was asked to do (resume ch
 ASHA_STATE = "asha_rungs.json"       # ASHA's recorded rung values (Tune does not save them)
 
 
+def check_budgets(base: TrainConfig, scheduler: SchedulerSettings, space_keys) -> None:
+    """``scheduler.max_t`` and the base's ``optim.epochs`` must agree when trials are stopped by
+    epoch (issue 13): a learning-rate schedule is planned over ``optim.epochs``, so a
+    ``max_t`` below it cuts every surviving trial off before its schedule ends (it never
+    anneals), and one above it promises epochs no trial runs. ``max_t`` left out takes
+    ``optim.epochs``. A space that searches ``optim.epochs`` itself is not checked here (each
+    trial's own schedule; ``max_t`` caps them).
+
+    Raises:
+        ConfigError: naming both keys and their values.
+    """
+    if scheduler.kind == "fifo" or scheduler.time_attr != "epoch" or "optim.epochs" in space_keys:
+        return
+    if scheduler.max_t != base.optim.epochs:
+        raise ConfigError(
+            f"scheduler.max_t ({scheduler.max_t}) disagrees with base optim.epochs "
+            f"({base.optim.epochs}): trials are stopped by epoch, and the learning-rate schedule "
+            f"of each trial spans optim.epochs; leave scheduler.max_t out (it defaults to "
+            f"optim.epochs) or set the two equal")
+
+
 class SweepPlan:
     """Everything decided before Ray runs anything (validated; no Ray calls)."""
 
@@ -52,6 +73,7 @@ class SweepPlan:
         if scheduler.max_t is None:
             scheduler = scheduler.model_copy(update={"max_t": base.optim.epochs})
             self.scheduler = scheduler
+        check_budgets(base, scheduler, self.space.keys())
         if scheduler.grace_period > scheduler.max_t:
             raise ConfigError(f"scheduler.grace_period ({scheduler.grace_period}) must be <= "
                               f"scheduler.max_t ({scheduler.max_t})")

@@ -37,6 +37,10 @@ class SweepSettings(_Strict):
     max_failures: int = Field(0, ge=0, description="times Tune retries an errored trial")
     trial_driver_cpus: float = Field(0.0, ge=0.0, le=1.0, description="CPU the trial's own "
                                      "function reserves (it only waits on its Train run)")
+    in_trial: bool = Field(True, description="one-worker trials on the memory cache train in "
+                           "the Tune trial's own process (no Train controller or worker actor "
+                           "to start; trial processes reused); false: every trial through a "
+                           "TorchTrainer")
 
     @field_validator("metric")
     @classmethod

@@ -149,6 +149,8 @@ def _tuner(plan: SweepPlan, trainable, concurrency: int, *, restoring: bool, ver
     errored trials resume) or new, with the scheduler, searcher and release callback."""
     from ray import tune
 
+    from cnn_ray.train.launch import trains_in_trial
+
     if restoring:
         print(f"[cnn_ray] resuming sweep {plan.exp_dir}", flush=True)
         return tune.Tuner.restore(plan.exp_dir, trainable=trainable, resume_unfinished=True,
@@ -162,10 +164,15 @@ def _tuner(plan: SweepPlan, trainable, concurrency: int, *, restoring: bool, ver
             search_alg=build_search_alg(plan, concurrency),
             num_samples=1 if plan.points is not None else plan.num_trials,
             trial_dirname_creator=trial_dirname,
+            # in-trial training: the next trial reuses a finished one's process (torch and
+            # cnn_ray already imported) -- safe, each trial rebuilds its model, seeds and data
+            reuse_actors=settings.in_trial and trains_in_trial(plan.base),
         ),
         run_config=tune.RunConfig(
             name=plan.name, storage_path=plan.storage, verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+            # checkpoints of in-trial training are Tune's: keep as many as a Train run would
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=plan.base.run.keep_checkpoints),
             callbacks=[ReleaseStoppedTrials(), *(tune_callbacks or [])],
         ),
     )

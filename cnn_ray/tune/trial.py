@@ -1,11 +1,23 @@
-"""One sweep trial: the Tune function trainable that runs one ``TorchTrainer``.
+"""One sweep trial: the Tune function trainable that trains one sampled configuration.
 
 Each trial is a Tune *function* trainable (``Tuner(trainer)`` does not work with Train V2): it
 rebuilds the ``TrainConfig`` from the base plus its sampled values (validated, so a bad
-combination is a :class:`~cnn_ray.config.ConfigError` naming the key), then
-``build_trainer(cfg, prepared, name=<trial id>, callbacks=[TuneReportCallback()]).fit()``.
-Each epoch's ``ray.train.report`` is one Tune result. The Train run is stored at
-``<sweep dir>/train_runs/<trial id>``, so a restored sweep's trial finds its checkpoints.
+combination is a :class:`~cnn_ray.config.ConfigError` naming the key), then trains it one of
+two ways:
+
+- **in the trial's own process** (``sweep.in_trial``, one worker, ``data.cache: memory``:
+  :func:`cnn_ray.train.launch.trains_in_trial`): the Ray Train worker's training function runs
+  right here with a Tune session (:func:`cnn_ray.train.worker.train_in_tune_trial`): same
+  config, data (the sweep's arrays in the object store), model, loop and checkpoint contents;
+  each epoch is one ``ray.tune.report`` and checkpoints are Tune's (persisted in the trial's
+  folder, handed back by ``ray.tune.get_checkpoint`` on a resume). No Train controller or worker
+  actor is started, and Tune reuses the trial processes (torch stays imported);
+- otherwise ``build_trainer(cfg, prepared, name=<trial id>,
+  callbacks=[TuneReportCallback()]).fit()``: each epoch's ``ray.train.report`` is one Tune
+  result; the checkpoints are the Train run's, under ``<sweep dir>/train_runs/<trial id>``.
+
+Either way the run files (config, metrics.jsonl, events.jsonl) are in
+``<sweep dir>/train_runs/<trial id>``.
 """
 
 from __future__ import annotations
@@ -22,19 +34,20 @@ TRIAL_DRIVER_MEMORY = 2**20          # bytes: the trial function's logical reser
 
 
 def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: Optional[str],
-              memory: Optional[list] = None) -> None:
-    """The Tune function trainable: one Train run for one sampled configuration.
+              memory: Optional[list] = None, in_trial: bool = True) -> None:
+    """The Tune function trainable: one training run for one sampled configuration.
 
     Records its start (``trial_starts.jsonl``: ``event`` ``start`` with the trial id, unix time
-    and pid; then ``trainer_built`` once the datasets are set up), rebuilds and validates
-    the config (``ConfigError`` naming the key), writes the run files and fits the trainer;
-    every epoch's report reaches Tune through ``TuneReportCallback``.
+    and pid; then ``trainer_built`` once the data is set up), rebuilds and validates the config
+    (``ConfigError`` naming the key), writes the run files and trains: in this process when
+    ``in_trial`` and :func:`~cnn_ray.train.launch.trains_in_trial` allow it, else through a
+    ``TorchTrainer`` whose reports reach Tune through ``TuneReportCallback``.
     """
     import ray.tune
     started = time.time()  # before the imports: a fresh trial actor pays for them too
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from cnn_ray.train.launch import build_trainer, run_dir, write_run_files
+    from cnn_ray.train.launch import (build_trainer, run_dir, trains_in_trial, worker_inputs,
+                                      write_run_files)
 
     trial_id = ray.tune.get_context().get_trial_id()
     if starts_log:
@@ -46,12 +59,26 @@ def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: 
     shared = None
     if memory and cfg.data.cache == "memory" and cfg.data.image_size == base["data"]["image_size"]:
         shared = memory[0]  # the sweep's arrays (same prepared shards, same eval size)
+    if in_trial and trains_in_trial(cfg):
+        from cnn_ray.train.worker import train_in_tune_trial
+
+        inputs, _, _ = worker_inputs(cfg, prepared, name=trial_id, memory=shared)
+        _built(starts_log, trial_id)
+        train_in_tune_trial(inputs.to_dict())
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     trainer = build_trainer(cfg, prepared, name=trial_id, callbacks=[TuneReportCallback()],
                             memory=shared)
-    if starts_log:  # datasets built (the small validation set materialised): a start-up phase
+    _built(starts_log, trial_id)
+    trainer.fit()
+
+
+def _built(starts_log: Optional[str], trial_id: str) -> None:
+    """Start-up phase mark: the trial's data is set up (the trainer, or the in-trial inputs)."""
+    if starts_log:
         _append_jsonl(starts_log, {"event": "trainer_built", "trial_id": trial_id,
                                    "time": time.time()})
-    trainer.fit()
 
 
 def trial_dirname(trial) -> str:
@@ -91,7 +118,25 @@ def make_trainable(plan: SweepPlan, prepared):
     fn = tune.with_parameters(
         run_trial, base=base, prepared=prepared, runs_dir=plan.runs_dir, memory=memory,
         starts_log=f"{plan.exp_dir}/{TRIAL_STARTS}" if plan.local else None,
+        in_trial=plan.settings.in_trial,
     )
-    # Tune refuses an all-zero request; a token of memory lets the driver reserve no CPU.
-    return tune.with_resources(fn, tune.PlacementGroupFactory(
-        [{"CPU": plan.settings.trial_driver_cpus, "memory": TRIAL_DRIVER_MEMORY}]))
+    return tune.with_resources(fn, lambda config: trial_bundle(plan, config))
+
+
+def trial_bundle(plan: SweepPlan, config: dict):
+    """The placement group of one trial's own process: the worker's CPUs (and GPU) when it
+    trains in the trial (:func:`~cnn_ray.train.launch.trains_in_trial`), else the driver's
+    ``sweep.trial_driver_cpus`` -- the ``TorchTrainer`` reserves its workers itself. Tune
+    refuses an all-zero request; a token of memory lets a driver reserve no CPU."""
+    from ray import tune
+
+    from cnn_ray.train.launch import trains_in_trial
+
+    bundle = {"CPU": plan.settings.trial_driver_cpus, "memory": TRIAL_DRIVER_MEMORY}
+    cfg = trial_config(plan.base.to_dict(), config, source="trial resources") if config \
+        else plan.base
+    if plan.settings.in_trial and trains_in_trial(cfg):
+        bundle["CPU"] = cfg.scaling.cpus_per_worker
+        if cfg.scaling.use_gpu:
+            bundle["GPU"] = 1
+    return tune.PlacementGroupFactory([bundle])
