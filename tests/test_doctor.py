@@ -110,3 +110,36 @@ def test_text_lists_numbered_suggestions_with_gains():
     text = diagnose(m).text()
     assert text.splitlines()[0] == "verdict: compute-bound"
     assert "  1. precision.dtype=bf16  (est. " in text
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_doctor_end_to_end_on_a_small_recipe(ray_session, cifar_small, tmp_path, capsys):
+    """jobs/doctor.py's path on real JPEGs: a bounded profile, the split, a verdict, the JSON
+    and a torch.profiler trace."""
+    import json
+
+    from cnn_ray.cli import main
+
+    out = tmp_path / "doctor.json"
+    rc = main(["doctor", "--config", "jobs/configs/cifar10.yaml", "--steps", "3", "--warmup", "1",
+               "--json", str(out), "--trace", str(tmp_path / "trace"),
+               f"data.train={cifar_small['train']}", f"data.val={cifar_small['test']}",
+               "model.name=simple_cnn", "model.widths=null", "model.whitening.enabled=false",
+               "optim.batch_size=32", "optim.epochs=1", "precision.dtype=fp32",
+               "model.channels_last=false", f"run.storage_path={tmp_path / 'runs'}"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    m, d = report["measurements"], report["diagnosis"]
+    assert set(m["phases"]) == {"data_wait", "host_to_device", "forward", "backward",
+                                "optimizer", "allreduce"}
+    assert m["phases"]["forward"] > 0 and m["phases"]["backward"] > 0 and m["images_per_sec"] > 0
+    assert m["compute_images_per_sec"] > 0 and m["eval_images_per_sec"] > 0
+    assert "model.channels_last=true" in m["candidates"]  # measured, since it was off
+    assert "optim.batch_size=256" in m["candidates"]  # batch 32: the larger batch is measured
+    assert d["verdict"] in {"input-bound", "compute-bound", "overhead-bound", "start-up-bound",
+                            "memory-bound"}
+    assert report["extra"]["timed_steps"] == 3
+    assert (tmp_path / "trace" / "trace.json").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert f"verdict: {d['verdict']}" in printed
