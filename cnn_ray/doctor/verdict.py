@@ -210,7 +210,7 @@ def diagnose(m: Measurements) -> Diagnosis:
     if comm >= COMM_SHARE:
         evidence.append(f"gradient all-reduce {100 * comm:.0f}% of step time")
         return Diagnosis("communication-bound", evidence, [
-            Suggestion(f"optim.grad_accum_steps=2", "all-reduce once per 2 micro-batches",
+            Suggestion("optim.grad_accum_steps=2", "all-reduce once per 2 micro-batches",
                        round(1.0 / max(1.0 - comm / 2, 1e-3), 2)),
             Suggestion(f"scaling.num_workers={max(1, m.num_workers // 2)}",
                        "fewer, larger workers exchange fewer gradients")] + compute)
