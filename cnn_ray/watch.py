@@ -59,7 +59,8 @@ class EtaProgress:
     ``<label>: 20/49 (41%), 3.1 steps/s, ETA 0:09[, <extra>]`` when ``every_s`` seconds have
     passed since the last line (the first line after ``every_s``); ``every_s <= 0`` prints
     nothing. ``extra(done, rate) -> str`` adds to the line (e.g. the time left in the run).
-    The estimate is linear: (total - done) / rate since construction, in seconds.
+    The estimate is linear: (total - done) / rate, the rate measured from the first
+    ``update`` on (so a slow first step -- start-up, a pipeline filling -- does not inflate it).
     """
 
     def __init__(self, label: str, total: int, *, every_s: float = 30.0, unit: str = "steps",
@@ -69,11 +70,13 @@ class EtaProgress:
         self.label, self.total, self.every_s, self.unit = label, total, every_s, unit
         self.log, self.extra, self.clock = log, extra, clock
         self.start = self.last = clock()
+        self.base: Optional[tuple[float, int]] = None  # (time, done) at the first update
         self.lines = 0
 
     def rate(self, done: int) -> float:
-        """Units per second since construction."""
-        return done / max(self.clock() - self.start, 1e-9)
+        """Units per second since the first :meth:`update` (since construction before it)."""
+        t0, d0 = self.base if self.base is not None and done > self.base[1] else (self.start, 0)
+        return (done - d0) / max(self.clock() - t0, 1e-9)
 
     def line(self, done: int) -> str:
         rate = self.rate(done)
@@ -88,6 +91,8 @@ class EtaProgress:
     def update(self, done: int) -> None:
         """Print a line when ``every_s`` seconds have passed since the previous one."""
         now = self.clock()
+        if self.base is None:
+            self.base = (now, done)
         if self.every_s > 0 and now - self.last >= self.every_s:
             self.last = now
             self.lines += 1

@@ -55,10 +55,16 @@ def test_eta_progress_is_time_based_and_estimates_time_left():
     assert len(lines) == 10
     assert lines[1] == "epoch 1/2 step: 20/100 (20%), 1 steps/s, ETA 1:20, 80 to go"
     assert format_duration(3725) == "1:02:05" and format_duration(59.6) == "1:00"
+    slow_start = EtaProgress("e", 10, every_s=1.0, log=lines.append, clock=lambda: now[0])
+    now[0] += 500.0  # the first step waited 500 s for data; then 1 step/s
+    slow_start.update(1)
+    now[0] += 4.0
+    slow_start.update(5)
+    assert lines[-1] == "e: 5/10 (50%), 1 steps/s, ETA 0:05"
     quiet = EtaProgress("x", 10, every_s=0, log=lines.append, clock=lambda: now[0])
     now[0] = 1e6
     quiet.update(5)
-    assert len(lines) == 10  # every_s=0: off
+    assert len(lines) == 12  # every_s=0: off
 
 
 def test_tensorboard_scalars_readable_and_resume_continues_curve(tmp_path):
