@@ -1,4 +1,4 @@
-"""Command line: ``cnn-ray {train,prepare,evaluate,benchmark,tune} --config FILE [a.b=value ...]``.
+"""Command line: ``cnn-ray {train,prepare,evaluate,benchmark,doctor,tune} --config FILE [a.b=value ...]``.
 
 The only place (with ``jobs/``) that parses argv; config files and overrides are read by
 :mod:`cnn_ray.config_io`, and the rest of the library takes typed configs. Nothing in
@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
                         ("prepare", "decode images once into Parquet shards"),
                         ("evaluate", "top-1, per-class accuracy and confusion matrix of a checkpoint"),
                         ("benchmark", "throughput: synthetic vs Ray pipeline vs plain PyTorch"),
+                        ("doctor", "short profile: the bottleneck (input/compute/memory/...) "
+                         "and the config changes that address it"),
                         ("tune", "ASHA-scheduled sweep over the same trainer")]:
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--config", required=True, help="YAML config (recipe or sweep file)")
@@ -40,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", help="write the figures to this JSON file")
             sp.add_argument("--only", choices=["a"], help="a: only the pure-compute figure "
                             "(the machine's images/s for this model, batch and precision)")
+        if name == "doctor":
+            sp.add_argument("--steps", type=int, default=20, help="timed training steps")
+            sp.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+            sp.add_argument("--json", help="write the measurements and the verdict here")
+            sp.add_argument("--trace", help="write a torch.profiler trace (Chrome/TensorBoard "
+                            "format) of the timed steps into this folder")
         if name == "tune":
             sp.add_argument("--resume", action="store_true", help="restore an interrupted sweep")
     return p
@@ -87,6 +95,14 @@ def _dispatch(args) -> int:
         from cnn_ray.benchmark import benchmark_main
 
         return benchmark_main(cfg, steps=args.steps, json_path=args.json, only=args.only)
+    if args.command == "doctor":
+        from cnn_ray.doctor.run import doctor_main
+
+        if args.steps < 1 or args.warmup < 0:
+            raise ConfigError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and "
+                              f"{args.warmup}")
+        return doctor_main(cfg, steps=args.steps, warmup=args.warmup, json_path=args.json,
+                           trace_dir=args.trace)
     raise AssertionError(args.command)
 
 

@@ -260,6 +260,9 @@ class RunConfig(_Strict):
     seed: int = Field(0, ge=0)
     smoke: bool = Field(False, description="tiny run on a few batches (same code path)")
     log_every: int = Field(50, ge=1, description="steps between rank-0 progress lines")
+    progress_every_s: float = Field(
+        30.0, ge=0.0, description="seconds between rank-0 progress lines with the time left "
+        "(steps of the epoch, ETA of the epoch and of the run's training); 0 = none")
 
     @field_validator("name")
     @classmethod

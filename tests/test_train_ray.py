@@ -57,6 +57,16 @@ def test_two_worker_ddp_run_and_resume(ray_session, cifar_ddp, tmp_path):
     result2 = run_training(more)
     assert result2.metrics["epoch"] == 3
     assert [line["epoch"] for line in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3]
+    # Watching: rank 0's TensorBoard scalars continue the same curve across the resume (global
+    # step = epoch, read by tensorboard's own loader), and the learning-curve PNG is there.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("top1/val")] == [1, 2, 3]
+    assert [e.step for e in acc.Scalars("speed/images_per_sec")] == [1, 2, 3]
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2  # rank 0, 2 runs
+    assert (run_dir / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_killed_worker_resumes_from_last_checkpoint(ray_session, cifar_small, tmp_path):

@@ -351,7 +351,8 @@ def _add_stats(stats: ChannelStats, rows: pa.Table) -> None:
 
 
 class _Progress:
-    """``prepare train: 20480/45000 images (45%), 3100 img/s, 0 bad`` every few seconds."""
+    """``prepare train: 20480/45000 images (45%), 3100 img/s, ETA 0:08, 0 bad`` every few
+    seconds."""
 
     def __init__(self, label: str, total: int, enabled: bool, every_s: float = 5.0):
         self.label, self.total, self.enabled, self.every_s = label, total, enabled, every_s
@@ -359,9 +360,14 @@ class _Progress:
         self.start = self.last = time.monotonic()
 
     def _line(self, bad: int) -> str:
+        from cnn_ray.watch import format_duration
+
         rate = self.done_rows / max(time.monotonic() - self.start, 1e-9)
         pct = 100.0 * self.done_rows / self.total if self.total else 100.0
-        return f"{self.label}: {self.done_rows}/{self.total} images ({pct:.0f}%), {rate:.0f} img/s, {bad} bad"
+        eta = (f", ETA {format_duration((self.total - self.done_rows) / rate)}"
+               if rate > 0 and self.done_rows < self.total else "")
+        return (f"{self.label}: {self.done_rows}/{self.total} images ({pct:.0f}%), {rate:.0f} img/s"
+                f"{eta}, {bad} bad")
 
     def update(self, rows: int, bad: int) -> None:
         self.done_rows += rows

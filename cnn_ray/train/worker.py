@@ -12,6 +12,7 @@ import time
 
 IMPORT_STARTED = time.time()  # start-up breakdown in events.jsonl: this module's imports begin
 
+import dataclasses
 import os
 import resource
 import shutil
@@ -41,6 +42,7 @@ from cnn_ray.train.loop import (
 )
 from cnn_ray.train.optim import schedule_total_steps, stretch_schedule
 from cnn_ray.train.parts import TrainParts
+from cnn_ray.watch import EtaProgress, RunWatch, format_duration, say
 
 
 # ------------------------------------------------------------------------------ sessions
@@ -160,9 +162,11 @@ def run_worker(loop_config: dict[str, Any], session) -> None:
                              start_step=progress.start_epoch * parts.steps_per_epoch,
                              steps_per_epoch=parts.steps_per_epoch)
 
+    watch = RunWatch(inputs.run_dir, progress.start_epoch, log) if rank == 0 else None
     for epoch in range(progress.start_epoch, cfg.optim.epochs):
         begin_epoch(parts, cfg, epoch, world, log, session=session)
-        metrics = run_epoch(parts, feed, inputs, epoch, rank, world, hooks=hooks,
+        metrics = run_epoch(parts, feed, inputs, epoch, rank, world,
+                            hooks=_with_progress(hooks, cfg, parts, epoch, rank, log),
                             max_steps=smoke, log=log)
         if not parts.per_step:
             parts.scheduler.step(metrics["val_loss"])
@@ -172,12 +176,15 @@ def run_worker(loop_config: dict[str, Any], session) -> None:
             log(_format_metrics(metrics))
             if inputs.run_dir:
                 _append_jsonl(inputs.run_dir, "metrics.jsonl", metrics)
+            watch.epoch(metrics)
         last = epoch + 1 == cfg.optim.epochs or stop
         _report(inputs, metrics, rank, parts, best=progress.best,
                 save=(epoch + 1) % cfg.run.checkpoint_every == 0 or last, session=session)
         if stop:
             log(f"early stopping: val_top1 has not improved for {progress.stale} epochs")
             break
+    if watch is not None:
+        watch.close()
 
 
 def run_epoch(parts: "TrainParts", feed, inputs: WorkerInputs, epoch: int, rank: int, world: int,
@@ -202,6 +209,23 @@ def run_epoch(parts: "TrainParts", feed, inputs: WorkerInputs, epoch: int, rank:
     metrics.update(bad_inputs=_bad_inputs(inputs, rank),
                    tta_views=tta_views(tta))
     return metrics
+
+
+def _with_progress(hooks, cfg: TrainConfig, parts: TrainParts, epoch: int, rank: int, log):
+    """``hooks`` plus, on rank 0, an after-step hook that prints the epoch's progress with the
+    time left in the epoch and in the run's training steps every ``run.progress_every_s``
+    seconds (:class:`~cnn_ray.watch.EtaProgress`; evaluation time is not in the estimate)."""
+    if rank != 0 or not cfg.run.progress_every_s:
+        return hooks
+    spe, epochs = parts.steps_per_epoch, cfg.optim.epochs
+
+    def run_left(done: int, rate: float) -> str:
+        steps_left = (epochs - epoch - 1) * spe + max(0, spe - done)
+        return f"run ETA {format_duration(steps_left / rate) if rate > 0 else '?'} (training)"
+
+    bar = EtaProgress(f"epoch {epoch + 1}/{epochs} step", spe, every_s=cfg.run.progress_every_s,
+                      log=log, extra=run_left)
+    return dataclasses.replace(hooks, after_step=[*hooks.after_step, bar.update])
 
 
 # ------------------------------------------------------------------------------ build, restore
@@ -415,8 +439,7 @@ def _wait_until_committed(rank: int, timeout_s: float = 300.0) -> None:
             consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=timeout_s)
     except Exception as exc:  # noqa: BLE001 (a barrier, not a correctness requirement)
         if rank == 0:
-            print(f"[cnn_ray] checkpoint commit not confirmed ({type(exc).__name__}: {exc}); "
-                  "continuing", flush=True)
+            say(f"checkpoint commit not confirmed ({type(exc).__name__}: {exc}); continuing")
 
 
 def _format_metrics(m: dict) -> str:
@@ -445,7 +468,9 @@ def _append_jsonl(run_dir: str, name: str, record: dict) -> None:
 
 
 def _rank0_logger(rank: int):
+    """``log(msg)``: one ``[cnn_ray]`` line on rank 0 (:func:`cnn_ray.watch.say`: once in the
+    job log, where ``print`` on a Train worker appears twice), nothing on other ranks."""
     def log(msg: str) -> None:
         if rank == 0:
-            print(f"[cnn_ray] {msg}", flush=True)
+            say(msg)
     return log

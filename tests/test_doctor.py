@@ -1,0 +1,145 @@
+"""The doctor's verdict on synthetic measurements (pure, no Ray, no torch work)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnn_ray.doctor.verdict import Measurements, diagnose, step_gain
+
+
+def _m(**over) -> Measurements:
+    """A compute-bound CPU run: batch 512 at 800 images/s (0.64 s/step), no data wait."""
+    base = dict(batch_size=512, images_per_sec=800.0, compute_images_per_sec=850.0,
+                phases={"data_wait": 0.005, "host_to_device": 0.02, "forward": 0.2,
+                        "backward": 0.35, "optimizer": 0.06, "allreduce": None},
+                precision="bf16", channels_last=True, cache="memory", epochs=10,
+                num_train=50_000, num_val=10_000, eval_images_per_sec=3000.0, startup_s=5.0,
+                dataset_mb=184.3, hardware={"amx_bf16": True, "cpu_native_bf16": True})
+    base.update(over)
+    return Measurements(**base)
+
+
+def test_compute_bound_with_nothing_left_to_change():
+    d = diagnose(_m())
+    assert d.verdict == "compute-bound"
+    assert d.suggestions == []
+    assert "800 images/s at batch 512" in d.evidence[0]
+
+
+def test_input_bound_streaming_suggests_the_memory_cache_first():
+    # 41% of a 1 s step waits on Ray Data; the data fits the cache
+    m = _m(images_per_sec=512.0, cache="none", compute_images_per_sec=900.0,
+           phases={"data_wait": 0.41, "host_to_device": 0.02, "forward": 0.2, "backward": 0.31,
+                   "optimizer": 0.06, "allreduce": None})
+    d = diagnose(m)
+    assert d.verdict == "input-bound"
+    first = d.suggestions[0]
+    assert first.override == "data.cache=memory"
+    assert first.est_gain == pytest.approx(1 / 0.59, rel=0.01)  # the wait removed
+    assert "184 MB" in first.reason and "41%" in first.reason
+    assert d.suggestions[1].override == "data.data_cpus=1"
+
+
+def test_input_bound_gain_is_capped_by_the_compute_limit():
+    m = _m(images_per_sec=512.0, cache="none", compute_images_per_sec=600.0,
+           phases={"data_wait": 0.6, "forward": 0.4})
+    assert diagnose(m).suggestions[0].est_gain == pytest.approx(600 / 512, rel=0.01)
+
+
+def test_too_big_for_the_cache_suggests_more_data_cpus():
+    m = _m(images_per_sec=512.0, cache="none", dataset_mb=9000.0,
+           phases={"data_wait": 0.5, "forward": 0.5})
+    d = diagnose(m)
+    assert d.verdict == "input-bound"
+    assert d.suggestions[0].override == "data.data_cpus=1" and d.suggestions[0].est_gain
+
+
+def test_fp32_nchw_on_an_amx_cpu_ranks_the_bigger_measured_change_first():
+    m = _m(precision="fp32", channels_last=False, compute_images_per_sec=200.0,
+           images_per_sec=190.0,
+           candidates={"precision.dtype=bf16": 700.0, "model.channels_last=true": 260.0})
+    d = diagnose(m)
+    assert d.verdict == "compute-bound"
+    assert [s.override for s in d.suggestions] == ["precision.dtype=bf16",
+                                                   "model.channels_last=true"]
+    assert d.suggestions[0].est_gain == pytest.approx(step_gain(m, 3.5), rel=0.01)
+    assert 3.3 < d.suggestions[0].est_gain < 3.5  # the small data wait stays
+    assert "amx_bf16" in d.suggestions[0].reason
+
+
+def test_small_change_is_not_suggested():
+    m = _m(candidates={"model.channels_last=true": 880.0})  # 1.035x: noise
+    assert diagnose(m).suggestions == []
+
+
+def test_batch_8_is_overhead_bound_and_suggests_a_larger_batch():
+    m = _m(batch_size=8, images_per_sec=150.0, compute_images_per_sec=160.0,
+           phases={"data_wait": 0.001, "forward": 0.02, "backward": 0.03, "optimizer": 0.002},
+           candidates={"optim.batch_size=64": 700.0})
+    d = diagnose(m)
+    assert d.verdict == "overhead-bound"
+    assert d.suggestions[0].override == "optim.batch_size=64"
+    assert d.suggestions[0].est_gain > 4
+    assert "decoupled" in d.suggestions[0].reason
+
+
+def test_memory_bound_on_spilling_or_a_full_gpu():
+    assert diagnose(_m(spilled_bytes=300_000_000)).verdict == "memory-bound"
+    d = diagnose(_m(gpu_peak_mb=79_000.0, gpu_total_mb=80_000.0))
+    assert d.verdict == "memory-bound" and d.suggestions[0].override == "optim.batch_size=256"
+
+
+def test_communication_bound_when_the_allreduce_dominates():
+    m = _m(num_workers=4, phases={"data_wait": 0.0, "forward": 0.1, "backward": 0.2,
+                                  "optimizer": 0.04, "allreduce": 0.3})
+    d = diagnose(m)
+    assert d.verdict == "communication-bound"
+    assert d.suggestions[0].override == "optim.grad_accum_steps=2"
+
+
+def test_start_up_bound_when_the_fixed_cost_dominates_a_short_run():
+    m = _m(epochs=1, num_train=5_000, num_val=1_000, startup_s=30.0)  # ~6.6 s of work
+    d = diagnose(m)
+    assert d.verdict == "start-up-bound"
+    assert "start-up 30.0 s" in d.evidence[-1]
+
+
+def test_text_lists_numbered_suggestions_with_gains():
+    m = _m(precision="fp32", compute_images_per_sec=200.0, images_per_sec=190.0,
+           candidates={"precision.dtype=bf16": 700.0})
+    text = diagnose(m).text()
+    assert text.splitlines()[0] == "verdict: compute-bound"
+    assert "  1. precision.dtype=bf16  (est. " in text
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_doctor_end_to_end_on_a_small_recipe(ray_session, cifar_small, tmp_path, capsys):
+    """jobs/doctor.py's path on real JPEGs: a bounded profile, the split, a verdict, the JSON
+    and a torch.profiler trace."""
+    import json
+
+    from cnn_ray.cli import main
+
+    out = tmp_path / "doctor.json"
+    rc = main(["doctor", "--config", "jobs/configs/cifar10.yaml", "--steps", "3", "--warmup", "1",
+               "--json", str(out), "--trace", str(tmp_path / "trace"),
+               f"data.train={cifar_small['train']}", f"data.val={cifar_small['test']}",
+               "model.name=simple_cnn", "model.widths=null", "model.whitening.enabled=false",
+               "optim.batch_size=32", "optim.epochs=1", "precision.dtype=fp32",
+               "model.channels_last=false", f"run.storage_path={tmp_path / 'runs'}"])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    m, d = report["measurements"], report["diagnosis"]
+    assert set(m["phases"]) == {"data_wait", "host_to_device", "forward", "backward",
+                                "optimizer", "allreduce"}
+    assert m["phases"]["forward"] > 0 and m["phases"]["backward"] > 0 and m["images_per_sec"] > 0
+    assert m["compute_images_per_sec"] > 0 and m["eval_images_per_sec"] > 0
+    assert "model.channels_last=true" in m["candidates"]  # measured, since it was off
+    assert "optim.batch_size=256" in m["candidates"]  # batch 32: the larger batch is measured
+    assert d["verdict"] in {"input-bound", "compute-bound", "overhead-bound", "start-up-bound",
+                            "memory-bound"}
+    assert report["extra"]["timed_steps"] == 3
+    assert (tmp_path / "trace" / "trace.json").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert f"verdict: {d['verdict']}" in printed
