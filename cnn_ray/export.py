@@ -65,8 +65,10 @@ def preprocessing_contract(im: InferenceModel, checkpoint: str, fmt: str) -> dic
                   "shape": [None, im.channels, im.image_size, im.image_size],
                   "channels": im.channels, "color": "RGB" if im.channels == 3 else "L",
                   "image_size": im.image_size,
-                  "resize": ("resize the shorter side to image_size (bilinear, antialiased), then "
-                             "centre-crop image_size x image_size"),
+                  "resize": ("decode with Pillow, convert to the colour mode, take the centred "
+                             "square (side = shorter side) and resize it to image_size x "
+                             "image_size, bilinear (PIL Image.resize(box=..., reducing_gap=3.0)); "
+                             "cnn_ray.data.decode.decode_image"),
                   "normalize": "x = (pixel / 255 - mean) / std, per channel",
                   "mean": [float(v) for v in im.settings.mean],
                   "std": [float(v) for v in im.settings.std]},
