@@ -1,4 +1,6 @@
-"""Command line: ``cnn-ray {train,prepare,evaluate,benchmark,doctor,tune} --config FILE [a.b=value ...]``.
+"""Command line: ``cnn-ray {train,prepare,evaluate,benchmark,doctor,tune} --config FILE [a.b=value ...]``,
+``cnn-ray export --checkpoint DIR --format torchscript|onnx`` and ``cnn-ray predict --checkpoint
+DIR --data PATH [a.b=value ...]`` (these two read the config saved in the checkpoint).
 
 The only place (with ``jobs/``) that parses argv; config files and overrides are read by
 :mod:`cnn_ray.config_io`, and the rest of the library takes typed configs. Nothing in
@@ -50,6 +52,23 @@ def _parser() -> argparse.ArgumentParser:
                             "format) of the timed steps into this folder")
         if name == "tune":
             sp.add_argument("--resume", action="store_true", help="restore an interrupted sweep")
+    sp = sub.add_parser("export", help="TorchScript/ONNX file + preprocessing contract + parity check")
+    sp.add_argument("--checkpoint", required=True, help="checkpoint dir (checkpoint_*/)")
+    sp.add_argument("--format", required=True, help="torchscript or onnx")
+    sp.add_argument("--out", help="output directory (default: <checkpoint>/export)")
+    sp.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
+    sp = sub.add_parser("predict", help="batch prediction over images with Ray Data")
+    sp.add_argument("--checkpoint", required=True, help="checkpoint dir (checkpoint_*/)")
+    sp.add_argument("--data", required=True, help="ImageFolder tree, folder of images, glob of "
+                    "image files, CSV/Parquet manifest (path[,label]) or Parquet shards")
+    sp.add_argument("--out", help="predictions file, .parquet or .csv (default: "
+                    "<checkpoint>/predictions.parquet)")
+    sp.add_argument("--top-k", type=int, default=5, help="classes and probabilities kept per image")
+    sp.add_argument("--concurrency", type=int, default=1, help="model actors")
+    sp.add_argument("--batch-size", type=int, help="images per model call (default: "
+                    "optim.eval_batch_size)")
+    sp.add_argument("overrides", nargs="*", help="key.path=value overrides of the checkpoint's "
+                    "config (eval.tta, data.bad_input, data.data_cpus, scaling.torch_threads, ...)")
     return p
 
 
@@ -64,6 +83,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _dispatch(args) -> int:
+    if args.command == "export":
+        from cnn_ray.export import export_main  # noqa: PLC0415 (no Ray needed)
+
+        return export_main(args.checkpoint, args.format, out=args.out, use_ema=not args.no_ema)
+    if args.command == "predict":
+        from cnn_ray.predict import predict_main  # noqa: PLC0415
+
+        return predict_main(args.checkpoint, args.data, overrides=args.overrides, out=args.out,
+                            top_k=args.top_k, concurrency=args.concurrency,
+                            batch_size=args.batch_size)
     if args.command == "tune":
         from cnn_ray.tune.jobs import tune_main  # noqa: PLC0415 (optional subsystem)
 

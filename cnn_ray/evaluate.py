@@ -27,12 +27,9 @@ import torch
 
 from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.io import atomic_write_json
-from cnn_ray.models import create_model
-from cnn_ray.recipe.apply import prepare_model, tta_predictor
-from cnn_ray.recipe.tta import tta_views
-from cnn_ray.train.checkpoint import CheckpointError, ema_model_state, load_checkpoint
-from cnn_ray.train.loop import StepSettings, evaluate
-from cnn_ray.train.techniques import resolve_precision
+from cnn_ray.inference import load_inference_model
+from cnn_ray.train.checkpoint import CheckpointError, load_checkpoint
+from cnn_ray.train.loop import evaluate
 
 
 @dataclass
@@ -78,24 +75,9 @@ def evaluate_batches(checkpoint: str | os.PathLike, batches: Iterable[dict], *,
     Raises:
         CheckpointError: an unreadable checkpoint. ValueError: an unknown ``tta`` mode.
     """
-    state = load_checkpoint(checkpoint)
-    meta = state.meta
-    cfg = TrainConfig.from_dict(meta["config"], source=f"{checkpoint}/meta.json", check_paths=False)
-    names = meta["class_names"]
-    tta = tta or cfg.eval.tta
-    predict = tta_predictor(tta)
-    if threads:
-        torch.set_num_threads(threads)
-    model = create_model(cfg.model.name, num_classes=len(names), in_channels=len(meta["mean"]),
-                         **cfg.model.knobs())
-    prepare_model(model, cfg, compile=False)  # one pass over the data: compiling costs more
-    averaged = ema_model_state(state) if use_ema else None
-    model.load_state_dict(averaged if averaged is not None else state.model_state)
-    precision = resolve_precision("fp32" if cfg.precision.dtype == "fp16" else cfg.precision.dtype,
-                                  torch.device("cpu"))
-    s = StepSettings(device=torch.device("cpu"), precision=precision, mean=meta["mean"],
-                     std=meta["std"], channels_last=cfg.model.channels_last)
-    stats = evaluate(model, batches, s, collect_predictions=True, predict=predict)
+    im = load_inference_model(checkpoint, tta=tta, use_ema=use_ema, threads=threads)
+    names = im.class_names
+    stats = evaluate(im.model, batches, im.settings, collect_predictions=True, predict=im.predict)
     pred, label = stats.extra["pred"].numpy(), stats.extra["label"].numpy()
     cm = confusion_matrix(pred, label, len(names))
     totals = cm.sum(axis=1)
@@ -103,7 +85,7 @@ def evaluate_batches(checkpoint: str | os.PathLike, batches: Iterable[dict], *,
     n = max(1, stats.num_images)
     return EvalResult(top1=stats.correct1 / n, loss=stats.loss_sum / n, num_images=stats.num_images,
                       class_names=list(names), per_class=per_class, confusion=cm,
-                      weights="ema" if averaged is not None else "raw", tta_views=tta_views(tta))
+                      weights=im.weights, tta_views=im.tta_views)
 
 
 def write_report(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, str]:

@@ -144,16 +144,18 @@ class _RawBatches:
         return self.inner(table)
 
 
-def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig] = None, *,
-                      seed: int = 0, train: bool = False, rows_per_block: int = 256,
-                      bad_dir: Optional[str] = None) -> Dataset:
-    """Decode a raw folder/manifest/Parquet :class:`~cnn_ray.data.sources.Source` every pass.
+def decode_raw_dataset(source, data: DataConfig, *, seed: int = 0, train: bool = False,
+                       rows_per_block: int = 256) -> Dataset:
+    """Raw folder/manifest/Parquet :class:`~cnn_ray.data.sources.Source` -> decoded rows.
 
-    The ``data.use_raw`` path and ``jobs/evaluate.py --data``: no prepare step, decoding
-    (``cnn_ray.data.decode``) runs in Ray Data tasks on every epoch. Bad files follow
-    ``data.bad_input`` (``skip`` drops them, and with ``bad_dir`` lists each once there, see
-    :class:`_RawBatches`; ``fail`` raises ``BadInputError`` naming the file).
-    Output rows as :func:`build_train_dataset` / :func:`build_eval_dataset`.
+    Decoding (:func:`cnn_ray.data.prepare.decode_block`: Pillow, odd modes converted, resized
+    to ``data.image_size`` and centre-cropped) runs in Ray Data tasks of ``data.data_cpus``.
+    Rows: ``image`` (fixed-size binary, HWC uint8), ``label``, ``rid`` (row id in the source),
+    ``reason`` (None, or why the file is unusable: its image is then zeros), ``path`` (set on
+    bad rows only). Bad rows are *kept* here; the caller applies ``data.bad_input``.
+
+    Raises:
+        ValueError: the source holds no images.
     """
     from cnn_ray.data.prepare import decode_block, parquet_work_items
 
@@ -170,8 +172,22 @@ def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig]
         ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
     kw = {"size": data.image_size, "channels": data.channels, "encoding": source.image_encoding,
           "src_shape": source.image_shape, "rows_per_block": rows_per_block}
-    ds = ds.map_batches(decode_block, batch_size=batch_size, batch_format="pyarrow", fn_kwargs=kw,
-                        num_cpus=data.data_cpus, resources=data.resources or None)
+    return ds.map_batches(decode_block, batch_size=batch_size, batch_format="pyarrow", fn_kwargs=kw,
+                          num_cpus=data.data_cpus, resources=data.resources or None)
+
+
+def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig] = None, *,
+                      seed: int = 0, train: bool = False, rows_per_block: int = 256,
+                      bad_dir: Optional[str] = None) -> Dataset:
+    """Decode a raw folder/manifest/Parquet :class:`~cnn_ray.data.sources.Source` every pass.
+
+    The ``data.use_raw`` path and ``jobs/evaluate.py --data``: no prepare step, decoding
+    (:func:`decode_raw_dataset`) runs in Ray Data tasks on every epoch. Bad files follow
+    ``data.bad_input`` (``skip`` drops them, and with ``bad_dir`` lists each once there, see
+    :class:`_RawBatches`; ``fail`` raises ``BadInputError`` naming the file).
+    Output rows as :func:`build_train_dataset` / :func:`build_eval_dataset`.
+    """
+    ds = decode_raw_dataset(source, data, seed=seed, train=train, rows_per_block=rows_per_block)
     shape = (data.image_size, data.image_size, data.channels)
     return ds.map_batches(
         _RawBatches(augment or AugmentConfig(), image_shape=shape, seed=seed, train=train,
