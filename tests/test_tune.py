@@ -4,7 +4,7 @@ One 4-trial ASHA sweep (module fixture) feeds every check: it is interrupted onc
 (SIGUSR1, like Ctrl+C), resumed, then restored again after it finished. Trials use simple_cnn,
 batch 64, 1 worker each, two at a time. The fixture runs twice: ``trainer`` (streamed Ray Data,
 each trial a TorchTrainer run) and ``in_trial`` (the memory cache: each trial trains in the
-Tune trial's own process, checkpoints are Tune's).
+Tune trial's own process, writing its checkpoints into the run dir).
 """
 
 from __future__ import annotations
@@ -138,12 +138,11 @@ def test_trials_share_one_prepared_dataset_and_name_train_runs_by_trial(asha):
         assert (run / "config.yaml").exists()
         assert t.curve and [e for e, _ in t.curve] == list(range(1, t.epochs + 1))
         assert t.startup_s is not None and t.startup_s >= 0
-        if asha["mode"] == "trainer":  # the Train run's checkpoints
-            assert any(run.glob("checkpoint_*"))
-        else:  # Tune's, in the trial's folder, holding the trial's last epoch
+        assert any(run.glob("checkpoint_*"))  # the run's checkpoints, whoever trained it
+        if asha["mode"] == "in_trial":  # written by the trial, one per epoch, newest kept
             from cnn_ray.train.checkpoint import load_checkpoint
 
-            assert t.checkpoint and Path(t.checkpoint).parent.name == t.trial_id
+            assert t.checkpoint and Path(t.checkpoint).parent == run
             assert load_checkpoint(t.checkpoint).epoch == t.epochs
 
 

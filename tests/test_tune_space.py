@@ -337,3 +337,48 @@ def test_asha_rungs_survive_a_restore(tmp_path):
     restored.on_trial_add(None, Trial("c"))
     # worse than the median of a and b: stopped (a fresh ASHA would let the first one continue)
     assert restored.on_trial_result(None, Trial("c"), {"epoch": 1, "val_loss": 3.0}) == "STOP"
+
+
+def test_trains_in_trial_needs_one_worker_the_memory_cache_and_a_local_path(base):
+    from cnn_ray.train.launch import trains_in_trial
+
+    def with_(**kw):
+        raw = base.to_dict()
+        for key, value in kw.items():
+            section, name = key.split("__")
+            raw[section][name] = value
+        return TrainConfig.from_dict(raw, check_paths=False)
+
+    assert trains_in_trial(with_(data__cache="memory"))
+    assert not trains_in_trial(with_(data__cache="none"))           # streams Ray Data
+    assert not trains_in_trial(with_(data__cache="memory", scaling__num_workers=2))  # DDP
+    assert not trains_in_trial(with_(data__cache="memory", run__storage_path="s3://b/runs",
+                                     data__prepared_dir="/tmp/prepared"))
+
+
+def test_in_trial_checkpoints_are_whole_run_dir_folders_newest_kept(tmp_path, monkeypatch):
+    """TuneTrialSession writes each checkpoint into the run dir before it reports (with its
+    path), keeps the newest ``keep``, and resumes from the newest complete one; a half-written
+    temporary folder is never taken for a checkpoint."""
+    import ray.tune
+
+    from cnn_ray.train.worker import TuneTrialSession, latest_run_checkpoint
+
+    reported = []
+    monkeypatch.setattr(ray.tune, "report", lambda metrics, **kw: reported.append(metrics))
+    session = TuneTrialSession(str(tmp_path / "run"), keep=2)
+    assert session.get_checkpoint() is None
+    for epoch in (1, 2, 3):
+        src = tmp_path / f"ckpt{epoch}"
+        src.mkdir()
+        (src / "meta.json").write_text(str(epoch))
+        session.report({"epoch": epoch}, str(src))
+    session.report({"epoch": 4}, None)
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["checkpoint_epoch_000002", "checkpoint_epoch_000003"]
+    assert [m.get("checkpoint_path") for m in reported] == [
+        str(tmp_path / "run" / f"checkpoint_epoch_{e:06d}") for e in (1, 2, 3)] + [None]
+    (tmp_path / "run" / "checkpoint_epoch_000009.tmp-1-abc").mkdir()  # a killed write
+    assert latest_run_checkpoint(tmp_path / "run").name == "checkpoint_epoch_000003"
+    with session.get_checkpoint().as_directory() as d:
+        assert (Path(d) / "meta.json").read_text() == "3"

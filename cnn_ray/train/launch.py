@@ -191,9 +191,12 @@ def _trainer_data(cfg: TrainConfig, data: TrainingData, directory: str,
 def trains_in_trial(cfg: TrainConfig) -> bool:
     """Whether a sweep trial of ``cfg`` trains in the Tune trial's own process
     (:func:`cnn_ray.train.worker.train_in_tune_trial`) instead of through a ``TorchTrainer``:
-    one worker, the memory cache (no Ray Data to stream), and ``sweep.in_trial`` not off. That
-    skips Train's controller and worker actors, ~13-40 s of start-up per trial (issue 13)."""
-    return cfg.scaling.num_workers == 1 and cfg.data.cache == "memory"
+    one worker, the memory cache (no Ray Data to stream) and a local or mounted
+    ``run.storage_path`` (its checkpoints are written into the run dir like a Train run's; a
+    URI keeps the TorchTrainer path). That skips Train's controller and worker actors, ~13-40 s
+    of start-up per trial (issue 13). ``sweep.in_trial=false`` turns it off for a sweep."""
+    return (cfg.scaling.num_workers == 1 and cfg.data.cache == "memory"
+            and not is_uri(storage_root(cfg)))
 
 
 def worker_inputs(cfg: TrainConfig, prepared: Union["PreparedData", RawData], *,

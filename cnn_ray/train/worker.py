@@ -27,7 +27,7 @@ import ray.train
 import ray.train.torch
 
 from cnn_ray.config import TrainConfig
-from cnn_ray.io import append_jsonl, is_uri
+from cnn_ray.io import append_jsonl, atomic_directory, is_uri
 from cnn_ray.recipe.apply import build_step_hooks, eval_model, tta_predictor
 from cnn_ray.recipe.tta import tta_views
 from cnn_ray.train.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
@@ -84,14 +84,19 @@ class TuneTrialSession:
     worker actor: the trial's training starts without their start-up, issue 13).
 
     Rank 0 of 1; the device is ``cuda:0`` when ``scaling.use_gpu`` (Ray sets the trial's
-    ``CUDA_VISIBLE_DEVICES``) and the CPU otherwise; no DDP. Checkpoints and reports go to
-    Tune itself: ``ray.tune.report(metrics, checkpoint=...)`` persists the checkpoint in the
-    trial's folder of the sweep storage (local or a URI) and ``ray.tune.get_checkpoint()``
-    hands it back when the trial resumes or restarts, as Ray Train's own would. Only the
-    memory cache feeds it (``data.cache: memory``; :func:`cnn_ray.train.launch.trains_in_trial`).
+    ``CUDA_VISIBLE_DEVICES``) and the CPU otherwise; no DDP. Each epoch is one
+    ``ray.tune.report``. Checkpoints are kept as a Train run keeps them, in the run dir
+    (``<run_dir>/checkpoint_epoch_<epoch>``, written atomically before the report, the newest
+    ``keep`` kept; the report carries its ``checkpoint_path``), so a trial restarted after an
+    interruption resumes from its own run dir whatever Tune's saved state recorded. Only the
+    memory cache feeds it and only on a local (or mounted) storage path
+    (:func:`cnn_ray.train.launch.trains_in_trial`).
     """
 
     rank, world = 0, 1
+
+    def __init__(self, run_dir: str, keep: int):
+        self.run_dir, self.keep = Path(run_dir), max(1, int(keep))
 
     def device(self, cfg: TrainConfig) -> torch.device:
         if cfg.scaling.use_gpu and torch.cuda.is_available():
@@ -102,22 +107,44 @@ class TuneTrialSession:
         return model
 
     def get_checkpoint(self):
-        import ray.tune
-
-        return ray.tune.get_checkpoint()
+        path = latest_run_checkpoint(self.run_dir)
+        return ray.train.Checkpoint.from_directory(str(path)) if path else None
 
     def report(self, metrics: dict, checkpoint_dir: Optional[str]) -> None:
         import ray.tune
 
-        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(checkpoint_dir)
-                        if checkpoint_dir else None)
+        if checkpoint_dir:
+            dest = self.run_dir / f"{RUN_CHECKPOINT_PREFIX}{int(metrics['epoch']):06d}"
+            with atomic_directory(dest) as tmp:
+                shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True)
+            for old in run_checkpoints(self.run_dir)[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+            metrics = {**metrics, "checkpoint_path": str(dest)}
+        ray.tune.report(metrics)
 
     def after_checkpoint(self) -> None:
-        pass  # ray.tune.report persisted the checkpoint before it returned
+        pass  # written (atomically) before the report
 
     def dataset_shard(self, name: str):
         raise RuntimeError("training inside a Tune trial reads the memory cache "
                            "(data.cache: memory); streamed Ray Data shards need a TorchTrainer")
+
+
+RUN_CHECKPOINT_PREFIX = "checkpoint_epoch_"
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """The complete in-trial checkpoints of a run dir (``checkpoint_epoch_<epoch>``, whole
+    folders: they appear by an atomic rename), oldest epoch first."""
+    found = [p for p in Path(run_dir).glob(f"{RUN_CHECKPOINT_PREFIX}*")
+             if p.is_dir() and p.name[len(RUN_CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(RUN_CHECKPOINT_PREFIX):]))
+
+
+def latest_run_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest complete in-trial checkpoint of ``run_dir``, or None."""
+    found = run_checkpoints(run_dir)
+    return found[-1] if found else None
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -130,7 +157,8 @@ def train_in_tune_trial(loop_config: dict[str, Any]) -> None:
     """One-worker training in the calling Tune trial's process: :func:`run_worker` with
     :class:`TuneTrialSession` (what :func:`cnn_ray.tune.trial.run_trial` calls for one-worker
     trials on the memory cache)."""
-    run_worker(loop_config, TuneTrialSession())
+    inputs = WorkerInputs.from_dict(loop_config)
+    run_worker(loop_config, TuneTrialSession(inputs.run_dir, inputs.config.run.keep_checkpoints))
 
 
 def run_worker(loop_config: dict[str, Any], session) -> None:

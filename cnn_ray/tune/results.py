@@ -170,8 +170,7 @@ def summarize_trial(plan, result, starts: dict[str, list[float]],
         epochs=epochs, max_epochs=max_epochs,
         wall_s=float(last_tune["time_total_s"]) if _finite(last_tune.get("time_total_s")) else None,
         startup_s=_startup_s(plan, trial_id, starts), checkpoint=_kept_checkpoint(
-            plan, trial_id, [by_epoch[best_epoch]] if best_epoch else [], list(by_epoch.values()))
-        or _tune_checkpoint(plan, result),
+            plan, trial_id, [by_epoch[best_epoch]] if best_epoch else [], list(by_epoch.values())),
         curve=curve, loss_curve=loss,
         error=None if result.error is None else f"{type(result.error).__name__}: {result.error}"[:500],
     )
@@ -222,19 +221,6 @@ def _kept_checkpoint(plan, trial_id: str, preferred: list[dict], rows: list[dict
     run = Path(plan.runs_dir) / trial_id
     found = sorted(run.glob("checkpoint_*")) if plan.local and run.is_dir() else []
     return str(found[-1]) if found else None
-
-
-def _tune_checkpoint(plan, result) -> Optional[str]:
-    """The path of Tune's own best kept checkpoint of a trial by ``sweep.metric`` (in-trial
-    training reports its checkpoints to Tune), else its latest, else None."""
-    metric, mode = plan.settings.metric, plan.settings.mode
-    kept = [(c, m) for c, m in (getattr(result, "best_checkpoints", None) or [])
-            if _finite((m or {}).get(metric))]
-    if kept:
-        pick = (max if mode == "max" else min)(kept, key=lambda cm: float(cm[1][metric]))[0]
-        return pick.path
-    ckpt = getattr(result, "checkpoint", None)
-    return ckpt.path if ckpt is not None else None
 
 
 def read_trial_starts(path: Path, event: str = "start") -> dict[str, list[float]]:

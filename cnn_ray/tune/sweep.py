@@ -171,8 +171,6 @@ def _tuner(plan: SweepPlan, trainable, concurrency: int, *, restoring: bool, ver
         run_config=tune.RunConfig(
             name=plan.name, storage_path=plan.storage, verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-            # checkpoints of in-trial training are Tune's: keep as many as a Train run would
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=plan.base.run.keep_checkpoints),
             callbacks=[ReleaseStoppedTrials(), *(tune_callbacks or [])],
         ),
     )

@@ -9,15 +9,15 @@ two ways:
   :func:`cnn_ray.train.launch.trains_in_trial`): the Ray Train worker's training function runs
   right here with a Tune session (:func:`cnn_ray.train.worker.train_in_tune_trial`): same
   config, data (the sweep's arrays in the object store), model, loop and checkpoint contents;
-  each epoch is one ``ray.tune.report`` and checkpoints are Tune's (persisted in the trial's
-  folder, handed back by ``ray.tune.get_checkpoint`` on a resume). No Train controller or worker
+  each epoch is one ``ray.tune.report``, and checkpoints are written into the trial's run dir
+  as a Train run's are (a restarted trial resumes from them). No Train controller or worker
   actor is started, and Tune reuses the trial processes (torch stays imported);
 - otherwise ``build_trainer(cfg, prepared, name=<trial id>,
   callbacks=[TuneReportCallback()]).fit()``: each epoch's ``ray.train.report`` is one Tune
-  result; the checkpoints are the Train run's, under ``<sweep dir>/train_runs/<trial id>``.
+  result.
 
-Either way the run files (config, metrics.jsonl, events.jsonl) are in
-``<sweep dir>/train_runs/<trial id>``.
+Either way the run files (config, metrics.jsonl, events.jsonl) and the checkpoints are in
+``<sweep dir>/train_runs/<trial id>``, so a restored sweep's trial finds its checkpoints.
 """
 
 from __future__ import annotations
