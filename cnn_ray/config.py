@@ -188,6 +188,15 @@ class ModelConfig(_Strict):
         None, ge=2, description="1-based epoch from which the model.freeze parameters train too "
         "(head first, then all); None = frozen all run")
 
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _prefixes_as_text(cls, v: Any) -> Any:
+        # nn.Sequential children are named "0", "1", ...: an override model.freeze=[0, 1]
+        # parses as YAML ints
+        if isinstance(v, list):
+            return [str(p) if isinstance(p, int) and not isinstance(p, bool) else p for p in v]
+        return v
+
     def knobs(self) -> dict[str, Any]:
         """The architecture knobs that are set, as keyword arguments for ``create_model``."""
         keys = ("width_mult", "depth", "kernel_size", "separable", "dropout", "widths")

@@ -198,7 +198,8 @@ def test_freeze_backbone_then_unfreeze_at_the_stated_epoch(optimizer):
 
 
 def test_freeze_prefixes_without_unfreeze_keep_them_still_all_run():
-    cfg = _cfg(**{"model.freeze": ["0", "1"]})
+    cfg = _cfg(**{"model.freeze": [0, "1"]})  # YAML reads model.freeze=[0, 1] as ints
+    assert cfg.model.freeze == ["0", "1"]
     parts = build_parts(cfg, _summary(4), 0, 1, device=CPU)
     for epoch in range(3):
         begin_epoch(parts, cfg, epoch, 1, lambda msg: None)

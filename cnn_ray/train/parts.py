@@ -82,9 +82,9 @@ def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
     model = create_model(cfg.model.name, num_classes=data.num_classes,
                          in_channels=data.image_shape[2], **cfg.model.knobs())
     prepare_model(model, cfg, stem_weights)  # the same on every rank, before DDP
-    report = apply_pretrained(model, cfg)
-    roles = param_roles(model, cfg)
+    report = apply_pretrained(model, cfg)  # every rank loads the same file, before DDP
     model = wrap(model.to(device))
+    roles = param_roles(model, cfg)  # the parameters the optimiser gets, wrapped or not
     ema = make_model_ema(model, cfg)
     optimizer = build_optimizer(model, cfg.optim, bn_bias_lr_mult=cfg.model.batchnorm.bias_lr_mult,
                                 roles=roles)
