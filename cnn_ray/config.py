@@ -13,7 +13,7 @@ by its dotted path (``optim.lr``) and says what was expected.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -174,6 +174,28 @@ class ModelConfig(_Strict):
     whitening: Whitening = Field(default_factory=Whitening)
     batchnorm: BatchNormSettings = Field(default_factory=BatchNormSettings)
     compile: bool = Field(False, description="torch.compile the model")
+    pretrained: Optional[str] = Field(
+        None, description="fine-tune from local weights: a state dict file (.pt/.pth, read with "
+        "torch.load(weights_only=True)) or a cnn_ray checkpoint directory (its EMA weights when "
+        "it kept them, else the raw ones; its mean/std replace the new data's). The classifier "
+        "head is re-initialised when its shape differs; nothing is downloaded "
+        "(cnn_ray.train.finetune)")
+    freeze: Optional[Union[Literal["backbone"], list[str]]] = Field(
+        None, description="parameters not updated until model.unfreeze_epoch: 'backbone' "
+        "(everything except the classifier head) or a list of module-name prefixes "
+        "(e.g. ['0', '1.0']); their optimiser step is skipped, requires_grad is not touched (DDP)")
+    unfreeze_epoch: Optional[int] = Field(
+        None, ge=2, description="1-based epoch from which the model.freeze parameters train too "
+        "(head first, then all); None = frozen all run")
+
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _prefixes_as_text(cls, v: Any) -> Any:
+        # nn.Sequential children are named "0", "1", ...: an override model.freeze=[0, 1]
+        # parses as YAML ints
+        if isinstance(v, list):
+            return [str(p) if isinstance(p, int) and not isinstance(p, bool) else p for p in v]
+        return v
 
     def knobs(self) -> dict[str, Any]:
         """The architecture knobs that are set, as keyword arguments for ``create_model``."""
@@ -200,6 +222,9 @@ class OptimConfig(_Strict):
         "parameters; BN biases at weight_decay / model.batchnorm.bias_lr_mult, so their decay "
         "per step is the weights'), as airbench decays every parameter; false: weights only")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    backbone_lr_mult: float = Field(
+        1.0, gt=0.0, le=1.0, description="learning rate of the non-head parameters relative to "
+        "the classifier head's (discriminative fine-tuning; after model.unfreeze_epoch)")
     schedule: Literal["onecycle", "cosine", "step", "plateau", "constant", "linear_decay",
                       "wsd"] = \
         "onecycle"
@@ -318,6 +343,16 @@ class TrainConfig(_Strict):
         if self.model.whitening.enabled and self.data.use_raw:
             raise ValueError("model.whitening.enabled=true computes the first layer from the "
                              "prepared shards; it needs data.use_raw=false")
+        if self.model.unfreeze_epoch is not None and self.model.freeze is None:
+            raise ValueError("model.unfreeze_epoch is set but model.freeze is not: set "
+                             "model.freeze (backbone or a list of module prefixes)")
+        if isinstance(self.model.freeze, list) and not (self.model.freeze
+                                                        and all(self.model.freeze)):
+            raise ValueError(f"model.freeze: expected 'backbone' or a non-empty list of "
+                             f"non-empty module prefixes, got {self.model.freeze!r}")
+        if self.model.pretrained and "://" in self.model.pretrained:
+            raise ValueError(f"model.pretrained={self.model.pretrained!r}: expected a local file "
+                             "or checkpoint directory (nothing is downloaded at run time)")
         if self.data.cache == "memory" and self.data.use_raw:
             raise ValueError(
                 "data.cache=memory keeps the prepared shards in memory; it needs "
@@ -344,7 +379,8 @@ class TrainConfig(_Strict):
         return cfg
 
     def check_paths(self, source: str = "config") -> None:
-        """Raise :class:`ConfigError` if a data path does not exist (globs must match)."""
+        """Raise :class:`ConfigError` if a data path (globs must match) or
+        ``model.pretrained`` does not exist."""
         import glob
 
         for key in ("train", "val"):
@@ -354,6 +390,10 @@ class TrainConfig(_Strict):
             p = os.path.expanduser(path)
             if not (os.path.exists(p) or glob.glob(p)):
                 raise ConfigError(f"{source}: data.{key}: path does not exist: {path!r}")
+        pretrained = self.model.pretrained
+        if pretrained and not os.path.exists(os.path.expanduser(pretrained)):
+            raise ConfigError(f"{source}: model.pretrained: file or checkpoint directory does "
+                              f"not exist: {pretrained!r}")
 
     def per_worker_batch_size(self) -> int:
         """Images per micro-batch on one worker: batch_size / (num_workers * grad_accum_steps)."""

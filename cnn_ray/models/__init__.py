@@ -9,8 +9,10 @@ and works in channels-last memory format and under bf16 autocast. Register a new
 """
 
 from . import small, tv  # noqa: F401  (importing registers the models)
-from .registry import (count_flops, create_model, list_models, load_pretrained, model_knobs,
+from .registry import (classifier_head, count_flops, create_model, list_models,
+                       load_matching_state, load_pretrained, model_knobs, read_state_dict,
                        register_model)
 
-__all__ = ["count_flops", "create_model", "list_models", "load_pretrained", "model_knobs",
+__all__ = ["classifier_head", "count_flops", "create_model", "list_models",
+           "load_matching_state", "load_pretrained", "model_knobs", "read_state_dict",
            "register_model"]

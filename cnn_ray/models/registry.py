@@ -124,25 +124,40 @@ def load_pretrained(model: nn.Module, path: Union[str, Path]) -> list[str]:
     """Load a local state dict from ``path`` into ``model`` (transfer learning); nothing is
     downloaded.
 
-    The file is read with ``torch.load(path, weights_only=True, map_location="cpu")``. It may hold
-    a state dict, or a dict with the state dict under ``"model"`` or ``"state_dict"``; a DDP
-    ``"module."`` prefix is removed. Parameters of the classifier head (the last ``nn.Linear``)
-    whose shapes differ, e.g. because ``num_classes`` differs, are skipped and keep their fresh
-    initialisation.
+    The file is read by :func:`read_state_dict` and matched by :func:`load_matching_state`:
+    parameters of the classifier head (:func:`classifier_head`) whose shapes differ, e.g.
+    because ``num_classes`` differs, are skipped and keep their fresh initialisation.
 
     Returns:
-        The state-dict keys that were skipped.
+        The state-dict keys skipped for a shape mismatch.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file does not hold a state dict, or keys are missing/unexpected, or a
-            parameter outside the head has a different shape (the message names the file and
-            the keys).
+        ValueError: the file does not hold a state dict, or keys are missing/unexpected or of a
+            different shape outside the head (the message names the file and the keys).
+    """
+    return load_matching_state(model, read_state_dict(path), str(path))["skipped"]
+
+
+def read_state_dict(path: Union[str, Path]) -> dict[str, torch.Tensor]:
+    """The state dict in the file ``path``, read with ``torch.load(weights_only=True,
+    map_location="cpu")``: a state dict, or a dict holding it under ``"model"`` or
+    ``"state_dict"``; a DDP ``"module."`` prefix is removed.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is refused by ``weights_only`` or holds no state dict of tensors
+            (the message names the file).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"pretrained weights not found: {path}")
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # UnpicklingError and friends
+        raise ValueError(f"{path}: refused to load (torch.load weights_only=True): "
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                         ) from exc
     if isinstance(state, dict):
         for key in ("model", "state_dict"):
             if isinstance(state.get(key), dict):
@@ -150,31 +165,61 @@ def load_pretrained(model: nn.Module, path: Union[str, Path]) -> list[str]:
                 break
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
+
+def load_matching_state(model: nn.Module, state: dict[str, torch.Tensor],
+                        source: str) -> dict[str, list[str]]:
+    """Copy ``state`` into ``model`` where it fits; the classifier head may differ.
+
+    Keys of the head (:func:`classifier_head`) that the state lacks or holds at another shape
+    keep the model's fresh initialisation; head keys only the state has are dropped. Every
+    other key must be present on both sides with the same shape.
+
+    Returns:
+        ``{"loaded": keys copied from state, "new": model keys the state lacks (head),
+        "skipped": head keys skipped for a shape mismatch (fresh init), "unused": head keys of
+        the state the model lacks}``, each sorted.
+    Raises:
+        ValueError: a key outside the head is missing, unexpected or of another shape (the
+            message names ``source`` and up to 10 keys with their shapes).
+    """
     own = model.state_dict()
+    head = classifier_head(model)[0] + "."
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{path}: does not match the model; missing keys {missing[:10]}, "
-                         f"unexpected keys {unexpected[:10]}")
-    head = _head_prefix(model)
-    mismatched = [k for k in own if own[k].shape != state[k].shape]
-    bad = [k for k in mismatched if head is None or not k.startswith(head)]
+    bad_missing = [k for k in missing if not k.startswith(head)]
+    bad_unexpected = [k for k in unexpected if not k.startswith(head)]
+    if bad_missing or bad_unexpected:
+        raise ValueError(f"{source}: does not match the model; missing keys {bad_missing[:10]}, "
+                         f"unexpected keys {bad_unexpected[:10]}")
+    mismatched = sorted(k for k in own if k in state and own[k].shape != state[k].shape)
+    bad = [k for k in mismatched if not k.startswith(head)]
     if bad:
-        raise ValueError(f"{path}: shape mismatch outside the classifier head: "
+        raise ValueError(f"{source}: shape mismatch outside the classifier head "
+                         f"({head[:-1]!r}): "
                          + ", ".join(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
                                      for k in bad[:10]))
-    for k in mismatched:
-        state[k] = own[k]
-    model.load_state_dict(state)
-    return mismatched
+    loaded = sorted(k for k in own if k in state and k not in mismatched)
+    model.load_state_dict({**own, **{k: state[k] for k in loaded}})
+    return {"loaded": loaded, "new": missing, "skipped": mismatched,
+            "unused": unexpected}
 
 
-def _head_prefix(model: nn.Module) -> Optional[str]:
-    """The state-dict prefix (``"fc."``) of the last ``nn.Linear`` in ``model``, if any."""
+def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """``(module name, module)`` of the classifier head of ``model``: its last ``nn.Linear`` in
+    module order (airbench/resnet9: the ``Linear`` before the output ``_Scale``; resnet18,
+    dwsep_cnn, simple_cnn: the last layer of the head; torchvision's ``fc`` / ``classifier.1``).
+    Its parameters are the only ones whose shape depends on ``num_classes`` in every registered
+    family (``tests/test_finetune.py`` checks each).
+
+    Raises:
+        ValueError: ``model`` has no ``nn.Linear``.
+    """
     last = None
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
-            last = name
-    return None if last is None else last + "."
+            last = (name, module)
+    if last is None:
+        raise ValueError(f"{type(model).__name__}: no nn.Linear, so no classifier head to find")
+    return last

@@ -25,6 +25,7 @@ from cnn_ray.data.pipeline import RAW_BAD_DIR, RawData
 from cnn_ray.io import is_uri, write_text
 from cnn_ray.train.data_modes import training_data
 from cnn_ray.train.inputs import FaultInjection, TrainingData, WorkerInputs
+from cnn_ray.train.finetune import check_finetune, keep_pretrained_normalization
 from cnn_ray.train.worker import train_loop_per_worker
 
 if TYPE_CHECKING:
@@ -205,13 +206,22 @@ def worker_inputs(cfg: TrainConfig, prepared: Union["PreparedData", RawData], *,
     """``(WorkerInputs, datasets, dataset_config)`` of a run of ``cfg`` named ``name``: what
     every worker is handed (config, data summary, run dir, memory refs, resolved precision,
     whitening filters) and the Ray Datasets to stream (None with ``data.cache: memory``).
-    See :func:`build_trainer` for ``memory`` and ``fault_injection``."""
+    With a cnn_ray checkpoint as ``model.pretrained`` the summary carries its mean/std
+    (:func:`cnn_ray.train.finetune.keep_pretrained_normalization`); the fine-tuning keys are
+    checked here (:func:`~cnn_ray.train.finetune.check_finetune`).
+    See :func:`build_trainer` for ``memory`` and ``fault_injection``.
+
+    Raises:
+        ConfigError: a bad ``model.pretrained`` or ``model.freeze`` (named), or whitening on a
+            model whose first conv cannot take it."""
     name = name or cfg.run.name
     data = training_data(cfg, prepared)
+    summary = keep_pretrained_normalization(cfg, data.summary)
+    check_finetune(cfg, summary)  # model.pretrained / model.freeze errors before any worker
     directory = run_dir(cfg, name)
     datasets, dataset_config, refs = _trainer_data(cfg, data, directory, memory)
     inputs = WorkerInputs(
-        config=cfg, data=data.summary, run_dir=directory, memory=refs,
+        config=cfg, data=summary, run_dir=directory, memory=refs,
         fault=FaultInjection.from_dict(fault_injection) if fault_injection else None,
         precision=resolve_group_precision(cfg), stem_weights=data.stem_weights(cfg))
     return inputs, datasets, dataset_config

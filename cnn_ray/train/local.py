@@ -21,6 +21,7 @@ from cnn_ray.data.memory import InMemoryShard, shard_for_device
 from cnn_ray.recipe.apply import (build_step_hooks, compute_stem_weights, eval_model,
                                   tta_predictor)
 from cnn_ray.recipe.tta import tta_views
+from cnn_ray.train.finetune import keep_pretrained_normalization, record_pretrained
 from cnn_ray.train.inputs import DataSummary
 from cnn_ray.train.loop import evaluate, train_one_epoch
 from cnn_ray.train.parts import begin_epoch, build_parts
@@ -35,15 +36,19 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
     Args:
         train, val: ``(images (N, H, W, C) uint8, labels (N,) int64)``.
         device: where to train (``cuda``: rows and augmentation on the GPU).
+        Fine-tuning keys (``model.pretrained``, ``model.freeze``, ``model.unfreeze_epoch``,
+        ``optim.backbone_lr_mult``) act as in a Ray Train run (:mod:`cnn_ray.train.finetune`):
+        a checkpoint's mean/std replace the arrays' statistics, and the report is logged.
     Returns:
         ``{"train_s": seconds from the first to the last training step (evaluation excluded),
         "eval_s", "epochs", "val_top1" (last epoch), "val_top1_by_epoch", "tta_views",
         "images_per_sec", "precision"}``.
     """
     log = log or (lambda msg: print(f"[cnn_ray.local] {msg}", flush=True))
-    summary = _summary(train, val)
+    summary = keep_pretrained_normalization(cfg, _summary(train, val))
     stem = _stem_weights(cfg, train, summary)
     parts = build_parts(cfg, summary, 0, 1, device=device, stem_weights=stem)
+    record_pretrained(parts.finetune.report, None, log)
     host = InMemoryShard(train[0], train[1], np.arange(len(train[0]), dtype=np.int64))
     shard = shard_for_device(host, device, cfg.augment)
     val_shard = shard_for_device(InMemoryShard(val[0], val[1], np.arange(len(val[0]))), device)

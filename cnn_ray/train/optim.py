@@ -11,7 +11,7 @@ their ratio to ``lr`` all run long. Everything is a stock ``torch.optim`` object
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from cnn_ray.config import OptimConfig
 from cnn_ray.recipe import (MuonSGD, WarmupLinearDecay, WarmupStableDecay, bn_bias_param_groups,
                             decoupled_sgd_hparams, split_muon_groups)
 from cnn_ray.train.techniques import split_decay_params
+
+if TYPE_CHECKING:
+    from cnn_ray.train.finetune import ParamRoles
 
 
 def sgd_hparams(cfg: OptimConfig) -> tuple[float, float]:
@@ -67,8 +70,8 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, *,
-                    bn_bias_lr_mult: float = 1.0) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, *, bn_bias_lr_mult: float = 1.0,
+                    roles: Optional["ParamRoles"] = None) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov), AdamW, Adam or Muon + SGD, weight decay kept off norms/biases.
 
     - ``optimizer: muon``: :class:`cnn_ray.recipe.MuonSGD`; conv filters (ndim >= 4) in one
@@ -79,6 +82,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *,
     - ``bn_bias_lr_mult`` (``model.batchnorm.bias_lr_mult``): BN biases at ``lr`` x mult
       without weight decay (:func:`param_groups`); 1 keeps the two plain groups.
     - ``decay_norm_and_bias``: biases and norm parameters decay too (airbench).
+    - ``roles`` (fine-tuning, :func:`cnn_ray.train.finetune.param_roles`): every group above is
+      split into its classifier-head part, its non-head part at lr x ``backbone_lr_mult`` and
+      its part frozen until ``model.unfreeze_epoch`` (:meth:`~cnn_ray.train.finetune.ParamRoles.split_groups`).
 
     Sources: Sutskever et al. 2013 (Nesterov momentum); Loshchilov & Hutter 2019 (AdamW);
     Kingma & Ba 2015 (Adam); Jordan et al. 2024 (Muon); Page 2018 / airbench (decoupled).
@@ -94,6 +100,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *,
     nesterov = cfg.nesterov and cfg.momentum > 0
     if cfg.optimizer == "muon":
         groups = split_muon_groups(groups, cfg.muon_lr, cfg.muon_momentum)
+    if roles is not None:
+        groups = roles.split_groups(groups, lr, cfg.backbone_lr_mult)
+    if cfg.optimizer == "muon":
         return MuonSGD(groups, lr=lr, momentum=cfg.momentum, nesterov=nesterov)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=nesterov)

@@ -10,7 +10,7 @@ plain device and no wrapping. No Ray here.
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -19,9 +19,12 @@ from torch import nn
 from cnn_ray.config import TrainConfig
 from cnn_ray.models import create_model
 from cnn_ray.recipe.apply import freeze_whitening_bias, make_model_ema, prepare_model
+from cnn_ray.train.checkpoint import TrainingState, restore_training_state
+from cnn_ray.train.finetune import Finetune, apply_pretrained, attach_freeze_gate, param_roles
 from cnn_ray.train.inputs import DataSummary
-from cnn_ray.train.loop import StepSettings
-from cnn_ray.train.optim import build_lr_scheduler, build_optimizer, steps_per_epoch
+from cnn_ray.train.loop import StepSettings, TrainProgress
+from cnn_ray.train.optim import (build_lr_scheduler, build_optimizer, schedule_total_steps,
+                                 steps_per_epoch, stretch_schedule)
 from cnn_ray.train.techniques import make_grad_scaler, resolve_precision, unwrap_model
 
 Wrap = Callable[[nn.Module], nn.Module]
@@ -37,7 +40,8 @@ class TrainParts:
     """What one worker trains with: the (DDP-wrapped when world > 1) model on ``device``, its
     optimiser, LR schedule (``per_step``: stepped per optimiser step, else per epoch on the
     validation loss), fp16 grad scaler (or None), step settings, torch threads, optimiser
-    steps per epoch on this worker and the EMA of the weights (``optim.ema``; else None)."""
+    steps per epoch on this worker, the EMA of the weights (``optim.ema``; else None) and the
+    fine-tuning state (``model.pretrained`` report, frozen parameters; :mod:`cnn_ray.train.finetune`)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -49,6 +53,7 @@ class TrainParts:
     threads: int
     steps_per_epoch: int = 1
     ema: Optional[Any] = None
+    finetune: Finetune = field(default_factory=Finetune)
 
 
 def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
@@ -59,16 +64,31 @@ def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
     optimiser, schedule (over this worker's steps per epoch; at most 2 in smoke runs) and
     grad scaler. ``precision``: the group's resolved precision (None: resolve
     ``precision.dtype`` here); ``stem_weights``: the driver's whitening filters; ``wrap``:
-    the distributed wrapper (Ray Train's ``prepare_model``; :func:`no_wrap` in one process)."""
+    the distributed wrapper (Ray Train's ``prepare_model``; :func:`no_wrap` in one process).
+
+    Fine-tuning (:mod:`cnn_ray.train.finetune`): ``model.pretrained`` is loaded into the
+    prepared model before it is wrapped and before the EMA copies it (a resumed run's
+    :func:`restore_parts` overwrites it afterwards); ``model.freeze`` and
+    ``optim.backbone_lr_mult`` split the optimiser groups, and a
+    :class:`~cnn_ray.train.finetune.FreezeGate` holds the frozen ones still until
+    ``model.unfreeze_epoch`` (:func:`begin_epoch`).
+
+    Raises:
+        ConfigError: unreadable or mismatched ``model.pretrained``, unknown ``model.freeze``
+            prefix."""
     threads = cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker))
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.run.seed + rank)
     model = create_model(cfg.model.name, num_classes=data.num_classes,
                          in_channels=data.image_shape[2], **cfg.model.knobs())
     prepare_model(model, cfg, stem_weights)  # the same on every rank, before DDP
+    report = apply_pretrained(model, cfg)  # every rank loads the same file, before DDP
     model = wrap(model.to(device))
+    roles = param_roles(model, cfg)  # the parameters the optimiser gets, wrapped or not
     ema = make_model_ema(model, cfg)
-    optimizer = build_optimizer(model, cfg.optim, bn_bias_lr_mult=cfg.model.batchnorm.bias_lr_mult)
+    optimizer = build_optimizer(model, cfg.optim, bn_bias_lr_mult=cfg.model.batchnorm.bias_lr_mult,
+                                roles=roles)
+    finetune = Finetune(report, roles, attach_freeze_gate(optimizer, roles, cfg))
     spe = steps_per_epoch(data.num_train, world, cfg.per_worker_batch_size(),
                           cfg.optim.grad_accum_steps)
     if cfg.run.smoke:
@@ -84,15 +104,36 @@ def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
         max_bad_steps=cfg.optim.max_bad_steps, log_every=cfg.run.log_every,
     )
     return TrainParts(model, optimizer, scheduler, per_step, make_grad_scaler(device, precision),
-                      settings, device, threads, steps_per_epoch=spe, ema=ema)
+                      settings, device, threads, steps_per_epoch=spe, ema=ema,
+                      finetune=finetune)
+
+
+def restore_parts(parts: TrainParts, cfg: TrainConfig, state: TrainingState, log) -> TrainProgress:
+    """Load a run's own checkpoint ``state`` into ``parts`` (model, EMA, optimiser, schedule,
+    scaler: over any ``model.pretrained`` weights loaded at build); a one-cycle or
+    linear-decay schedule is refitted to the current ``optim.epochs``. Returns where training
+    stands (epochs done, best ``val_top1``, epochs without improvement)."""
+    planned = schedule_total_steps(parts.scheduler)  # the current config's budget
+    restore_training_state(state, model=parts.model, optimizer=parts.optimizer,
+                           scheduler=parts.scheduler, scaler=parts.scaler, ema=parts.ema)
+    previous = stretch_schedule(parts.scheduler, planned)
+    if previous is not None:
+        log(f"one-cycle schedule refitted to optim.epochs={cfg.optim.epochs}: "
+            f"{previous} -> {planned} total steps")
+    log(f"resumed from checkpoint at epoch {state.epoch}")
+    stale = int(state.meta.get("metrics", {}).get("epochs_without_improvement", 0))
+    return TrainProgress(start_epoch=state.epoch, best=state.best, stale=stale)
 
 
 def begin_epoch(parts: TrainParts, cfg: TrainConfig, epoch: int, world: int, log, *,
                 wrap: Wrap = no_wrap) -> None:
-    """Epoch-start switches of the recipe: the whitening bias is frozen once
-    ``model.whitening.bias_epochs`` are done (:func:`cnn_ray.recipe.apply.freeze_whitening_bias`).
-    DDP fixes the parameters it reduces when it is built, so with world > 1 the model is
-    re-wrapped (every rank at the same epoch); the old wrapper and its gradient hooks go first."""
+    """Epoch-start switches of the recipe: the fine-tuning freeze is held or released for
+    ``epoch`` (``model.unfreeze_epoch``, through the optimiser, never ``requires_grad``); the
+    whitening bias is frozen once ``model.whitening.bias_epochs`` are done
+    (:func:`cnn_ray.recipe.apply.freeze_whitening_bias`). DDP fixes the parameters it reduces
+    when it is built, so with world > 1 the model is then re-wrapped (every rank at the same
+    epoch); the old wrapper and its gradient hooks go first."""
+    parts.finetune.begin_epoch(epoch, cfg, log)
     if not freeze_whitening_bias(parts.model, cfg, epoch):
         return
     log(f"whitening bias frozen from epoch {epoch + 1} (model.whitening.bias_epochs="

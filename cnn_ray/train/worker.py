@@ -30,7 +30,8 @@ from cnn_ray.config import TrainConfig
 from cnn_ray.io import append_jsonl, atomic_directory, is_uri
 from cnn_ray.recipe.apply import build_step_hooks, eval_model, tta_predictor
 from cnn_ray.recipe.tta import tta_views
-from cnn_ray.train.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
+from cnn_ray.train.checkpoint import load_checkpoint, save_checkpoint
+from cnn_ray.train.finetune import record_pretrained
 from cnn_ray.train import parts as parts_lib
 from cnn_ray.train.inputs import DataSummary, FaultInjection, WorkerInputs
 from cnn_ray.train.loop import (
@@ -40,7 +41,6 @@ from cnn_ray.train.loop import (
     evaluate,
     train_one_epoch,
 )
-from cnn_ray.train.optim import schedule_total_steps, stretch_schedule
 from cnn_ray.train.parts import TrainParts
 from cnn_ray.watch import EtaProgress, RunWatch, format_duration, say
 
@@ -180,6 +180,9 @@ def run_worker(loop_config: dict[str, Any], session) -> None:
     parts = build_parts(cfg, inputs.data, rank, world, precision=inputs.precision,
                         stem_weights=inputs.stem_weights, session=session)
     progress = restore(parts, cfg, log, session=session)
+    if rank == 0:
+        record_pretrained(parts.finetune.report, inputs.run_dir, log,
+                          resumed_from_epoch=progress.start_epoch)
     log(f"precision {parts.settings.precision} (asked {cfg.precision.dtype}) on {parts.device}, "
         f"{parts.threads} threads, channels_last={cfg.model.channels_last}")
     _record_start(inputs, rank, world, progress.start_epoch, entered)
@@ -268,24 +271,16 @@ def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
 
 
 def restore(parts: TrainParts, cfg: TrainConfig, log, *, session=None) -> TrainProgress:
-    """Load the session's latest checkpoint (if any) into ``parts``; a one-cycle schedule is
-    refitted to the current ``optim.epochs``. Returns where training stands (epochs done,
-    best ``val_top1``, epochs without improvement)."""
+    """Load the session's latest checkpoint (if any) into ``parts``
+    (:func:`cnn_ray.train.parts.restore_parts`: over the ``model.pretrained`` weights; a
+    one-cycle schedule refitted to the current ``optim.epochs``). Returns where training
+    stands (epochs done, best ``val_top1``, epochs without improvement)."""
     checkpoint = (session or RayTrainSession()).get_checkpoint()
     if checkpoint is None:
         return TrainProgress()
     with checkpoint.as_directory() as d:
         state = load_checkpoint(d)
-    planned = schedule_total_steps(parts.scheduler)  # the current config's budget
-    restore_training_state(state, model=parts.model, optimizer=parts.optimizer,
-                           scheduler=parts.scheduler, scaler=parts.scaler, ema=parts.ema)
-    previous = stretch_schedule(parts.scheduler, planned)
-    if previous is not None:
-        log(f"one-cycle schedule refitted to optim.epochs={cfg.optim.epochs}: "
-            f"{previous} -> {planned} total steps")
-    log(f"resumed from checkpoint at epoch {state.epoch}")
-    stale = int(state.meta.get("metrics", {}).get("epochs_without_improvement", 0))
-    return TrainProgress(start_epoch=state.epoch, best=state.best, stale=stale)
+    return parts_lib.restore_parts(parts, cfg, state, log)
 
 
 def begin_epoch(parts: TrainParts, cfg: TrainConfig, epoch: int, world: int, log, *,
