@@ -21,7 +21,9 @@ from ray.train.torch import TorchTrainer
 
 from cnn_ray.compat import resolve_execution_options
 from cnn_ray.config import ConfigError, TrainConfig
+from cnn_ray.data.bad_inputs import check_bad_fraction
 from cnn_ray.data.pipeline import RAW_BAD_DIR, RawData
+from cnn_ray.data.shards import BAD_INPUTS_FILE
 from cnn_ray.io import is_uri, write_text
 from cnn_ray.train.data_modes import training_data
 from cnn_ray.train.inputs import FaultInjection, TrainingData, WorkerInputs
@@ -141,13 +143,22 @@ def prepare_data(cfg: TrainConfig, *, force: bool = False,
     """Run (or reuse) the prepare step for ``cfg.data``; returns ``PreparedData``.
 
     With ``data.use_raw`` nothing is written: returns a ``RawData`` that decodes every epoch.
+    Either way ``data.max_bad_fraction`` is applied to the rows left out (raw: at listing).
+
+    Raises:
+        TooManyBadInputsError: a split has more bad inputs than ``data.max_bad_fraction``.
     Either goes to :func:`write_run_files`, :func:`put_in_memory` and :func:`build_trainer`
     (which see it as :class:`~cnn_ray.train.inputs.TrainingData`).
     """
     from cnn_ray.data.prepare import prepare_dataset
 
     if cfg.data.use_raw:
-        return RawData(cfg.data, seed=cfg.run.seed)
+        raw = RawData(cfg.data, seed=cfg.run.seed)
+        if cfg.data.bad_input == "skip":
+            check_bad_fraction(raw.bad_by_split, cfg.data.max_bad_fraction,
+                               f"{run_dir(cfg)}/{BAD_INPUTS_FILE}",
+                               source={"train": cfg.data.train, "val": cfg.data.val or ""})
+        return raw
     return prepare_dataset(cfg.data, default_prepared_dir(cfg), seed=cfg.run.seed, force=force,
                            progress=progress)
 
