@@ -158,3 +158,41 @@ def test_id_breed_manifest_trains_with_two_keys(ray_session, tmp_path, capsys):
     assert main(["prepare", "--config", bare]) == 2
     err = capsys.readouterr().err
     assert "labels.csv: manifest has no column 'path', 'label'" in err and _no_traceback(err)
+
+
+# ------------------------------------------------------------------------------ resume safety
+def _run_with_checkpoint(tmp_path, **changes):
+    """A run dir holding a checkpoint of resnet9 on 32 px data; returns the new run's config."""
+    from cnn_ray.config import TrainConfig
+    from cnn_ray.train.checkpoint import FORMAT_VERSION
+
+    base = {"data": {"train": str(tmp_path / "data")}, "model": {"name": "resnet9"},
+            "run": {"name": "r", "storage_path": str(tmp_path / "runs")}}
+    old = TrainConfig.from_dict(base, check_paths=False)
+    ckpt = tmp_path / "runs" / "r" / "checkpoint_2026-01-01_00-00-00.000000"
+    ckpt.mkdir(parents=True)
+    (ckpt / "meta.json").write_text(json.dumps({"format": FORMAT_VERSION, "epoch": 3,
+                                                "config": old.to_dict(), "class_names": ["a", "b"]}))
+    new = {s: dict(v) for s, v in base.items()} | {"optim": {}}
+    for key, value in changes.items():
+        section, name = key.split("__")
+        new[section][name] = value
+    return TrainConfig.from_dict(new, check_paths=False), str(ckpt)
+
+
+def test_resume_of_the_same_run_passes_and_a_different_one_names_the_keys(tmp_path):
+    from cnn_ray.config import ConfigError
+    from cnn_ray.train.launch import check_resume, run_dir
+
+    same, ckpt = _run_with_checkpoint(tmp_path, optim__epochs=40)  # schedule changes are fine
+    assert check_resume(same, run_dir(same), ["a", "b"]) == ckpt
+    cfg, _ = _run_with_checkpoint(tmp_path / "x", model__name="resnet18", data__image_size=64)
+    with pytest.raises(ConfigError) as info:
+        check_resume(cfg, run_dir(cfg), ["a", "b", "c"])
+    msg = str(info.value)
+    assert "model.name: 'resnet9' -> 'resnet18'" in msg and "data.image_size: 32 -> 64" in msg
+    assert "class names: ['a', 'b'] -> ['a', 'b', 'c']" in msg and "another run.name" in msg
+    assert "data.channels" not in msg  # only what differs
+    fresh, _ = _run_with_checkpoint(tmp_path / "y")
+    assert check_resume(fresh.model_copy(update={"run": fresh.run.model_copy(
+        update={"name": "new"})}), str(tmp_path / "y" / "runs" / "new"), ["z"]) is None
