@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 from cnn_ray.config import ConfigError
 from cnn_ray.config_io import load_train_config
+from cnn_ray.data.errors import user_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,12 +74,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run a subcommand; config errors print one clear message and exit with status 2."""
+    """Run a subcommand; config errors and the data layer's user-facing errors
+    (:mod:`cnn_ray.data.errors`, also when raised in a Ray task) print one clear message, no
+    traceback, and exit with status 2."""
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except ConfigError as exc:
-        print(f"cnn-ray {args.command}: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 (re-raised unless user-facing)
+        err = user_error(exc)
+        if err is None:
+            raise
+        print(f"cnn-ray {args.command}: {err}", file=sys.stderr)
         return 2
 
 

@@ -35,8 +35,8 @@ class DataConfig(_Strict):
     """Where the images come from and how they are streamed.
 
     ``train`` / ``val`` accept an ImageFolder root (``<root>/<class>/<img>``), a directory or
-    glob of Parquet shards, or a CSV/Parquet manifest with ``path,label`` columns. ``format``
-    ``auto`` detects which.
+    glob of Parquet shards, or a CSV/TSV/JSON-lines/Parquet manifest (columns ``path_column``,
+    ``label_column``, or ``path_template``). ``format`` ``auto`` detects which.
     """
 
     train: str = Field(..., description="training data: folder, Parquet shards, or manifest")
@@ -58,6 +58,17 @@ class DataConfig(_Strict):
     bad_input: Literal["skip", "fail"] = Field(
         "skip", description="skip: leave out and list in bad_inputs.jsonl; fail: raise naming the file"
     )
+    max_bad_fraction: float = Field(
+        0.01, ge=0.0, le=1.0, description="with bad_input: skip, the most a split's inputs may "
+        "be bad (missing, undecodable, unknown label) before the job stops, before training, "
+        "with a summary; below it a warning names the count and the list's path")
+    path_column: str = Field("path", min_length=1, description="manifest column holding the "
+                             "image paths (relative ones are relative to the manifest's folder)")
+    label_column: str = Field("label", min_length=1, description="manifest column holding the "
+                              "labels (class names or integer indices)")
+    path_template: Optional[str] = Field(
+        None, description="build each manifest row's path from its columns, e.g. "
+        "'images/{id}.jpg' ({id}: the row's 'id' column); replaces path_column")
     data_cpus: float = Field(
         0.5, gt=0.0, description="logical CPUs each Ray Data augmentation task reserves"
     )

@@ -140,7 +140,7 @@ def evaluate_main(cfg: TrainConfig, *, checkpoint: Optional[str] = None, data: O
                   out: Optional[str] = None) -> int:
     """CLI entry (Ray glue): pick checkpoint and data, stream batches with Ray Data, report."""
     from cnn_ray.data.pipeline import build_eval_dataset, build_raw_dataset
-    from cnn_ray.data.sources import discover
+    from cnn_ray.data.sources import ManifestSpec, discover
     from cnn_ray.train.launch import prepare_data, run_dir
 
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir(cfg))
@@ -148,7 +148,8 @@ def evaluate_main(cfg: TrainConfig, *, checkpoint: Optional[str] = None, data: O
     if data:
         if not os.path.exists(os.path.expanduser(data)):
             raise ConfigError(f"--data: path does not exist: {data!r}")
-        source = discover(data, cfg.data.format, class_names=names, channels=cfg.data.channels)
+        source = discover(data, cfg.data.format, class_names=names, channels=cfg.data.channels,
+                          manifest=ManifestSpec.of(cfg.data))
         ds = build_raw_dataset(source, cfg.data, train=False)
     else:
         prepared = prepare_data(cfg)

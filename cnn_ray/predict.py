@@ -34,7 +34,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from cnn_ray.data.sources import Record, Source, discover
+from cnn_ray.data.sources import (MANIFEST_EXTENSIONS, ManifestSpec, Record, Source, discover,
+                                  manifest_columns, manifest_files)
 from cnn_ray.inference import InferenceModel, load_inference_model
 
 OUTPUT_FORMATS = (".parquet", ".csv")
@@ -42,13 +43,14 @@ OUTPUT_FORMATS = (".parquet", ".csv")
 
 # --------------------------------------------------------------------------------- inputs
 def list_inputs(path: str, fmt: str = "auto", *, class_names: Sequence[str],
-                channels: int = 3) -> Source:
+                channels: int = 3, manifest: Optional[ManifestSpec] = None) -> Source:
     """The images to predict at ``path`` as a :class:`~cnn_ray.data.sources.Source`.
 
     Besides the training layouts (ImageFolder tree, ``path,label`` manifest, Parquet shards;
     labels matched to ``class_names`` by name, as evaluation does), unlabelled inputs are read
     with label -1: a folder holding image files directly, a glob of image files
-    (``"dir/*.jpg"``), and a CSV/Parquet manifest with a ``path`` column but no ``label``.
+    (``"dir/*.jpg"``), and a manifest with the path column(s) of ``manifest``
+    (:class:`~cnn_ray.data.sources.ManifestSpec`, default ``path``) but no label column.
 
     Raises:
         SourceError: nothing usable at ``path`` (the message names it).
@@ -68,30 +70,12 @@ def list_inputs(path: str, fmt: str = "auto", *, class_names: Sequence[str],
                   and not e.name.startswith(".")]
         if direct and not any(e.is_dir() for e in os.scandir(path) if not e.name.startswith(".")):
             return _unlabelled(path, [f for f, _, _ in list_images(path)], class_names)
-    elif os.path.isfile(path) and path.lower().endswith((".csv", ".parquet")) and fmt in ("auto", "manifest"):
-        import pyarrow.parquet as pq
-
-        cols = (pq.read_schema(path).names if path.lower().endswith(".parquet")
-                else open(path, newline="").readline().strip().split(","))
-        if "path" in cols and "label" not in cols:
-            base = os.path.dirname(os.path.abspath(path))
-            files = [p if os.path.isabs(p) else os.path.join(base, p)
-                     for p in _manifest_paths(path) if p]
-            return _unlabelled(path, files, class_names)
-    return discover(path, fmt, class_names=list(class_names), channels=channels)
-
-
-def _manifest_paths(path: str) -> list[Optional[str]]:
-    """The ``path`` column of a CSV/Parquet manifest without labels."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    if path.lower().endswith(".csv"):
-        table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types={"path": pa.string()}))
-    else:
-        table = pq.read_table(path, columns=["path"])
-    return table["path"].to_pylist()
+    elif os.path.isfile(path) and path.lower().endswith(MANIFEST_EXTENSIONS) and fmt in ("auto", "manifest"):
+        spec = manifest or ManifestSpec()
+        cols = manifest_columns(path)
+        if all(c in cols for c in spec.path_columns()) and spec.label_column not in cols:
+            return _unlabelled(path, manifest_files(path, spec), class_names)
+    return discover(path, fmt, class_names=list(class_names), channels=channels, manifest=manifest)
 
 
 def _unlabelled(path: str, files: list[str], class_names: Sequence[str]) -> Source:
@@ -308,7 +292,8 @@ def predict_main(checkpoint: str, data: str, *, overrides: Sequence[str] = (),
         raise ConfigError(f"--top-k and --concurrency must be >= 1, got {top_k} and {concurrency}")
     names = list(meta["class_names"])
     try:
-        source = list_inputs(data, cfg.data.format, class_names=names, channels=cfg.data.channels)
+        source = list_inputs(data, cfg.data.format, class_names=names, channels=cfg.data.channels,
+                             manifest=ManifestSpec.of(cfg.data))
     except SourceError as exc:
         raise ConfigError(f"--data: {exc}") from None
     if not ray.is_initialized():

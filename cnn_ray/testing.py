@@ -11,6 +11,8 @@ must make of them; judging the outcome is the caller's job.
 - :func:`write_bad_manifests`, :func:`write_wrong_schema_parquet`, :func:`write_bad_configs`: a
   manifest row naming a missing file or an unknown label, a Parquet file with the wrong columns,
   recipes with a typo or an impossible value;
+- :func:`write_id_manifest`, :func:`write_mostly_missing_manifest`: manifests as they come
+  (``id,breed`` columns, images at ``images/<id>.jpg``) and one whose files are 90% missing;
 - :func:`kill_during_save`: checkpoints cut short by SIGKILLs of a process writing them.
 
 No Ray here (numpy, Pillow, pyarrow, PyYAML; torch only in :func:`kill_during_save`).
@@ -146,6 +148,41 @@ def write_bad_manifests(out_dir: Path, image_root: Path) -> dict[str, BadManifes
                                                              "val": str(csv)}
         out[name] = BadManifest(csv, data, culprit)
     return out
+
+
+def write_id_manifest(root: Path, *, classes: tuple[str, ...] = ("beagle", "pug"),
+                      per_class: int = 4, seed: int = 0) -> Path:
+    """A Kaggle-style data set: ``root/labels.csv`` with columns ``id,breed`` and the images at
+    ``root/images/<id>.jpg`` (ids are zero-padded digits such as ``0007``, so reading them as
+    numbers would lose the zeros). Returns the CSV; it is used with
+    ``data.path_template: "images/{id}.jpg"`` and ``data.label_column: breed``."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = ["id,breed"]
+    for k, cls in enumerate(classes):
+        for i in range(per_class):
+            ident = f"{k * per_class + i:04d}"
+            (root / "images" / f"{ident}.jpg").write_bytes(good_jpeg(seed + k))
+            rows.append(f"{ident},{cls}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"
+
+
+def write_mostly_missing_manifest(root: Path, *, present: int = 4, missing: int = 36,
+                                  classes: tuple[str, ...] = ("cat", "dog")) -> Path:
+    """``root/list.csv`` (``path,label``) of ``present + missing`` rows of which only
+    ``present`` files exist (the unmounted-volume case: 90% missing by default). Returns it."""
+    root = Path(root)
+    good = good_jpeg(0)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = ["path,label"]
+    for i in range(present + missing):
+        name = f"img/{i:04d}.jpg"
+        if i < present:
+            (root / name).write_bytes(good)
+        rows.append(f"{name},{classes[i % len(classes)]}")
+    (root / "list.csv").write_text("\n".join(rows) + "\n")
+    return root / "list.csv"
 
 
 def write_wrong_schema_parquet(directory: Path) -> Path:

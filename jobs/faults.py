@@ -372,7 +372,8 @@ def _prepare_both_policies(data_kw: dict, work: Path, name: str, limit: float):
 
     boxes, hung = [], False
     for policy in ("skip", "fail"):
-        cfg = DataConfig(**data_kw, val_fraction=0.25, shard_size=100, bad_input=policy)
+        cfg = DataConfig(**data_kw, val_fraction=0.25, shard_size=100, bad_input=policy,
+                         max_bad_fraction=1.0)  # skipping is what is measured
         out = str(work / f"{name}-{policy}")
         box, hang = _timed(lambda cfg=cfg, out=out: prepare_dataset(cfg, out, progress=False),
                            limit)

@@ -59,7 +59,8 @@ def test_prepare_skips_or_converts_each_bad_image(ray_session, images, tmp_path,
     ``BadInputError`` (``fail``); an odd one is converted under both policies."""
     image = images[name]
     src = write_image_tree(tmp_path / "src", {f"cat/{image.filename}": image.data})
-    cfg = DataConfig(train=str(src), val_fraction=0.25, shard_size=100, bad_input="skip")
+    cfg = DataConfig(train=str(src), val_fraction=0.25, shard_size=100, bad_input="skip",
+                     max_bad_fraction=1.0)  # one bad image in a handful, skipped on purpose
     data = prepare_dataset(cfg, str(tmp_path / "skip"), progress=False)
     fail = cfg.model_copy(update={"bad_input": "fail"})
     if image.expected == "bad":
@@ -90,7 +91,8 @@ def test_empty_class_folder_is_kept_and_listed(ray_session, tmp_path):
 @pytest.mark.parametrize("name", ["manifest_missing_file", "manifest_unknown_label"])
 def test_bad_manifest_row_is_skipped_or_named(ray_session, tmp_path, name):
     manifest = write_bad_manifests(tmp_path, write_image_tree(tmp_path / "src"))[name]
-    cfg = DataConfig(**manifest.data, val_fraction=0.25, shard_size=100, bad_input="skip")
+    cfg = DataConfig(**manifest.data, val_fraction=0.25, shard_size=100, bad_input="skip",
+                     max_bad_fraction=1.0)
     data = prepare_dataset(cfg, str(tmp_path / "skip"), progress=False)
     assert data.bad_count == 1 and len(read_jsonl(tmp_path / "skip" / "bad_inputs.jsonl")) == 1
     with pytest.raises(BadInputError, match=re.escape(manifest.culprit)):

@@ -145,7 +145,8 @@ def odd_folder(cifar_small, tmp_path_factory):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_bad_inputs_skip_and_odd_modes(ray_session, odd_folder, tmp_path):
-    cfg = DataConfig(train=str(odd_folder), val_fraction=0.2, shard_size=8, bad_input="skip")
+    cfg = DataConfig(train=str(odd_folder), val_fraction=0.2, shard_size=8, bad_input="skip",
+                     max_bad_fraction=1.0)
     data = prepare_dataset(cfg, str(tmp_path / "out"), progress=False)
     assert data.bad_count == 3 and data.num_train + data.num_val == 6 + 5
     bad = [json.loads(line) for line in open(tmp_path / "out" / "bad_inputs.jsonl")]
@@ -180,7 +181,7 @@ def test_training_over_bad_inputs_counts_and_lists_them(ray_session, odd_folder,
 
     cfg = TrainConfig.from_dict({
         "data": {"train": str(odd_folder), "val_fraction": 0.2, "shard_size": 8,
-                 "prepared_dir": str(tmp_path / "prepared"), **data},
+                 "prepared_dir": str(tmp_path / "prepared"), "max_bad_fraction": 1.0, **data},
         "model": {"name": "simple_cnn"}, "optim": {"batch_size": 4, "epochs": 2},
         "precision": {"dtype": "fp32"}, "scaling": {"num_workers": 1, "cpus_per_worker": 1},
         "run": {"name": "dirty", "storage_path": str(tmp_path / "runs")},
@@ -213,7 +214,7 @@ def test_manifest_bad_records_and_explicit_val(ray_session, cifar_small, tmp_pat
     rows += [f"{train_dir}/cat/missing.jpg,cat", f"{sorted((train_dir / 'cat').iterdir())[0]},unicorn"]
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
     cfg = DataConfig(train=str(tmp_path / "train.csv"), val=str(cifar_small["test"]),
-                     shard_size=100, image_size=16)
+                     shard_size=100, image_size=16, max_bad_fraction=1.0)
     data = prepare_dataset(cfg, str(tmp_path / "out"), progress=False)
     assert data.class_names == ["cat", "dog", "ship", "unicorn"]  # sorted unique names
     # "unicorn" is a class of its own (names come from the labels); the missing file is bad,
@@ -264,7 +265,7 @@ def test_prepare_while_other_work_holds_cpus(ray_session, odd_folder, tmp_path):
     hog = ray_session.remote(num_cpus=3.5)(type("Hog", (), {"ping": lambda self: 1})).remote()
     try:
         ray_session.get(hog.ping.remote())
-        cfg = DataConfig(train=str(odd_folder), image_size=8)
+        cfg = DataConfig(train=str(odd_folder), image_size=8, max_bad_fraction=1.0)
         data = prepare_dataset(cfg, str(tmp_path / "out"), progress=False)
         assert data.num_train + data.num_val == 11
     finally:
@@ -309,7 +310,8 @@ def test_many_tiny_shards_all_get_metadata(ray_session, odd_folder, tmp_path, mo
     import cnn_ray.data.shards as shards_mod
 
     monkeypatch.setattr(shards_mod, "_MAX_OPEN_SHARDS", 2)  # force the close-early + rewrite path
-    cfg = DataConfig(train=str(odd_folder), image_size=8, shard_size=2, val_fraction=0.2)
+    cfg = DataConfig(train=str(odd_folder), image_size=8, shard_size=2, val_fraction=0.2,
+                     max_bad_fraction=1.0)
     data = prepare_dataset(cfg, str(tmp_path / "out"), progress=False)
     assert len(data.train_files) == (data.num_train + 1) // 2
     for f in data.train_files + data.val_files:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cnn_ray.data.sources import Record, SourceError, detect_format, discover, split_holdout
+from cnn_ray.data.sources import (ManifestSpec, Record, SourceError, detect_format, discover,
+                                  split_holdout)
+from cnn_ray.testing import write_id_manifest
 
 
 def _png(color=(10, 20, 30), size=(6, 5)) -> bytes:
@@ -101,8 +104,53 @@ def test_manifest_with_indices_and_parquet_manifest(tmp_path):
 def test_manifest_missing_columns(tmp_path):
     csv = tmp_path / "bad.csv"
     csv.write_text("file,cls\na.png,1\n")
-    with pytest.raises(SourceError, match=r"bad\.csv.*'path' and 'label'"):
+    with pytest.raises(SourceError, match=r"bad\.csv: manifest has no column 'path', 'label'.*"
+                       r"its columns are \['file', 'cls'\].*data\.path_column"):
         discover(str(csv))
+
+
+def test_manifest_columns_and_path_template_id_breed(tmp_path):
+    """Kaggle-style labels.csv (id,breed; images/<id>.jpg): two settings, no conversion."""
+    csv = write_id_manifest(tmp_path)
+    spec = ManifestSpec(label_column="breed", path_template="images/{id}.jpg")
+    src = discover(str(csv), manifest=spec)
+    assert src.kind == "manifest" and src.class_names == ["beagle", "pug"] and not src.problems
+    assert [os.path.basename(r.path) for r in src.records][:2] == ["0000.jpg", "0001.jpg"]
+    assert all(os.path.isfile(r.path) for r in src.records) and len(src.records) == 8
+    # without the settings: one message naming the file, the columns found and the keys to set
+    with pytest.raises(SourceError, match=r"labels\.csv: .*'path', 'label'.*\['id', 'breed'\]"):
+        discover(str(csv))
+    with pytest.raises(SourceError, match=r"path_template 'images/\{name\}\.jpg' names"):
+        discover(str(csv), manifest=ManifestSpec(label_column="breed",
+                                                 path_template="images/{name}.jpg"))
+
+
+@pytest.mark.parametrize("ext", ["tsv", "jsonl", "parquet"])
+def test_manifest_formats_and_custom_columns(tmp_path, ext):
+    for n in ("a.png", "b.png"):
+        (tmp_path / n).write_bytes(_png())
+    rows = [("a.png", "x"), ("b.png", "y"), ("gone.png", "x")]
+    man = tmp_path / f"m.{ext}"
+    if ext == "tsv":
+        man.write_text("file\tcls\n" + "".join(f"{p}\t{c}\n" for p, c in rows))
+    elif ext == "jsonl":
+        man.write_text("".join(json.dumps({"file": p, "cls": c}) + "\n" for p, c in rows))
+    else:
+        pq.write_table(pa.table({"file": [p for p, _ in rows], "cls": [c for _, c in rows]}), man)
+    spec = ManifestSpec(path_column="file", label_column="cls")
+    assert detect_format(str(man), spec) == "manifest"
+    src = discover(str(man), manifest=spec)
+    assert [(os.path.basename(r.path), r.label) for r in src.records] == [("a.png", 0), ("b.png", 1)]
+    (bad,) = src.problems
+    assert bad["kind"] == "missing" and bad["row"] == 2 and bad["path"].endswith("gone.png")
+
+
+def test_bad_records_tell_missing_from_bad_labels(tmp_path):
+    (tmp_path / "a.png").write_bytes(_png())
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,label\na.png,x\nnope.png,x\na.png,\n")
+    kinds = {p["row"]: p["kind"] for p in discover(str(csv)).problems}
+    assert kinds == {1: "missing", 2: "bad_record"}
 
 
 def test_parquet_encoded_bytes(tmp_path):

@@ -37,8 +37,10 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cnn_ray.data.errors import DataError
 
-class BadInputError(ValueError):
+
+class BadInputError(DataError):
     """An input image or record cannot be used. ``path`` names it; ``reason`` says what is wrong."""
 
     def __init__(self, path: str, reason: str):

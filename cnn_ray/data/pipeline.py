@@ -133,6 +133,12 @@ class _RawBatches:
 
         reason = batch.column("reason")
         if reason.null_count != len(batch):
+            node = batch.column("node")
+            if node.null_count != len(batch):  # listed by the driver, not found on this node
+                from cnn_ray.data.errors import InputNotVisibleError
+
+                i = next(i for i, v in enumerate(node.to_pylist()) if v is not None)
+                raise InputNotVisibleError(batch.column("path")[i].as_py(), node[i].as_py())
             if self.policy == "fail":
                 i = next(i for i, r in enumerate(reason.to_pylist()) if r is not None)
                 raise BadInputError(batch.column("path")[i].as_py(), reason[i].as_py())
@@ -207,15 +213,18 @@ class RawData:
     def __init__(self, data: DataConfig, *, seed: int = 0, stats_sample: int = 1024):
         import dataclasses
 
+        from cnn_ray.data.bad_inputs import split_summary
         from cnn_ray.data.decode import BadInputError, decode_image
-        from cnn_ray.data.sources import discover, split_holdout
+        from cnn_ray.data.sources import ManifestSpec, discover, split_holdout
 
         if data.format == "parquet" or (data.format == "auto" and str(data.train).endswith(".parquet")):
             raise ValueError("data.use_raw=true supports folder and manifest inputs; prepare Parquet "
                              "inputs instead (data.use_raw=false)")
-        train = discover(data.train, data.format, channels=data.channels)
+        spec = ManifestSpec.of(data)
+        train = discover(data.train, data.format, channels=data.channels, manifest=spec)
         if data.val:
-            val = discover(data.val, data.format, class_names=train.class_names, channels=data.channels)
+            val = discover(data.val, data.format, class_names=train.class_names, channels=data.channels,
+                           manifest=spec)
         else:
             tr, va = split_holdout(train.records, data.val_fraction, seed)
             val = dataclasses.replace(train, records=[train.records[i] for i in va])
@@ -244,6 +253,10 @@ class RawData:
         # decoding, each epoch, and listed by _RawBatches
         self.problems = ([dict(p, split="train") for p in train.problems]
                          + [dict(p, split="val") for p in val.problems])
+        # per split, for data.max_bad_fraction (a held-out val shares the training listing)
+        self.bad_by_split = {"train": split_summary(train.problems, train.num_rows)}
+        if data.val:
+            self.bad_by_split["val"] = split_summary(val.problems, val.num_rows)
 
 
 RAW_BAD_DIR = "bad_inputs_raw"  # <run dir>/bad_inputs_raw/: files skipped while decoding raw data

@@ -30,11 +30,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cnn_ray.config import DataConfig
+from cnn_ray.data.bad_inputs import check_bad_fraction, split_summary
 from cnn_ray.data.decode import BadInputError, decode_image, resize_array
+from cnn_ray.data.errors import InputNotVisibleError
 from cnn_ray.data.shards import (BAD_INPUTS_FILE, PREPARED_FILE, SPLITS, ChannelStats, PreparedData,
                                  ShardWriter, channel_sums, fixed_size_binary, int64_values,
                                  load_prepared)
-from cnn_ray.data.sources import Source, SourceError, discover, split_holdout
+from cnn_ray.data.sources import ManifestSpec, Source, SourceError, discover, split_holdout
 from cnn_ray.io import atomic_directory, iter_jsonl, remove_stale_temps
 
 PREPARE_VERSION = 1  # bump when the output layout or decode recipe changes (invalidates caches)
@@ -72,11 +74,16 @@ def prepare_dataset(
     Raises:
         BadInputError: ``cfg.bad_input == "fail"`` and an input is bad (names the file).
         SourceError: an input's layout/schema is unusable, or no training image is usable.
+        TooManyBadInputsError: more than ``cfg.max_bad_fraction`` of a split's inputs are bad
+            (the prepared data and its ``bad_inputs.jsonl`` are kept; below the limit a warning
+            line is printed instead, see :mod:`cnn_ray.data.bad_inputs`).
+        InputNotVisibleError: a file listed here was not found on the node decoding it.
     """
     out_dir = os.path.abspath(os.path.expanduser(out_dir))
-    train_src = discover(cfg.train, cfg.format, channels=cfg.channels)
-    val_src = (discover(cfg.val, cfg.format, class_names=train_src.class_names, channels=cfg.channels)
-               if cfg.val else None)
+    spec = ManifestSpec.of(cfg)
+    train_src = discover(cfg.train, cfg.format, channels=cfg.channels, manifest=spec)
+    val_src = (discover(cfg.val, cfg.format, class_names=train_src.class_names, channels=cfg.channels,
+                        manifest=spec) if cfg.val else None)
     fp = fingerprint(cfg, train_src, val_src, seed)
     if not force and _is_current(out_dir, fp):
         data = load_prepared(out_dir)
@@ -86,6 +93,7 @@ def prepare_dataset(
                                 first.get("reason", "bad input (see bad_inputs.jsonl)"))
         _say(progress, f"prepare: {out_dir} is up to date (fingerprint {fp[:12]}), skipping; "
                        "force=True rebuilds")
+        _check_bad(cfg, out_dir, data)
         return data
     _check_replaceable(out_dir)
     remove_stale_temps(out_dir)
@@ -96,7 +104,9 @@ def prepare_dataset(
         with open(tmp / PREPARED_FILE, "w") as f:
             json.dump(summary, f, indent=1)
         _check_replaceable(out_dir)
-    return load_prepared(out_dir)
+    data = load_prepared(out_dir)
+    _check_bad(cfg, out_dir, data)
+    return data
 
 
 def fingerprint(cfg: DataConfig, train: Source, val: Optional[Source], seed: int) -> str:
@@ -109,6 +119,9 @@ def fingerprint(cfg: DataConfig, train: Source, val: Optional[Source], seed: int
                                              "channels", "shard_size")},
         "seed": seed,
     }
+    spec = ManifestSpec.of(cfg)
+    if spec != ManifestSpec():  # only when set: the default keeps earlier fingerprints valid
+        key["manifest"] = [spec.path_column, spec.label_column, spec.path_template]
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -128,16 +141,18 @@ def _build(cfg: DataConfig, train_src: Source, val_src: Optional[Source], tmp: s
     stats = ChannelStats(channels)
     bad: list[dict[str, Any]] = []
     passes = [("train", train_src)] + ([("val", val_src)] if val_src else [])
+    summaries: dict[str, dict[str, Any]] = {}
     for name, src in passes:
         route, labels, problems = _routing(src, name, val_src is None, cfg.val_fraction, seed)
         problems = [dict(p, split=name) for p in problems]
-        if cfg.bad_input == "fail":
-            first = next((p for p in problems if p.get("row") is not None), None)
-            if first:
-                raise BadInputError(first["path"], first["reason"])
-        bad += problems
-        bad += _decode_pass(src, name, route, labels, writers, stats, cfg, seed=seed, progress=progress,
-                            concurrency=concurrency, num_cpus=num_cpus)
+        listed = [p for p in problems if p.get("row") is not None]
+        if cfg.bad_input == "fail" and listed:
+            raise BadInputError(listed[0]["path"], listed[0]["reason"])
+        decoded = _decode_pass(src, name, route, labels, writers, stats, cfg, seed=seed,
+                               progress=progress, concurrency=concurrency, num_cpus=num_cpus,
+                               listed_bad=len(listed))
+        summaries[name] = split_summary(problems + decoded, src.num_rows)
+        bad += problems + decoded
     if writers["train"].num_rows == 0:
         raise SourceError(f"{cfg.train}: no usable training images ({len(bad)} bad inputs)")
     mean, std = stats.mean_std()
@@ -146,12 +161,14 @@ def _build(cfg: DataConfig, train_src: Source, val_src: Optional[Source], tmp: s
                           "image_shape": list(shape), "split": s})
     with open(os.path.join(tmp, BAD_INPUTS_FILE), "w") as f:
         for b in bad:
-            f.write(json.dumps({"path": b["path"], "reason": b["reason"], "split": b["split"]}) + "\n")
+            f.write(json.dumps({"path": b["path"], "reason": b["reason"], "split": b["split"],
+                                "kind": b.get("kind") or "undecodable"}) + "\n")
     return {
         "class_names": train_src.class_names, "mean": mean, "std": std, "image_shape": list(shape),
         "counts": {s: writers[s].num_rows for s in SPLITS},
         "shards": {s: [os.path.relpath(p, tmp) for p in writers[s].files] for s in SPLITS},
         "bad_count": sum(1 for b in bad if b.get("row") is not None),
+        "bad_by_split": summaries,
         "sources": {n: {"kind": s.kind, "path": s.path} for n, s in passes},
     }
 
@@ -164,7 +181,8 @@ def _routing(src: Source, name: str, hold_out: bool, val_fraction: float, seed: 
         bad_rows = np.flatnonzero((labels < 0) | (labels >= len(src.class_names)))
         for r in bad_rows:
             f, local = _parquet_row(src, int(r))
-            problems.append({"path": f, "row": int(r), "reason": f"row {local}: label {labels[r]} "
+            problems.append({"path": f, "row": int(r), "kind": "bad_record",
+                             "reason": f"row {local}: label {labels[r]} "
                                                                f"out of range [0, {len(src.class_names)})"})
         labels[bad_rows] = -1
     route = np.full(len(labels), _DROP, dtype=np.int8)
@@ -186,10 +204,14 @@ def _parquet_row(src: Source, row: int) -> tuple[str, int]:
 
 def _decode_pass(src: Source, name: str, route: np.ndarray, labels: np.ndarray, writers: dict,
                  stats: ChannelStats, cfg: DataConfig, *, seed: int, progress: bool,
-                 concurrency: Optional[int], num_cpus: float) -> list[dict[str, Any]]:
-    """Decode one source with Ray Data and route its rows to the split writers."""
+                 concurrency: Optional[int], num_cpus: float, listed_bad: int = 0) -> list[dict[str, Any]]:
+    """Decode one source with Ray Data and route its rows to the split writers.
+
+    Returns the rows that failed to decode (``kind: undecodable``); ``listed_bad`` (rows left out
+    at listing) only shows in the progress line. Raises :class:`InputNotVisibleError` when a
+    file listed by the driver was not found where it was decoded (folder/manifest sources)."""
     bad: list[dict[str, Any]] = []
-    report = _Progress(f"prepare {name}", int((route != _DROP).sum()), progress)
+    report = _Progress(f"prepare {name}", int((route != _DROP).sum()), progress, listed_bad)
     seen = 0
     for block in _decoded_blocks(src, route, cfg, seed=seed, concurrency=concurrency, num_cpus=num_cpus):
         rid = int64_values(block.column("rid"))
@@ -201,9 +223,13 @@ def _decode_pass(src: Source, name: str, route: np.ndarray, labels: np.ndarray, 
             raise RuntimeError(f"{src.path}: decoded rows do not match the listing (label mismatch)")
         for i in np.flatnonzero(~ok & keep):
             path, reason = block.column("path")[int(i)].as_py(), block.column("reason")[int(i)].as_py()
+            node = block.column("node")[int(i)].as_py()
+            if node is not None and src.kind != "parquet":  # the driver saw it at listing
+                raise InputNotVisibleError(path, node)
             if cfg.bad_input == "fail":
                 raise BadInputError(path, reason)
-            bad.append({"path": path, "reason": reason, "row": int(rid[i]), "split": name})
+            bad.append({"path": path, "reason": reason, "row": int(rid[i]), "split": name,
+                        "kind": "missing" if node is not None else "undecodable"})
         for split_id, split in ((_TRAIN, "train"), (_VAL, "val")):
             mask = ok & (dest == split_id)
             if mask.any():
@@ -293,6 +319,7 @@ def _decode_rows(paths: list[str], column: Optional[pa.Array], label: pa.Array, 
     n = len(paths)
     images = np.zeros((n, size, size, channels), dtype=np.uint8)
     reasons: list[Optional[str]] = [None] * n
+    nodes: list[Optional[str]] = [None] * n  # set where the file is not found on this node
     if encoding == "array":
         h, w, c = src_shape
         raw = _uint8_values(column, n, h * w * c).reshape(n, h, w, c)
@@ -305,6 +332,9 @@ def _decode_rows(paths: list[str], column: Optional[pa.Array], label: pa.Array, 
             try:
                 data = blobs[i] if blobs is not None else _read_file(paths[i])
                 images[i] = decode_image(data or b"", size=size, channels=channels, path=name)
+            except FileNotFoundError:
+                nodes[i] = node_name()
+                reasons[i] = f"file not found on node {nodes[i]}"
             except BadInputError as exc:
                 reasons[i] = exc.reason if first_row is None else f"row {first_row + i}: {exc.reason}"
     s, ss = channel_sums(images)
@@ -314,15 +344,19 @@ def _decode_rows(paths: list[str], column: Optional[pa.Array], label: pa.Array, 
         "rid": rid,
         "path": pa.array([p if r else None for p, r in zip(paths, reasons)], pa.string()),
         "reason": pa.array(reasons, pa.string()),
+        "node": pa.array(nodes, pa.string()),
         "s": pa.FixedSizeListArray.from_arrays(pa.array(s.ravel()), channels),
         "ss": pa.FixedSizeListArray.from_arrays(pa.array(ss.ravel()), channels),
     })
 
 
 def _read_file(path: str) -> bytes:
+    """The file's bytes. Raises ``FileNotFoundError`` (missing here) or :class:`BadInputError`."""
     try:
         with open(path, "rb") as f:
             return f.read()
+    except FileNotFoundError:
+        raise
     except OSError as exc:
         raise BadInputError(path, f"cannot read file: {exc.strerror or exc}") from None
 
@@ -352,10 +386,13 @@ def _add_stats(stats: ChannelStats, rows: pa.Table) -> None:
 
 class _Progress:
     """``prepare train: 20480/45000 images (45%), 3100 img/s, ETA 0:08, 0 bad`` every few
-    seconds."""
+    seconds; rows left out at listing (``listed_bad``) are counted in the bad figure and named:
+    ``..., 9222 bad (9222 left out at listing: see bad_inputs.jsonl)``."""
 
-    def __init__(self, label: str, total: int, enabled: bool, every_s: float = 5.0):
+    def __init__(self, label: str, total: int, enabled: bool, listed_bad: int = 0,
+                 every_s: float = 5.0):
         self.label, self.total, self.enabled, self.every_s = label, total, enabled, every_s
+        self.listed_bad = listed_bad
         self.done_rows = 0
         self.start = self.last = time.monotonic()
 
@@ -366,8 +403,10 @@ class _Progress:
         pct = 100.0 * self.done_rows / self.total if self.total else 100.0
         eta = (f", ETA {format_duration((self.total - self.done_rows) / rate)}"
                if rate > 0 and self.done_rows < self.total else "")
+        listed = (f" ({self.listed_bad} left out at listing: see bad_inputs.jsonl)"
+                  if self.listed_bad else "")
         return (f"{self.label}: {self.done_rows}/{self.total} images ({pct:.0f}%), {rate:.0f} img/s"
-                f"{eta}, {bad} bad")
+                f"{eta}, {bad + self.listed_bad} bad{listed}")
 
     def update(self, rows: int, bad: int) -> None:
         self.done_rows += rows
@@ -379,6 +418,41 @@ class _Progress:
     def done(self, bad: int) -> None:
         elapsed = time.monotonic() - self.start
         _say(self.enabled, self._line(bad) + f", done in {elapsed:.1f} s")
+
+
+def _check_bad(cfg: DataConfig, out_dir: str, data: PreparedData) -> None:
+    """Apply ``cfg.max_bad_fraction`` to the prepared data's per-split bad counts (data prepared
+    before they were recorded: one figure over all splits)."""
+    if cfg.bad_input == "fail":
+        return  # a bad input already stopped the job
+    try:
+        with open(os.path.join(out_dir, PREPARED_FILE)) as f:
+            summaries = json.load(f).get("bad_by_split")
+    except (OSError, ValueError):
+        summaries = None
+    if summaries is None:
+        first = [f"{b.get('path')} ({b.get('reason')})" for b, _ in zip(
+            iter_jsonl(os.path.join(out_dir, BAD_INPUTS_FILE)), range(5))] if data.bad_count else []
+        summaries = {"all": {"inputs": data.num_train + data.num_val + data.bad_count,
+                             "bad": data.bad_count, "by_kind": {}, "first": first}}
+    check_bad_fraction(summaries, cfg.max_bad_fraction, os.path.join(out_dir, BAD_INPUTS_FILE),
+                       source={"train": cfg.train, "val": cfg.val or ""})
+
+
+def node_name() -> str:
+    """This process's Ray node id (``ray.get_runtime_context().get_node_id()``) and host name;
+    the host name alone outside Ray."""
+    import socket
+
+    host = socket.gethostname()
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"{ray.get_runtime_context().get_node_id()} ({host})"
+    except Exception:  # noqa: BLE001 (a name for a message: never fail here)
+        pass
+    return host
 
 
 def _say(enabled: bool, msg: str) -> None:

@@ -12,18 +12,24 @@ Layouts:
   tif tiff webp, any case); other files and hidden names (``.*``) are ignored. An **empty class
   folder is kept** (so label indices stay the same across train/val and runs) and reported: a
   warning is logged and an entry with ``row=None`` is added to ``Source.problems``.
-* ``manifest`` — a ``.csv`` or ``.parquet`` table with ``path,label`` columns. Relative paths are
-  relative to the manifest's folder. Labels are class names (strings) or indices (integers).
+* ``manifest`` — a ``.csv``, ``.tsv``, JSON lines (``.jsonl``/``.ndjson``) or ``.parquet``
+  table with a path column and a label column (:class:`ManifestSpec`: ``data.path_column``,
+  default ``path``; ``data.label_column``, default ``label``; or ``data.path_template`` such as
+  ``images/{id}.jpg``, which builds the path from id columns). Relative paths are relative to
+  the manifest's folder. Labels are class names (strings) or indices (integers).
   Class names come from the ``class_names`` argument, else the sorted unique string labels
   (integer labels without names get ``"0".."K-1"``). A row with a missing file, an empty path,
-  or an unknown label is a bad record (``Source.problems``: row, path, reason), not an error.
+  or an unknown label is a bad record (``Source.problems``: row, path, reason, kind), not an
+  error. ``kind`` is ``missing`` (no such file) or ``bad_record`` (empty path/label, unknown
+  label); decoding adds ``undecodable`` (:mod:`cnn_ray.data.prepare`).
 * ``parquet`` — a directory or glob of ``.parquet`` files with an ``image`` column and an integer
   ``label`` column. ``image`` holds encoded bytes (``binary``) or raw ``uint8`` pixels
   (``fixed_size_binary``, ``fixed_size_list<uint8>``, ``list<uint8>``) whose HWC shape comes from
   the file metadata key ``cnn_ray`` (JSON ``{"image_shape": [H, W, C]}``), else a ``shape``
   column, else a square with the configured channel count. Optional ``class_names`` in the
   same metadata. Prepared shards (:mod:`cnn_ray.data.shards`) are valid input.
-* ``auto`` — a ``.csv`` file, or a ``.parquet`` file with a ``path`` column, is a manifest; a
+* ``auto`` — a ``.csv``/``.tsv``/``.jsonl`` file, or a ``.parquet`` file with the path
+  column(s), is a manifest; a
   directory or glob holding ``.parquet`` files is ``parquet``; a directory whose sub-folders hold
   images is ``folder``.
 
@@ -44,6 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cnn_ray.data.errors import SourceError
 from cnn_ray.data.listing import (
     array_storage,
     digest,
@@ -58,10 +65,6 @@ from cnn_ray.data.shards import read_metadata
 log = logging.getLogger(__name__)
 
 Kind = Literal["folder", "manifest", "parquet"]
-
-
-class SourceError(ValueError):
-    """The input cannot be used at all (unknown layout, wrong schema). Names the file/folder."""
 
 
 class Record(NamedTuple):
@@ -123,6 +126,7 @@ def discover(
     *,
     class_names: Optional[Sequence[str]] = None,
     channels: int = 3,
+    manifest: Optional["ManifestSpec"] = None,
 ) -> Source:
     """List the input at ``path`` and return a :class:`Source`.
 
@@ -132,37 +136,44 @@ def discover(
         class_names: fix the label order (e.g. the training set's, when listing a val set);
             folder classes or manifest labels not in it become bad records.
         channels: for raw-array Parquet without a stored shape: infer a square of this depth.
+        manifest: the manifest's columns (:class:`ManifestSpec`, e.g.
+            ``ManifestSpec.of(cfg.data)``); default ``path`` and ``label``.
 
     Raises:
         SourceError: the path does not exist, its layout cannot be detected, or a Parquet
-            file/manifest lacks the expected columns (the message names the file).
+            file/manifest lacks the expected columns (the message names the file and column).
     """
     path = os.path.expanduser(str(path))
-    kind = detect_format(path) if format == "auto" else format
+    spec = manifest or ManifestSpec()
+    kind = detect_format(path, spec) if format == "auto" else format
     names = list(class_names) if class_names is not None else None
     if kind == "folder":
         return _discover_folder(path, names)
     if kind == "manifest":
-        return _discover_manifest(path, names)
+        return _discover_manifest(path, names, spec)
     if kind == "parquet":
         return _discover_parquet(path, names, channels)
     raise SourceError(f"unknown data format {format!r}: expected auto, folder, parquet or manifest")
 
 
-def detect_format(path: str) -> Kind:
-    """Guess the layout of ``path`` (rules in the module docstring). Raises :class:`SourceError`."""
+def detect_format(path: str, manifest: Optional["ManifestSpec"] = None) -> Kind:
+    """Guess the layout of ``path`` (rules in the module docstring; a ``.parquet`` file is a
+    manifest when it has ``manifest``'s path columns). Raises :class:`SourceError`."""
     if is_glob(path):
         if any(p.lower().endswith(".parquet") for p in glob.glob(path)):
             return "parquet"
         raise SourceError(f"{path}: glob matches no .parquet files")
     if os.path.isfile(path):
         low = path.lower()
-        if low.endswith(".csv"):
+        if low.endswith((".csv", ".tsv", ".jsonl", ".ndjson")):
             return "manifest"
         if low.endswith(".parquet"):
-            return "manifest" if "path" in pq.read_schema(path).names else "parquet"
-        raise SourceError(f"{path}: cannot detect the format of this file: expected a .csv or "
-                          ".parquet manifest, a .parquet shard, or an ImageFolder directory")
+            cols = (manifest or ManifestSpec()).path_columns()
+            names = pq.read_schema(path).names
+            return "manifest" if all(c in names for c in cols) else "parquet"
+        raise SourceError(f"{path}: cannot detect the format of this file: expected a .csv, "
+                          ".tsv, .jsonl or .parquet manifest, a .parquet shard, or an "
+                          "ImageFolder directory")
     if os.path.isdir(path):
         entries = [e for e in os.scandir(path) if not e.name.startswith(".")]
         if any(e.is_file() and e.name.lower().endswith(".parquet") for e in entries) or parquet_files(path):
@@ -207,35 +218,147 @@ def _discover_folder(root: str, class_names: Optional[list[str]]) -> Source:
 
 
 # ------------------------------------------------------------------------------- manifest
-def _read_manifest(path: str) -> pa.Table:
+MANIFEST_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")
+
+
+@dataclass(frozen=True)
+class ManifestSpec:
+    """Which manifest columns hold what (``data.path_column``, ``data.label_column``,
+    ``data.path_template``).
+
+    ``path_template`` (e.g. ``"images/{id}.jpg"``) builds each row's path from its columns
+    (``{name}`` is the value of column ``name``; format specs such as ``{n:05d}`` work on
+    numeric columns); without it the path is the value of ``path_column``.
+    """
+
+    path_column: str = "path"
+    label_column: str = "label"
+    path_template: Optional[str] = None
+
+    @classmethod
+    def of(cls, data: Any) -> "ManifestSpec":
+        """The spec of a :class:`~cnn_ray.config.DataConfig` (or anything with those fields)."""
+        return cls(getattr(data, "path_column", "path"), getattr(data, "label_column", "label"),
+                   getattr(data, "path_template", None))
+
+    def template_columns(self) -> list[str]:
+        """The columns ``path_template`` names (``[]`` without a template).
+
+        Raises:
+            SourceError: the template is not a valid format string or names no column.
+        """
+        if self.path_template is None:
+            return []
+        import string
+
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.path_template) if f is not None]
+        except ValueError as exc:
+            raise SourceError(f"data.path_template {self.path_template!r}: {exc}") from None
+        names = [f.split(".")[0].split("[")[0] for f in fields]
+        if not names or any(not n or n.isdigit() for n in names):
+            raise SourceError(f"data.path_template {self.path_template!r}: expected named "
+                              "columns in braces, e.g. 'images/{id}.jpg'")
+        return list(dict.fromkeys(names))
+
+    def path_columns(self) -> list[str]:
+        """The columns the paths are built from."""
+        return self.template_columns() or [self.path_column]
+
+
+def _read_table(path: str, string_columns: Sequence[str] = ()) -> pa.Table:
+    """Read a CSV/TSV/JSON-lines/Parquet table; ``string_columns`` are read as text when CSV/TSV
+    (so ids such as ``007`` keep their zeros). Raises :class:`SourceError` naming the file."""
     if not os.path.isfile(path):
         raise SourceError(f"{path}: manifest file does not exist")
+    low = path.lower()
     try:
-        if path.lower().endswith(".csv"):
+        if low.endswith((".csv", ".tsv")):
             import pyarrow.csv as pacsv
 
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-                column_types={"path": pa.string()}))
-        else:
-            table = pq.read_table(path)
+            return pacsv.read_csv(
+                path, parse_options=pacsv.ParseOptions(delimiter="\t" if low.endswith(".tsv") else ","),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in string_columns}))
+        if low.endswith((".jsonl", ".ndjson")):
+            import pyarrow.json as pajson
+
+            return pajson.read_json(path)
+        if low.endswith(".parquet"):
+            return pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"{path}: cannot read manifest: {exc}") from None
-    missing = [c for c in ("path", "label") if c not in table.column_names]
+    raise SourceError(f"{path}: unknown manifest type: expected one of {', '.join(MANIFEST_EXTENSIONS)}")
+
+
+def _read_manifest(path: str, spec: ManifestSpec) -> pa.Table:
+    table = _read_table(path, spec.path_columns())
+    need = spec.path_columns() + [spec.label_column]
+    missing = [c for c in need if c not in table.column_names]
     if missing:
-        raise SourceError(f"{path}: manifest needs columns 'path' and 'label'; missing "
-                          f"{missing}, found {table.column_names}")
+        what = (f"path_template {spec.path_template!r} names" if spec.path_template
+                else f"data.path_column is {spec.path_column!r},")
+        raise SourceError(f"{path}: manifest has no column {', '.join(map(repr, missing))} "
+                          f"({what} data.label_column is {spec.label_column!r}); its columns are "
+                          f"{table.column_names}: set data.path_column / data.label_column / "
+                          "data.path_template to match")
     return table
 
 
-def _discover_manifest(path: str, class_names: Optional[list[str]]) -> Source:
-    table = _read_manifest(path)
+def _manifest_paths(path: str, table: pa.Table, spec: ManifestSpec) -> list[Optional[str]]:
+    """Each row's path as written (before resolving against the manifest's folder)."""
+    if spec.path_template is None:
+        col = table[spec.path_column]
+        return [None if v is None else str(v) for v in col.to_pylist()]
+    cols = {c: table[c].to_pylist() for c in spec.template_columns()}
+    out: list[Optional[str]] = []
+    for row in range(table.num_rows):
+        values = {c: v[row] for c, v in cols.items()}
+        if any(v is None or v == "" for v in values.values()):
+            out.append(None)
+            continue
+        try:
+            out.append(spec.path_template.format(**values))
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as exc:
+            raise SourceError(f"{path}: row {row}: data.path_template {spec.path_template!r} "
+                              f"does not fit {values}: {exc}") from None
+    return out
+
+
+def manifest_columns(path: str) -> list[str]:
+    """The column names of a CSV/TSV/JSON-lines/Parquet manifest. Raises :class:`SourceError`."""
+    if path.lower().endswith(".parquet"):
+        try:
+            return list(pq.read_schema(path).names)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SourceError(f"{path}: cannot read manifest: {exc}") from None
+    return _read_table(path).column_names
+
+
+def manifest_files(path: str, spec: ManifestSpec = ManifestSpec()) -> list[str]:
+    """The non-empty paths of a manifest (``spec``'s path column or template), resolved against
+    the manifest's folder; labels are not read. Raises :class:`SourceError` naming the file or
+    the missing column."""
+    table = _read_table(path, spec.path_columns())
+    missing = [c for c in spec.path_columns() if c not in table.column_names]
+    if missing:
+        raise SourceError(f"{path}: manifest has no column {', '.join(map(repr, missing))}; its "
+                          f"columns are {table.column_names}")
     base = os.path.dirname(os.path.abspath(path))
-    paths = table["path"].to_pylist()
-    label_col = table["label"]
+    return [p if os.path.isabs(p) else os.path.join(base, os.path.expanduser(p))
+            for p in _manifest_paths(path, table, spec) if p]
+
+
+def _discover_manifest(path: str, class_names: Optional[list[str]],
+                       spec: ManifestSpec = ManifestSpec()) -> Source:
+    table = _read_manifest(path, spec)
+    base = os.path.dirname(os.path.abspath(path))
+    paths = _manifest_paths(path, table, spec)
+    label_col = table[spec.label_column]
     is_int = pa.types.is_integer(label_col.type)
     if not is_int and not pa.types.is_string(label_col.type) and not pa.types.is_large_string(label_col.type):
-        raise SourceError(f"{path}: manifest column 'label' must hold class names (string) or "
-                          f"indices (integer), got {label_col.type}")
+        raise SourceError(f"{path}: manifest column {spec.label_column!r} (data.label_column) must "
+                          f"hold class names (string) or indices (integer), got {label_col.type}")
     labels = label_col.to_pylist()
     if class_names is None:
         if is_int:
@@ -249,7 +372,7 @@ def _discover_manifest(path: str, class_names: Optional[list[str]]) -> Source:
     listing: list[tuple] = [(path, st_manifest.st_size, st_manifest.st_mtime_ns)]
     for row, (p, lab) in enumerate(zip(paths, labels)):
         full = p if p is None or os.path.isabs(p) else os.path.join(base, os.path.expanduser(p))
-        reason = None
+        reason, kind = None, "bad_record"
         if not p:
             reason = "empty path"
         elif lab is None or lab == "":
@@ -263,11 +386,12 @@ def _discover_manifest(path: str, class_names: Optional[list[str]]) -> Source:
                 st = os.stat(full)
                 listing.append((full, st.st_size, st.st_mtime_ns))
             except OSError:
-                reason = "file not found"
+                reason, kind = "file not found", "missing"
         if reason is None:
             src.records.append(Record(full, int(lab) if is_int else index[lab], row))
         else:
-            src.problems.append({"path": full or "", "reason": f"manifest row {row}: {reason}", "row": row})
+            src.problems.append({"path": full or "", "reason": f"manifest row {row}: {reason}",
+                                 "row": row, "kind": kind})
     src.listing_digest = digest(listing + [("bad", len(src.problems))])
     return src
 

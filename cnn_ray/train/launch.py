@@ -21,7 +21,9 @@ from ray.train.torch import TorchTrainer
 
 from cnn_ray.compat import resolve_execution_options
 from cnn_ray.config import ConfigError, TrainConfig
+from cnn_ray.data.bad_inputs import check_bad_fraction
 from cnn_ray.data.pipeline import RAW_BAD_DIR, RawData
+from cnn_ray.data.shards import BAD_INPUTS_FILE
 from cnn_ray.io import is_uri, write_text
 from cnn_ray.train.data_modes import training_data
 from cnn_ray.train.inputs import FaultInjection, TrainingData, WorkerInputs
@@ -141,13 +143,22 @@ def prepare_data(cfg: TrainConfig, *, force: bool = False,
     """Run (or reuse) the prepare step for ``cfg.data``; returns ``PreparedData``.
 
     With ``data.use_raw`` nothing is written: returns a ``RawData`` that decodes every epoch.
+    Either way ``data.max_bad_fraction`` is applied to the rows left out (raw: at listing).
+
+    Raises:
+        TooManyBadInputsError: a split has more bad inputs than ``data.max_bad_fraction``.
     Either goes to :func:`write_run_files`, :func:`put_in_memory` and :func:`build_trainer`
     (which see it as :class:`~cnn_ray.train.inputs.TrainingData`).
     """
     from cnn_ray.data.prepare import prepare_dataset
 
     if cfg.data.use_raw:
-        return RawData(cfg.data, seed=cfg.run.seed)
+        raw = RawData(cfg.data, seed=cfg.run.seed)
+        if cfg.data.bad_input == "skip":
+            check_bad_fraction(raw.bad_by_split, cfg.data.max_bad_fraction,
+                               f"{run_dir(cfg)}/{BAD_INPUTS_FILE}",
+                               source={"train": cfg.data.train, "val": cfg.data.val or ""})
+        return raw
     return prepare_dataset(cfg.data, default_prepared_dir(cfg), seed=cfg.run.seed, force=force,
                            progress=progress)
 
@@ -272,6 +283,50 @@ def build_trainer(
     )
 
 
+# Keys a resumed run must share with its checkpoint: the network's shape and the data it saw.
+RESUME_KEYS = tuple(f"model.{k}" for k in ("name", "width_mult", "depth", "kernel_size",
+                                           "separable", "widths")) + tuple(
+    f"data.{k}" for k in ("train", "val", "format", "image_size", "channels", "path_column",
+                          "label_column", "path_template"))
+
+
+def check_resume(cfg: TrainConfig, directory: str, class_names: list[str]) -> Optional[str]:
+    """Before any worker starts: when the run dir already holds a checkpoint, check that it
+    belongs to this run (same :data:`RESUME_KEYS` and class names). Returns the checkpoint's
+    path (None: nothing to resume, or a storage URI, which is not read here).
+
+    Raises:
+        ConfigError: a key or the class names differ; the message names each (checkpoint
+            value -> new value) and says how to start a new run instead (another run.name).
+    """
+    from cnn_ray.evaluate import latest_checkpoint
+    from cnn_ray.train.checkpoint import CheckpointError, read_meta
+
+    if is_uri(directory) or not os.path.isdir(directory):
+        return None
+    try:
+        ckpt = latest_checkpoint(directory)
+        meta = read_meta(ckpt)
+    except CheckpointError:
+        return None
+    old, new = meta.get("config") or {}, cfg.to_dict()
+    diffs = []
+    for key in RESUME_KEYS:
+        section, name = key.split(".")
+        default = new[section].get(name)  # a key the checkpoint predates kept its default
+        before, after = old.get(section, {}).get(name, default), new[section].get(name)
+        if before != after:
+            diffs.append(f"{key}: {before!r} -> {after!r}")
+    if list(meta.get("class_names") or []) != list(class_names):
+        diffs.append(f"class names: {meta.get('class_names')} -> {list(class_names)}")
+    if diffs:
+        raise ConfigError(
+            f"run.name={cfg.run.name!r}: {ckpt} is a checkpoint of a different run, so this one "
+            f"cannot resume it: {'; '.join(diffs)}. Start a new run with another run.name "
+            f"(e.g. run.name={cfg.run.name}-2), or restore the settings above to resume.")
+    return str(ckpt)
+
+
 def run_training(
     cfg: TrainConfig,
     *,
@@ -289,7 +344,8 @@ def run_training(
     ``fault_injection``: see :func:`build_trainer`.
 
     Raises:
-        ConfigError: the cluster cannot fit the workers plus the data pipeline.
+        ConfigError: the cluster cannot fit the workers plus the data pipeline, or the run dir
+            holds a checkpoint of a different model, data or class list (:func:`check_resume`).
         ray.train.TrainingFailedError: training failed more than ``run.max_failures`` times.
     """
     if not ray.is_initialized():
@@ -297,6 +353,7 @@ def run_training(
     check_cluster_fits(cfg)
     prepared = prepared or prepare_data(cfg)
     directory = run_dir(cfg, name)
+    check_resume(cfg, directory, training_data(cfg, prepared).summary.class_names)
     write_run_files(cfg, directory, prepared)
     trainer = build_trainer(cfg, prepared, name=name, callbacks=callbacks,
                             fault_injection=fault_injection)
