@@ -16,7 +16,7 @@ checkpoint every epoch, 4 epochs, shared storage = a local folder both nodes see
 - ``driver_killed``: ``jobs/train.py`` SIGKILLed after an epoch, then run again with the
   same ``run.name``;
 - ``sweep_driver_killed``: ``jobs/tune.py`` (4 trials) SIGKILLed after its first trial ends,
-  then run again: finished trials must not run again;
+  then run again with ``--resume``: finished trials must not run again;
 - ``kill_during_save``: a process writing checkpoints in a loop SIGKILLed at random moments,
   10 times: the newest complete checkpoint must load every time (write, then rename).
 
@@ -325,7 +325,8 @@ def sweep_driver_killed(storage: Path, env: dict, limit: float) -> dict:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    rc, hang = _run_again(cmd, env, limit)
+    # restoring a sweep takes --resume (without it an existing sweep name is a named error)
+    rc, hang = _run_again([*cmd, "--resume"], env, limit)
     starts = _jsonl(exp / "trial_starts.jsonl")
     rerun = sorted({s["trial_id"] for s in starts
                     if s.get("event", "start") == "start" and s["time"] > fault_time

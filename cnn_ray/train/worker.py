@@ -207,10 +207,13 @@ def run_worker(loop_config: dict[str, Any], session) -> None:
             log(_format_metrics(metrics))
             if inputs.run_dir:
                 _append_jsonl(inputs.run_dir, "metrics.jsonl", metrics)
-            watch.epoch(metrics)
         last = epoch + 1 == cfg.optim.epochs or stop
         _report(inputs, metrics, rank, parts, best=progress.best,
                 save=(epoch + 1) % cfg.run.checkpoint_every == 0 or last, session=session)
+        if watch is not None:
+            # after the checkpoint is committed: plotting and TensorBoard (~1 s) must not widen
+            # the window in which a fault loses the epoch (jobs/faults.py node_removed)
+            watch.epoch(metrics)
         if stop:
             log(f"early stopping: val_top1 has not improved for {progress.stale} epochs")
             break
