@@ -214,13 +214,25 @@ def _trial_epochs(plan, config: dict) -> int:
 def _kept_checkpoint(plan, trial_id: str, preferred: list[dict], rows: list[dict]) -> Optional[str]:
     """The best epoch's checkpoint if still kept, else the latest kept one (``run.keep_checkpoints``
     keeps the most recent), else the newest checkpoint folder of the trial's Train run."""
-    for r in preferred + rows[::-1]:
+    def usable(r: dict) -> Optional[str]:
         path = r.get("checkpoint_path")
-        if isinstance(path, str) and path and ("://" in path or os.path.isdir(path)):
-            return path
+        ok = isinstance(path, str) and path and ("://" in path or os.path.isdir(path))
+        return path if ok else None
+
+    for r in preferred:
+        if usable(r):
+            return usable(r)
+    # the newest checkpoint folder of the run (a report Tune never saw -- a driver interrupted
+    # right after it -- still left its checkpoint there), else the latest one Tune recorded
     run = Path(plan.runs_dir) / trial_id
-    found = sorted(run.glob("checkpoint_*")) if plan.local and run.is_dir() else []
-    return str(found[-1]) if found else None
+    found = sorted(p for p in run.glob("checkpoint_*") if ".tmp-" not in p.name
+                   and ".old-" not in p.name) if plan.local and run.is_dir() else []
+    if found:
+        return str(found[-1])
+    for r in rows[::-1]:
+        if usable(r):
+            return usable(r)
+    return None
 
 
 def read_trial_starts(path: Path, event: str = "start") -> dict[str, list[float]]:
@@ -238,11 +250,14 @@ def _startup_s(plan, trial_id: str, starts: dict[str, list[float]]) -> Optional[
     Train run's ``metrics.jsonl`` (report time - epoch_s - eval_s)."""
     if trial_id not in starts or not plan.local:
         return None
-    start = starts[trial_id][-1]
-    for m in iter_jsonl(Path(plan.runs_dir) / trial_id / "metrics.jsonl"):
-        loop_start = m["time"] - m.get("epoch_s", 0.0) - m.get("eval_s", 0.0)
-        if m["time"] >= start:
-            return round(loop_start - start, 2)
+    rows = list(iter_jsonl(Path(plan.runs_dir) / trial_id / "metrics.jsonl"))
+    # the latest start that trained an epoch: a trial restarted after its last epoch (its
+    # completion missed by an interrupted driver) resumes with nothing left to train
+    for start in reversed(starts[trial_id]):
+        for m in rows:
+            if m["time"] >= start:
+                loop_start = m["time"] - m.get("epoch_s", 0.0) - m.get("eval_s", 0.0)
+                return round(loop_start - start, 2)
     return None
 
 
