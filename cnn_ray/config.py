@@ -31,6 +31,24 @@ class _Strict(BaseModel):
 
 
 # ----------------------------------------------------------------------------------- data
+class PCAConfig(_Strict):
+    """PCA band reduction of multi-band tiles, fitted on the training split at prepare time
+    (:mod:`cnn_ray.data.bands`; Rodarmel & Shan 2002). Give ``components`` or
+    ``explained_variance``."""
+
+    components: Optional[int] = Field(None, ge=1, le=64, description="principal components kept")
+    explained_variance: Optional[float] = Field(
+        None, gt=0.0, le=1.0, description="or keep the fewest components explaining this share "
+        "of the scaled training pixels' variance")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "PCAConfig":
+        if (self.components is None) == (self.explained_variance is None):
+            raise ValueError("data.pca: give exactly one of components (an int) or "
+                             "explained_variance (a share in (0, 1])")
+        return self
+
+
 class DataConfig(_Strict):
     """Where the images come from and how they are streamed.
 
@@ -44,7 +62,14 @@ class DataConfig(_Strict):
     format: Literal["auto", "folder", "parquet", "manifest"] = "auto"
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held-out share when val is None")
     image_size: int = Field(32, ge=8, le=4096, description="training resolution (pixels, square)")
-    channels: int = Field(3, ge=1, le=64, description="image channels after decoding")
+    channels: int = Field(3, ge=1, le=64, description="image channels after decoding; for "
+                          ".npy/.npz/TIFF tiles the band count of the files")
+    pca: Optional[PCAConfig] = Field(
+        None, description="reduce multi-band tiles to principal components at prepare time "
+        "(fitted on the training split, stored with the data and in checkpoints)")
+    band_sample_images: int = Field(
+        512, ge=1, description="training tiles (512 pixels each) sampled to fit the per-band "
+        "scaling and data.pca")
     prepared_dir: Optional[str] = Field(
         None, description="where prepare writes shards; default <run.storage_path>/prepared/<hash>"
     )
@@ -364,6 +389,20 @@ class TrainConfig(_Strict):
         if self.model.pretrained and "://" in self.model.pretrained:
             raise ValueError(f"model.pretrained={self.model.pretrained!r}: expected a local file "
                              "or checkpoint directory (nothing is downloaded at run time)")
+        bands = self.data.channels not in (1, 3, 4) or self.data.pca is not None
+        if bands and self.data.use_raw:
+            raise ValueError(f"data.channels={self.data.channels}"
+                             f"{' with data.pca' if self.data.pca else ''}: multi-band tiles are "
+                             "scaled (and reduced) by a transform fitted at prepare time; it "
+                             "needs data.use_raw=false")
+        stored = (self.data.pca.components if self.data.pca and self.data.pca.components
+                  else None if self.data.pca else self.data.channels)
+        if bands and self.augment.color_jitter.enabled and stored != 3:
+            raise ValueError(
+                f"augment.color_jitter.enabled=true is defined for 3-band RGB images; the stored "
+                f"images have {stored or 'data.pca.explained_variance-many'} bands "
+                f"(data.channels={self.data.channels}"
+                f"{', data.pca' if self.data.pca else ''}): set augment.color_jitter.enabled=false")
         if self.data.cache == "memory" and self.data.use_raw:
             raise ValueError(
                 "data.cache=memory keeps the prepared shards in memory; it needs "

@@ -150,3 +150,38 @@ def cifar10_arrays(split: str, *, root: str | os.PathLike | None = None,
             np.save(buf, arr)
             atomic_write_bytes(path, buf.getvalue())
     return x, y
+
+
+def write_hyperspectral(images, labels, out: str | os.PathLike, *, bands: int = 32,
+                        class_names: tuple[str, ...] = CIFAR10_CLASSES, seed: int = 0,
+                        noise: float = 0.02) -> Path:
+    """Expand RGB images into a hyperspectral-style tile set: ``bands`` uint16 bands per pixel,
+    each a fixed random positive mix of R, G, B plus a per-band offset and Gaussian noise,
+    written as ``<out>/<class>/<index>.npy`` (``(H, W, bands) uint16``) tiles.
+
+    A stand-in for real multispectral tiles (seed 000) that ships offline: the bands are highly
+    correlated, as neighbouring spectral bands are, so PCA keeps most of the signal in a few
+    components.
+
+    Args:
+        images: ``(N, H, W, 3) uint8``. labels: ``(N,)`` class indices into ``class_names``.
+        bands: bands per tile. seed: fixes the mixing matrix, offsets and noise.
+        noise: noise standard deviation as a share of the full 16-bit range.
+
+    Returns ``out``. Existing tiles of the same name are overwritten.
+    """
+    import numpy as np
+
+    out = Path(out)
+    rng = np.random.default_rng([seed, 32])
+    mix = rng.dirichlet(np.ones(3), size=bands)                 # (bands, 3): rows sum to 1
+    gain = rng.uniform(0.3, 0.9, size=bands) * 65535.0          # each band's own brightness
+    offset = rng.uniform(0.0, 0.1, size=bands) * 65535.0
+    for name in class_names:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    for i, (img, y) in enumerate(zip(images, labels)):
+        x = (img.astype(np.float32) / 255.0) @ mix.T.astype(np.float32)   # (H, W, bands)
+        x = x * gain + offset + rng.normal(0.0, noise * 65535.0, size=x.shape)
+        np.save(out / class_names[int(y)] / f"{i:06d}.npy",
+                np.clip(np.rint(x), 0, 65535).astype(np.uint16))
+    return out

@@ -144,13 +144,14 @@ def evaluate_main(cfg: TrainConfig, *, checkpoint: Optional[str] = None, data: O
     from cnn_ray.train.launch import prepare_data, run_dir
 
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir(cfg))
-    names = load_checkpoint(ckpt).meta["class_names"]
+    meta = load_checkpoint(ckpt).meta
+    names = meta["class_names"]
     if data:
         if not os.path.exists(os.path.expanduser(data)):
             raise ConfigError(f"--data: path does not exist: {data!r}")
         source = discover(data, cfg.data.format, class_names=names, channels=cfg.data.channels,
                           manifest=ManifestSpec.of(cfg.data))
-        ds = build_raw_dataset(source, cfg.data, train=False)
+        ds = build_raw_dataset(source, cfg.data, train=False, bands=meta.get("bands"))
     else:
         prepared = prepare_data(cfg)
         if list(prepared.class_names) != list(names):

@@ -63,7 +63,8 @@ def preprocessing_contract(im: InferenceModel, checkpoint: str, fmt: str) -> dic
         "format": fmt, "checkpoint": str(checkpoint), "weights": im.weights,
         "input": {"name": "input", "layout": "NCHW", "dtype": "float32",
                   "shape": [None, im.channels, im.image_size, im.image_size],
-                  "channels": im.channels, "color": "RGB" if im.channels == 3 else "L",
+                  "channels": im.channels,
+                  "color": "bands" if im.bands else "RGB" if im.channels == 3 else "L",
                   "image_size": im.image_size,
                   "resize": ("decode with Pillow, convert to the colour mode, take the centred "
                              "square (side = shorter side) and resize it to image_size x "
@@ -76,7 +77,18 @@ def preprocessing_contract(im: InferenceModel, checkpoint: str, fmt: str) -> dic
                    "meaning": "unnormalised class scores; softmax for probabilities"},
         "class_names": list(im.class_names),
         "evaluated_with_tta": im.tta,
+        **({"bands": _bands_contract(im.bands)} if im.bands else {}),
     }
+
+
+def _bands_contract(bands: dict) -> dict:
+    """The band transform of multi-band tiles, with the steps that turn a raw tile into the
+    exported model's ``pixel`` values (before ``normalize``)."""
+    return {"steps": ("read the tile as (H, W, in_bands) numbers; u = (x - lo) / (hi - lo) per "
+                      "band; with components: u = ((u - pca_mean) @ components.T - out_lo) / "
+                      "(out_hi - out_lo); pixel = round(clip(u, 0, 1) * 255); then resize as "
+                      "above; cnn_ray.data.bands.BandTransform.from_dict(this).apply(tile)"),
+            **bands}
 
 
 def parity_batch(im: InferenceModel, n: int = 64, seed: int = 0) -> torch.Tensor:

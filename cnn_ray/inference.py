@@ -44,6 +44,7 @@ class InferenceModel:
     weights: str
     image_size: int
     channels: int
+    bands: Optional[dict] = None  # multi-band tiles: the run's BandTransform (to_dict)
 
     @property
     def tta_views(self) -> int:
@@ -110,4 +111,5 @@ def load_inference_model(checkpoint: str | os.PathLike, *, tta: Optional[str] = 
                      mean=meta["mean"], std=meta["std"], channels_last=cfg.model.channels_last)
     return InferenceModel(model=model, config=cfg, class_names=names, settings=s, tta=tta,
                           predict=predict, weights="ema" if averaged is not None else "raw",
-                          image_size=cfg.data.image_size, channels=len(meta["mean"]))
+                          image_size=cfg.data.image_size, channels=len(meta["mean"]),
+                          bands=meta.get("bands"))

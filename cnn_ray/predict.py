@@ -299,12 +299,13 @@ def predict_main(checkpoint: str, data: str, *, overrides: Sequence[str] = (),
     if not ray.is_initialized():
         ray.init()
     gpus = ray.cluster_resources().get("GPU", 0) >= 1
-    shape = (cfg.data.image_size, cfg.data.image_size, cfg.data.channels)
+    bands = meta.get("bands")  # multi-band tiles: the training run's band transform
+    shape = (cfg.data.image_size, cfg.data.image_size, len(meta["mean"]))
     cpus = cfg.scaling.cpus_per_worker
     threads = cfg.scaling.torch_threads or max(1, int(cpus))
     bs = batch_size or cfg.optim.eval_batch_size
     t0 = time.perf_counter()
-    ds = decode_raw_dataset(source, cfg.data).map_batches(
+    ds = decode_raw_dataset(source, cfg.data, bands=bands).map_batches(
         PredictBatches, fn_constructor_kwargs=dict(
             checkpoint=checkpoint, tta=cfg.eval.tta, top_k=top_k, policy=cfg.data.bad_input,
             image_shape=shape, threads=threads),

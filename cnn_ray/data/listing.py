@@ -24,7 +24,9 @@ __all__ = [
     "parquet_files",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+# Encoded images, and .npy/.npz array tiles (multi-band data: cnn_ray.data.bands).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                              ".npy", ".npz"})
 
 
 def is_glob(path: str) -> bool:

@@ -151,7 +151,7 @@ class _RawBatches:
 
 
 def decode_raw_dataset(source, data: DataConfig, *, seed: int = 0, train: bool = False,
-                       rows_per_block: int = 256) -> Dataset:
+                       rows_per_block: int = 256, bands: Optional[dict] = None) -> Dataset:
     """Raw folder/manifest/Parquet :class:`~cnn_ray.data.sources.Source` -> decoded rows.
 
     Decoding (:func:`cnn_ray.data.prepare.decode_block`: Pillow, odd modes converted, resized
@@ -159,6 +159,8 @@ def decode_raw_dataset(source, data: DataConfig, *, seed: int = 0, train: bool =
     Rows: ``image`` (fixed-size binary, HWC uint8), ``label``, ``rid`` (row id in the source),
     ``reason`` (None, or why the file is unusable: its image is then zeros), ``path`` (set on
     bad rows only). Bad rows are *kept* here; the caller applies ``data.bad_input``.
+    ``bands``: a checkpoint's band transform (:class:`~cnn_ray.data.bands.BandTransform`
+    ``to_dict``): the files are multi-band tiles, mapped to its ``out_bands`` stored bands.
 
     Raises:
         ValueError: the source holds no images.
@@ -177,14 +179,14 @@ def decode_raw_dataset(source, data: DataConfig, *, seed: int = 0, train: bool =
     if train and data.shuffle != "none":
         ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
     kw = {"size": data.image_size, "channels": data.channels, "encoding": source.image_encoding,
-          "src_shape": source.image_shape, "rows_per_block": rows_per_block}
+          "src_shape": source.image_shape, "rows_per_block": rows_per_block, "bands": bands}
     return ds.map_batches(decode_block, batch_size=batch_size, batch_format="pyarrow", fn_kwargs=kw,
                           num_cpus=data.data_cpus, resources=data.resources or None)
 
 
 def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig] = None, *,
                       seed: int = 0, train: bool = False, rows_per_block: int = 256,
-                      bad_dir: Optional[str] = None) -> Dataset:
+                      bad_dir: Optional[str] = None, bands: Optional[dict] = None) -> Dataset:
     """Decode a raw folder/manifest/Parquet :class:`~cnn_ray.data.sources.Source` every pass.
 
     The ``data.use_raw`` path and ``jobs/evaluate.py --data``: no prepare step, decoding
@@ -193,8 +195,9 @@ def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig]
     :class:`_RawBatches`; ``fail`` raises ``BadInputError`` naming the file).
     Output rows as :func:`build_train_dataset` / :func:`build_eval_dataset`.
     """
-    ds = decode_raw_dataset(source, data, seed=seed, train=train, rows_per_block=rows_per_block)
-    shape = (data.image_size, data.image_size, data.channels)
+    ds = decode_raw_dataset(source, data, seed=seed, train=train, rows_per_block=rows_per_block,
+                            bands=bands)
+    shape = (data.image_size, data.image_size, bands["out_bands"] if bands else data.channels)
     return ds.map_batches(
         _RawBatches(augment or AugmentConfig(), image_shape=shape, seed=seed, train=train,
                     policy=data.bad_input, bad_dir=bad_dir, split="train" if train else "val"),

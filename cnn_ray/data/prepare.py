@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from cnn_ray.config import DataConfig
 from cnn_ray.data.bad_inputs import check_bad_fraction, split_summary
+from cnn_ray.data.bands import BandTransform, fit_band_transform, is_array_file, read_array, sample_pixels
 from cnn_ray.data.decode import BadInputError, decode_image, resize_array
 from cnn_ray.data.errors import InputNotVisibleError
 from cnn_ray.data.shards import (BAD_INPUTS_FILE, PREPARED_FILE, SPLITS, ChannelStats, PreparedData,
@@ -119,6 +120,8 @@ def fingerprint(cfg: DataConfig, train: Source, val: Optional[Source], seed: int
                                              "channels", "shard_size")},
         "seed": seed,
     }
+    if bands_mode(cfg, train):  # only then: keeps earlier fingerprints valid
+        key["bands"] = [cfg.pca.model_dump() if cfg.pca else None, cfg.band_sample_images]
     spec = ManifestSpec.of(cfg)
     if spec != ManifestSpec():  # only when set: the default keeps earlier fingerprints valid
         key["manifest"] = [spec.path_column, spec.label_column, spec.path_template]
@@ -126,16 +129,37 @@ def fingerprint(cfg: DataConfig, train: Source, val: Optional[Source], seed: int
 
 
 # ------------------------------------------------------------------------------ building
+def bands_mode(cfg: DataConfig, src: Source) -> bool:
+    """Whether ``src`` is read as multi-band arrays through a :class:`BandTransform`: folder or
+    manifest files with ``data.pca`` set, a band count other than 1/3/4, or ``.npy``/``.npz``
+    tiles among them (:mod:`cnn_ray.data.bands`)."""
+    if src.kind == "parquet":
+        return False
+    return (cfg.pca is not None or cfg.channels not in (1, 3, 4)
+            or any(is_array_file(r.path) for r in src.records))
+
+
 def _build(cfg: DataConfig, train_src: Source, val_src: Optional[Source], tmp: str, *, seed: int,
            progress: bool, concurrency: Optional[int], num_cpus: float) -> dict[str, Any]:
     size, channels = cfg.image_size, cfg.channels
     for src in (train_src, val_src):
+        if src is not None and src.kind == "parquet" and cfg.pca is not None:
+            raise SourceError(f"{src.path}: data.pca reduces .npy/.npz/TIFF/image tiles listed "
+                              "in a folder or manifest; Parquet inputs are read as stored "
+                              "(remove data.pca, or write the tiles as .npy files)")
         if src is not None and src.image_encoding == "array" and src.image_shape[2] != channels:
             raise SourceError(f"{src.path}: arrays have {src.image_shape[2]} channels but "
                               f"data.channels is {channels}; set data.channels: {src.image_shape[2]}")
-        if src is not None and src.image_encoding != "array" and channels not in (1, 3, 4):
+        if (src is not None and src.image_encoding == "bytes" and channels not in (1, 3, 4)):
             raise SourceError(f"{src.path}: encoded images decode to 1 (L), 3 (RGB) or 4 (RGBA) "
                               f"channels; data.channels is {channels}")
+    transform = None
+    if bands_mode(cfg, train_src):
+        route, _, _ = _routing(train_src, "train", val_src is None, cfg.val_fraction, seed)
+        transform = _fit_bands(cfg, train_src, route, seed=seed, concurrency=concurrency,
+                               num_cpus=num_cpus)
+        _say(progress, "prepare: " + transform.describe(size))
+        channels = transform.out_bands
     shape = (size, size, channels)
     writers = {s: ShardWriter(os.path.join(tmp, s), s, cfg.shard_size, shape) for s in SPLITS}
     stats = ChannelStats(channels)
@@ -150,15 +174,17 @@ def _build(cfg: DataConfig, train_src: Source, val_src: Optional[Source], tmp: s
             raise BadInputError(listed[0]["path"], listed[0]["reason"])
         decoded = _decode_pass(src, name, route, labels, writers, stats, cfg, seed=seed,
                                progress=progress, concurrency=concurrency, num_cpus=num_cpus,
-                               listed_bad=len(listed))
+                               listed_bad=len(listed), transform=transform)
         summaries[name] = split_summary(problems + decoded, src.num_rows)
         bad += problems + decoded
     if writers["train"].num_rows == 0:
         raise SourceError(f"{cfg.train}: no usable training images ({len(bad)} bad inputs)")
     mean, std = stats.mean_std()
+    bands = transform.to_dict() if transform is not None else None
     for s in SPLITS:
         writers[s].close({"class_names": train_src.class_names, "mean": mean, "std": std,
-                          "image_shape": list(shape), "split": s})
+                          "image_shape": list(shape), "split": s,
+                          **({"bands": bands} if bands else {})})
     with open(os.path.join(tmp, BAD_INPUTS_FILE), "w") as f:
         for b in bad:
             f.write(json.dumps({"path": b["path"], "reason": b["reason"], "split": b["split"],
@@ -170,7 +196,79 @@ def _build(cfg: DataConfig, train_src: Source, val_src: Optional[Source], tmp: s
         "bad_count": sum(1 for b in bad if b.get("row") is not None),
         "bad_by_split": summaries,
         "sources": {n: {"kind": s.kind, "path": s.path} for n, s in passes},
+        **({"bands": bands} if bands else {}),
     }
+
+
+def _fit_bands(cfg: DataConfig, src: Source, route: np.ndarray, *, seed: int,
+               concurrency: Optional[int], num_cpus: float) -> BandTransform:
+    """Fit the band scaling (and ``data.pca``) on ``data.band_sample_images`` seeded training
+    tiles, 512 pixels each, read in Ray Data tasks (where the decoding runs, not on the driver).
+
+    Raises:
+        SourceError: no sampled tile could be read, or the tiles mix dtypes (names two files).
+    """
+    import ray.data
+
+    train = [r for r in src.records if route[r.row] == _TRAIN]
+    rng = np.random.default_rng([seed, 2])
+    pick = rng.choice(len(train), size=min(len(train), cfg.band_sample_images), replace=False)
+    items = [{"path": train[i].path, "rid": train[i].row} for i in np.sort(pick)]
+    if not items:
+        raise SourceError(f"{src.path}: no training tiles to fit the band transform on")
+    pool = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 2 * pool))
+    ds = ds.map_batches(sample_block, batch_size=None, batch_format="pyarrow",
+                        fn_kwargs={"bands": cfg.channels, "pixels": SAMPLE_PIXELS, "seed": seed},
+                        compute=ray.data.TaskPoolStrategy(size=min(pool, len(items))),
+                        num_cpus=num_cpus, resources=cfg.resources or None)
+    ds.context.enable_progress_bars = False
+    chunks, dtypes = [], {}
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in block.to_pylist():
+            if row["reason"] is None:
+                chunks.append(np.frombuffer(row["pixels"], np.float64).reshape(-1, cfg.channels))
+                dtypes.setdefault(row["dtype"], row["path"])
+    if not chunks:
+        raise SourceError(f"{src.path}: none of the {len(items)} sampled training tiles could be "
+                          "read to fit the band transform (see the decode errors with "
+                          "data.bad_input=fail)")
+    if len(dtypes) > 1:
+        (d1, f1), (d2, f2) = list(dtypes.items())[:2]
+        raise SourceError(f"{src.path}: the tiles mix dtypes ({d1}: {f1}; {d2}: {f2}); one "
+                          "band scaling needs one dtype: convert them to one")
+    pca = cfg.pca
+    try:
+        return fit_band_transform(np.concatenate(chunks), next(iter(dtypes)),
+                                  components=pca.components if pca else None,
+                                  explained_variance=pca.explained_variance if pca else None,
+                                  seed=seed)
+    except ValueError as exc:
+        raise SourceError(f"{src.path}: {exc}") from None
+
+
+SAMPLE_PIXELS = 512  # pixels per sampled tile when fitting the band transform
+
+
+def sample_block(batch: pa.Table, *, bands: int, pixels: int, seed: int) -> pa.Table:
+    """Ray Data task: tiles -> ``pixels`` seeded raw pixels each (float64 bytes), their dtype,
+    or the reason the tile could not be read."""
+    out = {"pixels": [], "dtype": [], "path": [], "reason": []}
+    for path, rid in zip(batch.column("path").to_pylist(), batch.column("rid").to_pylist()):
+        try:
+            arr = read_array(_read_file(path), path, bands)
+            out["pixels"].append(sample_pixels(arr, pixels, (seed, 3, rid)).tobytes())
+            out["dtype"].append(str(arr.dtype))
+            out["reason"].append(None)
+        except (BadInputError, FileNotFoundError) as exc:
+            out["pixels"].append(b"")
+            out["dtype"].append("")
+            out["reason"].append(str(exc))
+        out["path"].append(path)
+    return pa.table({"pixels": pa.array(out["pixels"], pa.binary()),
+                     "dtype": pa.array(out["dtype"], pa.string()),
+                     "path": pa.array(out["path"], pa.string()),
+                     "reason": pa.array(out["reason"], pa.string())})
 
 
 def _routing(src: Source, name: str, hold_out: bool, val_fraction: float, seed: int):
@@ -204,7 +302,8 @@ def _parquet_row(src: Source, row: int) -> tuple[str, int]:
 
 def _decode_pass(src: Source, name: str, route: np.ndarray, labels: np.ndarray, writers: dict,
                  stats: ChannelStats, cfg: DataConfig, *, seed: int, progress: bool,
-                 concurrency: Optional[int], num_cpus: float, listed_bad: int = 0) -> list[dict[str, Any]]:
+                 concurrency: Optional[int], num_cpus: float, listed_bad: int = 0,
+                 transform: Optional[BandTransform] = None) -> list[dict[str, Any]]:
     """Decode one source with Ray Data and route its rows to the split writers.
 
     Returns the rows that failed to decode (``kind: undecodable``); ``listed_bad`` (rows left out
@@ -213,7 +312,8 @@ def _decode_pass(src: Source, name: str, route: np.ndarray, labels: np.ndarray, 
     bad: list[dict[str, Any]] = []
     report = _Progress(f"prepare {name}", int((route != _DROP).sum()), progress, listed_bad)
     seen = 0
-    for block in _decoded_blocks(src, route, cfg, seed=seed, concurrency=concurrency, num_cpus=num_cpus):
+    for block in _decoded_blocks(src, route, cfg, seed=seed, concurrency=concurrency,
+                                 num_cpus=num_cpus, transform=transform):
         rid = int64_values(block.column("rid"))
         seen += len(rid)
         ok = block.column("reason").is_null().to_numpy(zero_copy_only=False)
@@ -246,7 +346,8 @@ def _decode_pass(src: Source, name: str, route: np.ndarray, labels: np.ndarray, 
 
 
 def _decoded_blocks(src: Source, route: np.ndarray, cfg: DataConfig, *, seed: int,
-                    concurrency: Optional[int], num_cpus: float) -> Iterator[pa.Table]:
+                    concurrency: Optional[int], num_cpus: float,
+                    transform: Optional[BandTransform] = None) -> Iterator[pa.Table]:
     """Ray Data pipeline: work items -> read + decode/resize in parallel tasks -> pyarrow blocks.
 
     Folder/manifest: one item per image (path, label, row id) in a seeded random order, cut into
@@ -259,10 +360,11 @@ def _decoded_blocks(src: Source, route: np.ndarray, cfg: DataConfig, *, seed: in
 
     size, channels = cfg.image_size, cfg.channels
     rows_per_block = max(16, min(512, _BLOCK_BYTES // (size * size * channels)))
+    bands = transform.to_dict() if transform is not None else None
     pool = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized()
                               else os.cpu_count() or 1)
     fn_kwargs = {"size": size, "channels": channels, "encoding": src.image_encoding,
-                 "src_shape": src.image_shape, "rows_per_block": rows_per_block}
+                 "src_shape": src.image_shape, "rows_per_block": rows_per_block, "bands": bands}
     if src.kind == "parquet":
         items = parquet_work_items(src)
         batch_size = 1
@@ -314,10 +416,15 @@ def decode_block(batch: pa.Table, *, rows_per_block: int, **kw) -> Iterator[pa.T
 
 def _decode_rows(paths: list[str], column: Optional[pa.Array], label: pa.Array, rid: pa.Array, *,
                  size: int, channels: int, encoding: str, src_shape: Optional[tuple[int, int, int]],
-                 first_row: Optional[int] = None) -> pa.Table:
-    """Decode ``n`` images given as files (``column=None``), encoded bytes, or raw arrays."""
+                 first_row: Optional[int] = None, bands: Optional[dict] = None) -> pa.Table:
+    """Decode ``n`` images given as files (``column=None``), encoded bytes, or raw arrays.
+
+    ``bands`` (a :meth:`BandTransform.to_dict`): the files are multi-band tiles of ``channels``
+    bands, read as arrays and mapped to ``bands["out_bands"]`` uint8 bands by the transform."""
     n = len(paths)
-    images = np.zeros((n, size, size, channels), dtype=np.uint8)
+    transform = BandTransform.from_dict(bands) if bands is not None else None
+    out_channels = transform.out_bands if transform is not None else channels
+    images = np.zeros((n, size, size, out_channels), dtype=np.uint8)
     reasons: list[Optional[str]] = [None] * n
     nodes: list[Optional[str]] = [None] * n  # set where the file is not found on this node
     if encoding == "array":
@@ -331,7 +438,10 @@ def _decode_rows(paths: list[str], column: Optional[pa.Array], label: pa.Array, 
             name = paths[i] if first_row is None else f"{paths[i]} (row {first_row + i})"
             try:
                 data = blobs[i] if blobs is not None else _read_file(paths[i])
-                images[i] = decode_image(data or b"", size=size, channels=channels, path=name)
+                if transform is not None:
+                    images[i] = resize_array(transform.apply(read_array(data, name, channels)), size)
+                else:
+                    images[i] = decode_image(data or b"", size=size, channels=channels, path=name)
             except FileNotFoundError:
                 nodes[i] = node_name()
                 reasons[i] = f"file not found on node {nodes[i]}"
@@ -345,8 +455,8 @@ def _decode_rows(paths: list[str], column: Optional[pa.Array], label: pa.Array, 
         "path": pa.array([p if r else None for p, r in zip(paths, reasons)], pa.string()),
         "reason": pa.array(reasons, pa.string()),
         "node": pa.array(nodes, pa.string()),
-        "s": pa.FixedSizeListArray.from_arrays(pa.array(s.ravel()), channels),
-        "ss": pa.FixedSizeListArray.from_arrays(pa.array(ss.ravel()), channels),
+        "s": pa.FixedSizeListArray.from_arrays(pa.array(s.ravel()), out_channels),
+        "ss": pa.FixedSizeListArray.from_arrays(pa.array(ss.ravel()), out_channels),
     })
 
 

@@ -61,6 +61,7 @@ class PreparedData:
     val_files: list[str]
     bad_count: int
     fingerprint: str = ""
+    bands: Optional[dict] = None  # the BandTransform of multi-band tiles (cnn_ray.data.bands)
 
     @property
     def num_classes(self) -> int:
@@ -80,7 +81,7 @@ def load_prepared(out_dir: str) -> PreparedData:
         image_shape=tuple(m["image_shape"]), num_train=m["counts"]["train"], num_val=m["counts"]["val"],
         train_files=[os.path.join(root, p) for p in m["shards"]["train"]],
         val_files=[os.path.join(root, p) for p in m["shards"]["val"]],
-        bad_count=m["bad_count"], fingerprint=m["fingerprint"],
+        bad_count=m["bad_count"], fingerprint=m["fingerprint"], bands=m.get("bands"),
     )
 
 

@@ -9,7 +9,7 @@ Layouts:
 
 * ``folder`` — ``<root>/<class>/**/<image>``. Class names are the sorted sub-folder names and a
   label is the index of its class. Image files are matched by extension (jpg jpeg png bmp gif
-  tif tiff webp, any case); other files and hidden names (``.*``) are ignored. An **empty class
+  tif tiff webp, and npy npz array tiles: :mod:`cnn_ray.data.bands`; any case); other files and hidden names (``.*``) are ignored. An **empty class
   folder is kept** (so label indices stay the same across train/val and runs) and reported: a
   warning is logged and an entry with ``row=None`` is added to ``Source.problems``.
 * ``manifest`` — a ``.csv``, ``.tsv``, JSON lines (``.jsonl``/``.ndjson``) or ``.parquet``

@@ -5,7 +5,8 @@ Layout of a checkpoint directory::
     model.pt        state_dict of the unwrapped model (tensors only)
     train_state.pt  {"optimizer", "scheduler", "scaler", "epoch", "best"} (tensors + primitives)
     ema.pt          optional (``optim.ema``): {"state": AveragedModel state_dict, "decay"}
-    meta.json       {"format": 1, "epoch", "config", "class_names", "mean", "std", "metrics"}
+    meta.json       {"format": 1, "epoch", "config", "class_names", "mean", "std", "metrics",
+                     "bands" (multi-band data only)}
 
 ``model.pt`` always holds the raw (trained) weights; the exponential moving average of them,
 when the run keeps one, is in ``ema.pt`` (:func:`ema_model_state` gives it as a plain model
@@ -66,11 +67,14 @@ def save_checkpoint(
     best: Optional[float] = None,
     metrics: Optional[dict] = None,
     ema: Optional[nn.Module] = None,
+    bands: Optional[dict] = None,
 ) -> Path:
     """Write a checkpoint into ``directory`` (created; must not already hold one).
 
     ``ema``: the run's ``AveragedModel`` (:func:`cnn_ray.recipe.make_ema`), saved to ``ema.pt``
-    next to the raw weights in ``model.pt``.
+    next to the raw weights in ``model.pt``. ``bands``: the data's band transform
+    (:meth:`cnn_ray.data.bands.BandTransform.to_dict`), kept in ``meta.json`` so evaluation,
+    prediction and export map raw tiles exactly as training did.
 
     The files are written into ``<directory>.tmp-<pid>-<random>`` and renamed to ``directory``
     at the end (:func:`cnn_ray.io.atomic_directory`). Returns ``directory`` as a Path. Raises
@@ -100,6 +104,7 @@ def save_checkpoint(
             "format": FORMAT_VERSION, "epoch": int(epoch), "config": config,
             "class_names": list(class_names), "mean": list(map(float, mean)),
             "std": list(map(float, std)), "metrics": metrics or {},
+            **({"bands": bands} if bands is not None else {}),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     return directory

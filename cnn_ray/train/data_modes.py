@@ -43,7 +43,8 @@ def _summary(prepared, *, raw: bool) -> DataSummary:
         class_names=list(prepared.class_names), mean=list(prepared.mean),
         std=list(prepared.std), num_train=int(prepared.num_train), num_val=int(prepared.num_val),
         image_shape=tuple(int(v) for v in prepared.image_shape),
-        bad_inputs=int(getattr(prepared, "bad_count", 0) or 0), raw=raw)
+        bad_inputs=int(getattr(prepared, "bad_count", 0) or 0), raw=raw,
+        bands=getattr(prepared, "bands", None))
 
 
 def _quiet(datasets: dict[str, ray.data.Dataset]) -> dict[str, ray.data.Dataset]:

@@ -31,6 +31,8 @@ class DataSummary:
         bad_inputs: records left out while preparing/listing (see ``bad_inputs.jsonl``).
         raw: ``data.use_raw`` (files decoded every epoch; decode failures are merged into the
             run dir's ``bad_inputs.jsonl`` by rank 0 after each epoch).
+        bands: the :class:`~cnn_ray.data.bands.BandTransform` (``to_dict``) that mapped
+            multi-band tiles to the stored bands, or None; saved in every checkpoint.
     """
 
     class_names: list[str]
@@ -41,6 +43,7 @@ class DataSummary:
     image_shape: tuple[int, int, int]
     bad_inputs: int = 0
     raw: bool = False
+    bands: Optional[dict] = None
 
     @property
     def num_classes(self) -> int:
@@ -51,7 +54,8 @@ class DataSummary:
         return {"class_names": list(self.class_names), "mean": list(self.mean),
                 "std": list(self.std), "num_train": int(self.num_train),
                 "num_val": int(self.num_val), "image_shape": list(self.image_shape),
-                "bad_inputs": int(self.bad_inputs), "raw": bool(self.raw)}
+                "bad_inputs": int(self.bad_inputs), "raw": bool(self.raw),
+                **({"bands": self.bands} if self.bands is not None else {})}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "DataSummary":
@@ -61,7 +65,8 @@ class DataSummary:
                    mean=[float(v) for v in raw["mean"]], std=[float(v) for v in raw["std"]],
                    num_train=int(raw["num_train"]), num_val=int(raw["num_val"]),
                    image_shape=tuple(int(v) for v in raw["image_shape"]),
-                   bad_inputs=int(raw.get("bad_inputs", 0)), raw=bool(raw.get("raw", False)))
+                   bad_inputs=int(raw.get("bad_inputs", 0)), raw=bool(raw.get("raw", False)),
+                   bands=raw.get("bands"))
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,8 @@ def default_prepared_dir(cfg: TrainConfig) -> str:
     key = json.dumps(
         [os.path.abspath(os.path.expanduser(d.train)),
          os.path.abspath(os.path.expanduser(d.val)) if d.val else None,
-         d.format, d.image_size, d.channels, d.val_fraction, d.shard_size, cfg.run.seed],
+         d.format, d.image_size, d.channels, d.val_fraction, d.shard_size, cfg.run.seed]
+        + ([d.pca.model_dump(), d.band_sample_images] if d.pca else []),  # no pca: old names
     )
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     return os.path.join(storage_root(cfg), "prepared", f"{Path(d.train).name}-{d.image_size}px-{digest}")
@@ -287,7 +288,7 @@ def build_trainer(
 RESUME_KEYS = tuple(f"model.{k}" for k in ("name", "width_mult", "depth", "kernel_size",
                                            "separable", "widths")) + tuple(
     f"data.{k}" for k in ("train", "val", "format", "image_size", "channels", "path_column",
-                          "label_column", "path_template"))
+                          "label_column", "path_template", "pca"))
 
 
 def check_resume(cfg: TrainConfig, directory: str, class_names: list[str]) -> Optional[str]:

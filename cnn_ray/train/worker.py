@@ -442,7 +442,7 @@ def _report(inputs: WorkerInputs, metrics: dict, rank: int, parts: TrainParts, *
             config=inputs.config.to_dict(), class_names=list(data.class_names),
             mean=list(data.mean), std=list(data.std), optimizer=parts.optimizer,
             scheduler=parts.scheduler, scaler=parts.scaler, best=best, metrics=metrics,
-            ema=parts.ema,
+            ema=parts.ema, bands=data.bands,
         )
         checkpoint = str(path)
     try:
