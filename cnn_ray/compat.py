@@ -45,6 +45,25 @@ def placement_group_rows() -> tuple[list, int]:
     return rows, gcs_pb2.PlacementGroupTableData.REMOVED
 
 
+def cluster_max_resources() -> "dict[str, float] | None":
+    """The most resources the cluster's autoscaler may grow it to (sum over its node groups of
+    ``max_count`` x resources per node; ``inf`` for an unbounded group), or None on a cluster
+    without an autoscaler config (local Ray, a static ``ray start`` cluster).
+
+    Private: ``ray._private.state.state.get_max_resources_from_cluster_config`` (what Ray
+    Train V2's worker group and Ray Data's shuffle use for the same question); no public API
+    tells whether, and how far, a cluster can grow.
+    """
+    import sys
+
+    from ray._private.state import state as global_state
+
+    most = global_state.get_max_resources_from_cluster_config()
+    if not most:
+        return None
+    return {k: float("inf") if v >= sys.maxsize else float(v) for k, v in most.items()}
+
+
 def session_dir() -> str:
     """This Ray session's directory (private ``ray._private.worker._global_node``); used to
     measure object spilling, which no public API reports."""
@@ -126,6 +145,13 @@ def _check_placement_group_rows() -> None:
         assert f in gcs_pb2.PlacementGroupTableData.DESCRIPTOR.fields_by_name, f
 
 
+def _check_cluster_max_resources() -> None:
+    from ray._private.state import GlobalState
+
+    assert callable(getattr(GlobalState, "get_max_resources_from_cluster_config", None)), \
+        "ray._private.state.GlobalState.get_max_resources_from_cluster_config"
+
+
 def _check_session_dir() -> None:
     import ray._private.node
     import ray._private.worker as rw
@@ -178,6 +204,7 @@ def _checks() -> dict[str, Callable[[], Any]]:
     return {"mkldnn_bf16_supported": _check_mkldnn_bf16_supported,
             "asha_rungs": _check_asha_rungs, "experiment_trials": _check_experiment_trials,
             "placement_group_rows": _check_placement_group_rows,
+            "cluster_max_resources": _check_cluster_max_resources,
             "session_dir": _check_session_dir, "data_execution_index": _check_data_execution_index,
             "resolve_execution_options": _check_resolve_execution_options,
             "set_scheduler_last_lr": _check_set_scheduler_last_lr,

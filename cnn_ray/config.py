@@ -308,6 +308,9 @@ class ScalingConfig(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0.0)
     torch_threads: Optional[int] = Field(None, ge=1, description="intra-op threads per worker")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    autoscale_timeout_s: float = Field(
+        600.0, ge=0.0, description="on a cluster that can grow (an autoscaler is configured): "
+        "how long the up-front check waits for the nodes it asked for before stopping")
 
 
 class RunConfig(_Strict):

@@ -100,6 +100,7 @@ def test_ray_core_wrappers(ray_session):
     from ray.util.placement_group import placement_group, remove_placement_group
 
     assert os.path.isdir(compat.session_dir())
+    assert compat.cluster_max_resources() is None  # local Ray: no autoscaler config, static
     pg = placement_group([{"CPU": 0.01}])
     ray_session.get(pg.ready(), timeout=60)
     try:

@@ -169,6 +169,7 @@ def test_concurrency_fits_the_cluster(base):
     assert fit_concurrency(plan, {"CPU": 2.0}) == 1
     assert fit_concurrency(plan, {"CPU": 4.0}) == 2
     assert fit_concurrency(plan, {"CPU": 16.0}) == 5  # never more than the trials
+    assert fit_concurrency(plan, {"CPU": float("inf")}) == 5  # an unbounded autoscaling group
     assert "cluster has" in _error(fit_concurrency, plan, {"CPU": 1.5})
     plan.settings.max_concurrent_trials = 3
     assert "sweep.max_concurrent_trials=3" in _error(fit_concurrency, plan, {"CPU": 4.0})

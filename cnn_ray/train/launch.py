@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -19,6 +20,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
+from cnn_ray import compat
 from cnn_ray.compat import resolve_execution_options
 from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.data.bad_inputs import check_bad_fraction
@@ -112,31 +114,89 @@ def resolve_group_precision(cfg: TrainConfig) -> str:
     return ray.get(_on_a_gpu.remote(), timeout=600)
 
 
-def check_cluster_fits(cfg: TrainConfig) -> None:
-    """Fail fast (before requesting resources) if the workers plus Ray Data cannot fit.
+def job_bundles(cfg: TrainConfig) -> list[dict[str, float]]:
+    """The resource bundles a run needs at once: one per Train worker (``cpus_per_worker``
+    CPUs, a GPU with ``use_gpu``) plus one of ``data.pipeline_cpus`` CPUs when streaming."""
+    worker = {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1.0} if cfg.scaling.use_gpu else {})}
+    data = cfg.data.pipeline_cpus
+    return [dict(worker) for _ in range(cfg.scaling.num_workers)] + ([{"CPU": data}] if data else [])
+
+
+def _shortfall(cfg: TrainConfig, have: dict[str, float], where: str) -> Optional[str]:
+    """Why ``have`` cannot hold the run (the message names the keys to change), or None."""
+    cpus = have.get("CPU", 0.0)
+    need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
+    data = cfg.data.pipeline_cpus
+    if need + data > cpus + 1e-9:
+        return (f"scaling.num_workers ({cfg.scaling.num_workers}) * scaling.cpus_per_worker "
+                f"({cfg.scaling.cpus_per_worker}) + data.data_cpus ({data}, data.cache="
+                f"{cfg.data.cache}) = {need + data} CPUs, but the cluster {where} {cpus}: lower "
+                "scaling.cpus_per_worker (a logical reservation; threads are set by "
+                "scaling.torch_threads) or add nodes")
+    if cfg.scaling.use_gpu and have.get("GPU", 0) < cfg.scaling.num_workers:
+        return (f"scaling.use_gpu=true with scaling.num_workers={cfg.scaling.num_workers}, but "
+                f"the cluster {where} {have.get('GPU', 0)} GPUs")
+    return None
+
+
+def check_cluster_fits(cfg: TrainConfig, *, poll_s: float = 5.0) -> None:
+    """Fail fast (before requesting resources) if the workers plus Ray Data cannot fit; on a
+    cluster that can grow, ask the autoscaler for them and wait.
 
     Train workers reserve ``num_workers * cpus_per_worker`` CPUs; when streaming, Ray Data's
     augmentation tasks need ``data.data_cpus`` more, or the pipeline starves and the job hangs
     (``data.pipeline_cpus``; 0 with ``data.cache: memory``).
-    Raises :class:`ConfigError` naming the keys to change.
+
+    Static cluster (no autoscaler config, :func:`cnn_ray.compat.cluster_max_resources` is
+    None): the resources it has now decide. Autoscaling cluster (e.g. ``cluster/aws.yaml``
+    scaled to zero, KubeRay with ``minReplicas: 0``): the resources it can grow to decide; when
+    they suffice but are not up yet, :func:`ray.autoscaler.sdk.request_resources` asks for
+    :func:`job_bundles` and the check polls every ``poll_s`` seconds for up to
+    ``scaling.autoscale_timeout_s``, then withdraws the request (the run's own placement group
+    keeps the nodes it uses).
+
+    Raises:
+        ConfigError: the run cannot fit the cluster (or its maximum), or the nodes did not come
+            up within ``scaling.autoscale_timeout_s``; the message names the keys to change.
     """
-    total = ray.cluster_resources()
-    cpus = total.get("CPU", 0.0)
-    need = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker
-    data = cfg.data.pipeline_cpus
-    if need + data > cpus + 1e-9:
-        raise ConfigError(
-            f"scaling.num_workers ({cfg.scaling.num_workers}) * scaling.cpus_per_worker "
-            f"({cfg.scaling.cpus_per_worker}) + data.data_cpus ({data}, data.cache="
-            f"{cfg.data.cache}) = {need + data} CPUs, but the cluster has {cpus}: lower "
-            "scaling.cpus_per_worker (a logical reservation; threads are set by "
-            "scaling.torch_threads) or add nodes"
-        )
-    if cfg.scaling.use_gpu and total.get("GPU", 0) < cfg.scaling.num_workers:
-        raise ConfigError(
-            f"scaling.use_gpu=true with scaling.num_workers={cfg.scaling.num_workers}, but the "
-            f"cluster has {total.get('GPU', 0)} GPUs"
-        )
+    have = ray.cluster_resources()
+    short = _shortfall(cfg, have, "has")
+    if short is None:
+        return
+    most = compat.cluster_max_resources()
+    if most is None:
+        raise ConfigError(short)
+    beyond = _shortfall(cfg, most, "can grow to (its autoscaler's maximum)")
+    if beyond is not None:
+        raise ConfigError(beyond)
+    from ray.autoscaler.sdk import request_resources
+
+    timeout = cfg.scaling.autoscale_timeout_s
+    bundles = job_bundles(cfg)
+    print(f"[cnn_ray] the cluster has {_brief(have)} now and can grow to {_brief(most)}: asked "
+          f"the autoscaler for {bundles}; waiting up to {timeout:.0f} s "
+          "(scaling.autoscale_timeout_s)", flush=True)
+    start = time.monotonic()
+    request_resources(bundles=bundles)
+    try:
+        while short is not None:
+            if time.monotonic() - start >= timeout:
+                raise ConfigError(
+                    f"waited {timeout:.0f} s (scaling.autoscale_timeout_s) for the autoscaler; "
+                    f"{short}. Raise scaling.autoscale_timeout_s, or see `ray status` for why "
+                    "nodes did not start")
+            time.sleep(min(poll_s, max(0.0, timeout - (time.monotonic() - start))))
+            have = ray.cluster_resources()
+            short = _shortfall(cfg, have, "has")
+    finally:
+        request_resources(bundles=[])
+    print(f"[cnn_ray] the cluster grew to {_brief(have)} in {time.monotonic() - start:.0f} s",
+          flush=True)
+
+
+def _brief(resources: dict[str, float]) -> str:
+    return ", ".join(f"{resources.get(k, 0):g} {k}" for k in ("CPU", "GPU") if k in resources
+                     or k == "CPU")
 
 
 def prepare_data(cfg: TrainConfig, *, force: bool = False,

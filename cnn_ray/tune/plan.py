@@ -130,7 +130,8 @@ def fit_concurrency(plan: SweepPlan, cluster: dict[str, float]) -> int:
     ``sweep.max_concurrent_trials`` asks for more than fit."""
     need = plan.trial_resources()
     fits = 0
-    while plan.fits(fits + 1, cluster):
+    cap = max(plan.num_trials, plan.settings.max_concurrent_trials or 0)  # an unbounded cluster
+    while fits < cap and plan.fits(fits + 1, cluster):
         fits += 1
     s = plan.base.scaling
     if fits < 1:

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from cnn_ray import io
+from cnn_ray import compat, io
 from cnn_ray.compat import experiment_trials
 from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.tune.plan import SPEC_FILE, SweepPlan, fit_concurrency
@@ -125,8 +125,10 @@ def _start(plan: SweepPlan) -> tuple[int, Any]:
 
     if not ray.is_initialized():
         ray.init()
-    check_cluster_fits(plan.base)
-    concurrency = fit_concurrency(plan, ray.cluster_resources())
+    check_cluster_fits(plan.base)  # on an autoscaling cluster: waits for one trial's nodes
+    # Concurrency follows what the cluster can grow to (the autoscaler starts nodes for the
+    # trials' pending placement groups), else what it has.
+    concurrency = fit_concurrency(plan, compat.cluster_max_resources() or ray.cluster_resources())
     prepared = prepare_data(plan.base)  # once, on the driver; no-op when already prepared
     trainable = make_trainable(plan, prepared)
     if plan.local:
