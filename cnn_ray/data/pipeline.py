@@ -7,10 +7,13 @@ NHWC (4x smaller than float in the object store); normalisation happens on the t
 
 Random draws: each image's augmentation is a hash of (seed, epoch, row idx), so a row gets the
 same draws whatever worker or batch it lands in, new draws every epoch, and the same run twice
-with one seed gives the same draws. The epoch is Ray Data's execution counter
-(:func:`cnn_ray.compat.data_execution_index`, the counter behind
-``RandomSeedConfig(reseed_after_execution=True)``): every ``iter_torch_batches`` pass over a
-Train shard is a new execution.
+with one seed gives the same draws. The epoch is the run's first epoch of this worker group
+(:data:`AUGMENT_START_EPOCH`, set explicitly on the dataset's ``DataContext`` by
+:class:`cnn_ray.train.launch.SplitValDataConfig` from the checkpoint the run resumes; 0 for a
+new run) plus Ray Data's execution counter (:func:`cnn_ray.compat.data_execution_index`, the
+counter behind ``RandomSeedConfig(reseed_after_execution=True)``, which restarts at 0 with
+every new worker group): every ``iter_torch_batches`` pass over a Train shard is a new
+execution. So a resumed run draws the augmentations of its own epochs, not epoch 0's again.
 """
 
 from __future__ import annotations
@@ -30,8 +33,13 @@ from cnn_ray.data.shards import BAD_INPUTS_FILE, ChannelStats, read_shard_images
 from cnn_ray.io import read_jsonl_at, write_text
 
 
+AUGMENT_START_EPOCH = "cnn_ray.augment_start_epoch"  # DataContext config key (0-based epoch)
+
+
 def _execution_epoch() -> int:
-    return data_execution_index(ray.data.DataContext.get_current())
+    """0-based epoch of the draws: the worker group's start epoch + Ray Data's execution count."""
+    ctx = ray.data.DataContext.get_current()
+    return int(ctx.get_config(AUGMENT_START_EPOCH, 0)) + data_execution_index(ctx)
 
 
 class AugmentBatches:
@@ -39,7 +47,9 @@ class AugmentBatches:
 
     Input: a ``pyarrow.Table`` batch of a prepared shard (``image`` fixed-size binary, ``label``,
     ``idx``). Output: ``{"image": (N, H, W, C) uint8, "label": (N,) int64}``. The epoch used for
-    the draws is ``epoch_offset`` plus Ray Data's execution counter.
+    the draws is ``epoch_offset`` plus the worker group's start epoch
+    (:data:`AUGMENT_START_EPOCH` on the executing ``DataContext``) plus Ray Data's execution
+    counter.
     """
 
     def __init__(self, cfg: AugmentConfig, *, image_shape: tuple[int, int, int], seed: int,

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import yaml
 
@@ -24,7 +24,7 @@ from cnn_ray import compat
 from cnn_ray.compat import resolve_execution_options
 from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.data.bad_inputs import check_bad_fraction
-from cnn_ray.data.pipeline import RAW_BAD_DIR, RawData
+from cnn_ray.data.pipeline import AUGMENT_START_EPOCH, RAW_BAD_DIR, RawData
 from cnn_ray.data.shards import BAD_INPUTS_FILE
 from cnn_ray.io import is_uri, write_text
 from cnn_ray.train.data_modes import training_data
@@ -42,11 +42,20 @@ class SplitValDataConfig(ray.train.DataConfig):
     Ray's default ``streaming_split(equal=True)`` drops up to ``world_size - 1`` rows to keep
     ranks in lock-step; evaluation needs no lock-step, and the validation metric must cover the
     *whole* validation set, so ``val`` is split with ``equal=False``.
+
+
+    ``start_epoch`` (a picklable callable, evaluated when the shards are made, i.e. at every
+    worker-group start, after Train picked the checkpoint to resume): the number of epochs
+    already trained, written on the ``train`` dataset's ``DataContext`` as
+    :data:`cnn_ray.data.pipeline.AUGMENT_START_EPOCH` so the augmentation draws continue with
+    the resumed epoch instead of restarting at 0 with Ray Data's execution counter.
     """
 
-    def __init__(self, unequal: tuple[str, ...] = ("val",)):
+    def __init__(self, unequal: tuple[str, ...] = ("val",),
+                 start_epoch: Optional[Callable[[], int]] = None):
         super().__init__(datasets_to_split="all")
         self._unequal = set(unequal)
+        self._start_epoch = start_epoch
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         output = [{} for _ in range(world_size)]
@@ -55,6 +64,8 @@ class SplitValDataConfig(ray.train.DataConfig):
                 ds.set_name(name)
             ds = ds.copy(ds)
             ds.context.execution_options = resolve_execution_options(self, name)
+            if name == "train" and self._start_epoch is not None:
+                ds.context.set_config(AUGMENT_START_EPOCH, int(self._start_epoch()))
             splits = ds.streaming_split(world_size, equal=name not in self._unequal,
                                         locality_hints=worker_node_ids)
             for i, split in enumerate(splits):
@@ -258,7 +269,27 @@ def _trainer_data(cfg: TrainConfig, data: TrainingData, directory: str,
     if cfg.data.cache == "memory":
         return None, None, memory or data.object_refs(cfg)
     bad_dir = None if is_uri(directory) else f"{directory}/{RAW_BAD_DIR}"
-    return data.datasets(cfg, bad_dir), SplitValDataConfig(), None
+    return data.datasets(cfg, bad_dir), SplitValDataConfig(start_epoch=CheckpointEpoch(directory)), None
+
+
+class CheckpointEpoch:
+    """Picklable ``() -> int``: the epoch of the newest complete checkpoint in a run dir (what
+    a restarted worker group resumes from), 0 when there is none. A storage URI is not read
+    here: 0 (the draws then restart at epoch 0 after a resume, as before)."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def __call__(self) -> int:
+        from cnn_ray.evaluate import latest_checkpoint
+        from cnn_ray.train.checkpoint import CheckpointError, read_meta
+
+        if is_uri(self.directory) or not os.path.isdir(self.directory):
+            return 0
+        try:
+            return int(read_meta(latest_checkpoint(self.directory)).get("epoch", 0))
+        except (CheckpointError, OSError, ValueError):
+            return 0
 
 
 def trains_in_trial(cfg: TrainConfig) -> bool:

@@ -19,7 +19,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import torch
 
@@ -133,6 +133,9 @@ class TuneTrialSession:
 RUN_CHECKPOINT_PREFIX = "checkpoint_epoch_"
 
 
+Session = Union[RayTrainSession, TuneTrialSession]  # where a worker reports and checkpoints
+
+
 def run_checkpoints(run_dir: Path) -> list[Path]:
     """The complete in-trial checkpoints of a run dir (``checkpoint_epoch_<epoch>``, whole
     folders: they appear by an atomic rename), oldest epoch first."""
@@ -161,7 +164,7 @@ def train_in_tune_trial(loop_config: dict[str, Any]) -> None:
     run_worker(loop_config, TuneTrialSession(inputs.run_dir, inputs.config.run.keep_checkpoints))
 
 
-def run_worker(loop_config: dict[str, Any], session) -> None:
+def run_worker(loop_config: dict[str, Any], session: Session) -> None:
     """The training of one worker, whatever runs it (``session``: :class:`RayTrainSession` or
     :class:`TuneTrialSession`).
 
@@ -264,21 +267,20 @@ def _with_progress(hooks, cfg: TrainConfig, parts: TrainParts, epoch: int, rank:
 
 # ------------------------------------------------------------------------------ build, restore
 def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
-                precision: Optional[str] = None, stem_weights=None, session=None) -> TrainParts:
+                precision: Optional[str] = None, stem_weights=None, session: Session) -> TrainParts:
     """:func:`cnn_ray.train.parts.build_parts` on the session's device with its wrapping
     (Ray Train: its device, ``prepare_model``, DDP only when world > 1)."""
-    session = session or RayTrainSession()
     return parts_lib.build_parts(cfg, data, rank, world, device=session.device(cfg),
                                  wrap=session.wrap, precision=precision,
                                  stem_weights=stem_weights)
 
 
-def restore(parts: TrainParts, cfg: TrainConfig, log, *, session=None) -> TrainProgress:
+def restore(parts: TrainParts, cfg: TrainConfig, log, *, session: Session) -> TrainProgress:
     """Load the session's latest checkpoint (if any) into ``parts``
     (:func:`cnn_ray.train.parts.restore_parts`: over the ``model.pretrained`` weights; a
     one-cycle schedule refitted to the current ``optim.epochs``). Returns where training
     stands (epochs done, best ``val_top1``, epochs without improvement)."""
-    checkpoint = (session or RayTrainSession()).get_checkpoint()
+    checkpoint = session.get_checkpoint()
     if checkpoint is None:
         return TrainProgress()
     with checkpoint.as_directory() as d:
@@ -287,10 +289,10 @@ def restore(parts: TrainParts, cfg: TrainConfig, log, *, session=None) -> TrainP
 
 
 def begin_epoch(parts: TrainParts, cfg: TrainConfig, epoch: int, world: int, log, *,
-                session=None) -> None:
+                session: Session) -> None:
     """:func:`cnn_ray.train.parts.begin_epoch` with the session's wrapping (Ray Train: DDP)."""
     parts_lib.begin_epoch(parts, cfg, epoch, world, log,
-                          wrap=(session or RayTrainSession()).wrap)
+                          wrap=session.wrap)
 
 
 def _record_start(inputs: WorkerInputs, rank: int, world: int, start_epoch: int,
@@ -372,12 +374,12 @@ class _MemoryFeed:
 
 
 def open_feed(inputs: WorkerInputs, rank: int, world: int, device: torch.device, log, *,
-              session=None):
+              session: Session):
     """This worker's batches: ``train_batches(epoch)`` (0-based epoch) and ``val_batches()``,
     each an iterable of ``{"image": (N, H, W, C) uint8, "label": (N,) int64}`` torch batches."""
     if inputs.memory is not None:
         return _MemoryFeed(inputs.memory, inputs.config, rank, world, log, device)
-    return _StreamFeed(inputs.config, rank, device, session or RayTrainSession())
+    return _StreamFeed(inputs.config, rank, device, session)
 
 
 def _with_fault(batches: Iterable[dict], fault: Optional[FaultInjection], rank: int,
@@ -422,13 +424,12 @@ def _epoch_metrics(epoch: int, tr: EpochStats, va: EpochStats, num_classes: int,
 
 
 def _report(inputs: WorkerInputs, metrics: dict, rank: int, parts: TrainParts, *,
-            best: Optional[float], save: bool, session=None) -> None:
+            best: Optional[float], save: bool, session: Session) -> None:
     """Report this epoch's metrics to the session (``ray.train.report``, or Tune's in a trial);
     with ``save``, rank 0 attaches a checkpoint (model, optimiser, schedule, scaler, config,
     class names, normalisation) and every rank waits until it is committed
     (``session.after_checkpoint``; Ray Train: :func:`_wait_until_committed`). The checkpoint
     holds the raw weights and, with ``optim.ema``, the averaged ones (``ema.pt``)."""
-    session = session or RayTrainSession()
     if not save:
         session.report(metrics, None)
         return
