@@ -38,7 +38,8 @@ from cnn_ray.data.shards import (BAD_INPUTS_FILE, PREPARED_FILE, SPLITS, Channel
                                  ShardWriter, channel_sums, fixed_size_binary, int64_values,
                                  load_prepared)
 from cnn_ray.data.sources import ManifestSpec, Source, SourceError, discover, split_holdout
-from cnn_ray.io import atomic_directory, iter_jsonl, remove_stale_temps
+from cnn_ray.data import remote
+from cnn_ray.io import atomic_directory, is_uri, iter_jsonl, remove_stale_temps
 
 PREPARE_VERSION = 1  # bump when the output layout or decode recipe changes (invalidates caches)
 _TRAIN, _VAL, _DROP = 0, 1, -1
@@ -461,8 +462,11 @@ def _decode_rows(paths: list[str], column: Optional[pa.Array], label: pa.Array, 
 
 
 def _read_file(path: str) -> bytes:
-    """The file's bytes. Raises ``FileNotFoundError`` (missing here) or :class:`BadInputError`."""
+    """The file's bytes (a local path or a storage URI, :mod:`cnn_ray.data.remote`). Raises
+    ``FileNotFoundError`` (missing here) or :class:`BadInputError`."""
     try:
+        if is_uri(path):
+            return remote.read_bytes(path)
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:

@@ -33,7 +33,9 @@ Layouts:
   directory or glob holding ``.parquet`` files is ``parquet``; a directory whose sub-folders hold
   images is ``folder``.
 
-Only local (or locally mounted) paths are supported. The listing primitives (image and Parquet
+Paths are local (or locally mounted) or storage URIs (``s3://``, ``gs://``, ``file://``...;
+folder and manifest layouts: :mod:`cnn_ray.data.remote`, pyarrow filesystems; relative manifest
+paths resolve against the manifest's URI; Parquet inputs must be local). The listing primitives (image and Parquet
 file walks, the listing digest, Parquet image-column types) live in :mod:`cnn_ray.data.listing`.
 """
 
@@ -50,6 +52,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cnn_ray.data import remote
 from cnn_ray.data.errors import SourceError
 from cnn_ray.data.listing import (
     array_storage,
@@ -57,10 +60,12 @@ from cnn_ray.data.listing import (
     has_image,
     image_encoding,
     is_glob,
+    is_image,
     list_images,
     parquet_files,
 )
 from cnn_ray.data.shards import read_metadata
+from cnn_ray.io import is_uri
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +148,7 @@ def discover(
         SourceError: the path does not exist, its layout cannot be detected, or a Parquet
             file/manifest lacks the expected columns (the message names the file and column).
     """
-    path = os.path.expanduser(str(path))
+    path = str(path) if is_uri(path) else os.path.expanduser(str(path))
     spec = manifest or ManifestSpec()
     kind = detect_format(path, spec) if format == "auto" else format
     names = list(class_names) if class_names is not None else None
@@ -159,6 +164,10 @@ def discover(
 def detect_format(path: str, manifest: Optional["ManifestSpec"] = None) -> Kind:
     """Guess the layout of ``path`` (rules in the module docstring; a ``.parquet`` file is a
     manifest when it has ``manifest``'s path columns). Raises :class:`SourceError`."""
+    if is_uri(path):
+        if path.lower().endswith((".csv", ".tsv", ".jsonl", ".ndjson", ".parquet")):
+            return "manifest"
+        return "folder"
     if is_glob(path):
         if any(p.lower().endswith(".parquet") for p in glob.glob(path)):
             return "parquet"
@@ -186,10 +195,23 @@ def detect_format(path: str, manifest: Optional["ManifestSpec"] = None) -> Kind:
 
 
 # --------------------------------------------------------------------------------- folder
+def _uri_classes(root: str) -> dict[str, list[tuple[str, int, int]]]:
+    """An ImageFolder tree at a URI: class -> its image files (``(uri, size, mtime_ns)``)."""
+    base = root.rstrip("/") + "/"
+    by_class: dict[str, list[tuple[str, int, int]]] = {}
+    for uri, size, mtime in remote.list_files(root):
+        rel = uri[len(base):]
+        if "/" in rel and is_image(rel.rsplit("/", 1)[-1]):
+            by_class.setdefault(rel.split("/", 1)[0], []).append((uri, size, mtime))
+    return by_class
+
+
 def _discover_folder(root: str, class_names: Optional[list[str]]) -> Source:
-    if not os.path.isdir(root):
+    by_class = _uri_classes(root) if is_uri(root) else None
+    if by_class is None and not os.path.isdir(root):
         raise SourceError(f"{root}: not a directory (format=folder expects <root>/<class>/<image>)")
-    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    found = (sorted(by_class) if by_class is not None else
+             sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")))
     if not found:
         raise SourceError(f"{root}: no class sub-folders (format=folder expects <root>/<class>/<image>)")
     names = class_names if class_names is not None else found
@@ -198,7 +220,7 @@ def _discover_folder(root: str, class_names: Optional[list[str]]) -> Source:
     listing: list[tuple] = []
     row = 0
     for cls in found:
-        files = list_images(os.path.join(root, cls))
+        files = by_class[cls] if by_class is not None else list_images(os.path.join(root, cls))
         if not files:
             reason = "empty class folder: no image files (class kept so label indices stay stable)"
             log.warning("%s: %s", os.path.join(root, cls), reason)
@@ -269,23 +291,24 @@ class ManifestSpec:
 def _read_table(path: str, string_columns: Sequence[str] = ()) -> pa.Table:
     """Read a CSV/TSV/JSON-lines/Parquet table; ``string_columns`` are read as text when CSV/TSV
     (so ids such as ``007`` keep their zeros). Raises :class:`SourceError` naming the file."""
-    if not os.path.isfile(path):
+    if not (remote.stat(path) is not None if is_uri(path) else os.path.isfile(path)):
         raise SourceError(f"{path}: manifest file does not exist")
     low = path.lower()
+    src = remote.open_input(path) if is_uri(path) else path
     try:
         if low.endswith((".csv", ".tsv")):
             import pyarrow.csv as pacsv
 
             return pacsv.read_csv(
-                path, parse_options=pacsv.ParseOptions(delimiter="\t" if low.endswith(".tsv") else ","),
+                src, parse_options=pacsv.ParseOptions(delimiter="\t" if low.endswith(".tsv") else ","),
                 convert_options=pacsv.ConvertOptions(
                     column_types={c: pa.string() for c in string_columns}))
         if low.endswith((".jsonl", ".ndjson")):
             import pyarrow.json as pajson
 
-            return pajson.read_json(path)
+            return pajson.read_json(src)
         if low.endswith(".parquet"):
-            return pq.read_table(path)
+            return pq.read_table(src)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"{path}: cannot read manifest: {exc}") from None
     raise SourceError(f"{path}: unknown manifest type: expected one of {', '.join(MANIFEST_EXTENSIONS)}")
@@ -352,7 +375,7 @@ def manifest_files(path: str, spec: ManifestSpec = ManifestSpec()) -> list[str]:
 def _discover_manifest(path: str, class_names: Optional[list[str]],
                        spec: ManifestSpec = ManifestSpec()) -> Source:
     table = _read_manifest(path, spec)
-    base = os.path.dirname(os.path.abspath(path))
+    base = remote.dirname(path) if is_uri(path) else os.path.dirname(os.path.abspath(path))
     paths = _manifest_paths(path, table, spec)
     label_col = table[spec.label_column]
     is_int = pa.types.is_integer(label_col.type)
@@ -367,11 +390,10 @@ def _discover_manifest(path: str, class_names: Optional[list[str]],
         else:
             class_names = sorted({v for v in labels if v is not None and v != ""})
     index = {n: i for i, n in enumerate(class_names)}
-    st_manifest = os.stat(path)
     src = Source(kind="manifest", path=path, class_names=list(class_names))
-    listing: list[tuple] = [(path, st_manifest.st_size, st_manifest.st_mtime_ns)]
+    listing: list[tuple] = [(path, *_stat(path))]
     for row, (p, lab) in enumerate(zip(paths, labels)):
-        full = p if p is None or os.path.isabs(p) else os.path.join(base, os.path.expanduser(p))
+        full = _resolve(base, p)
         reason, kind = None, "bad_record"
         if not p:
             reason = "empty path"
@@ -383,8 +405,7 @@ def _discover_manifest(path: str, class_names: Optional[list[str]],
             reason = f"unknown label {lab!r} (known: {len(class_names)} classes)"
         if reason is None:
             try:
-                st = os.stat(full)
-                listing.append((full, st.st_size, st.st_mtime_ns))
+                listing.append((full, *_stat(full)))
             except OSError:
                 reason, kind = "file not found", "missing"
         if reason is None:
@@ -394,6 +415,25 @@ def _discover_manifest(path: str, class_names: Optional[list[str]],
                                  "row": row, "kind": kind})
     src.listing_digest = digest(listing + [("bad", len(src.problems))])
     return src
+
+
+def _resolve(base: str, p: Optional[str]) -> Optional[str]:
+    """A manifest row's path: URIs and absolute paths as written, others under ``base`` (the
+    manifest's folder, a local path or a URI)."""
+    if p is None or is_uri(p) or os.path.isabs(p):
+        return p
+    return remote.join(base, p) if is_uri(base) else os.path.join(base, os.path.expanduser(p))
+
+
+def _stat(path: str) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of a local file or a URI. Raises ``OSError`` when missing."""
+    if is_uri(path):
+        st = remote.stat(path)
+        if st is None:
+            raise FileNotFoundError(path)
+        return st
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 # -------------------------------------------------------------------------------- parquet
