@@ -46,6 +46,24 @@ def test_input_bound_gain_is_capped_by_the_compute_limit():
     assert diagnose(m).suggestions[0].est_gain == pytest.approx(600 / 512, rel=0.01)
 
 
+def test_streaming_on_shared_cpu_cores_is_input_bound_without_wait():
+    # 2-core box: Ray Data's decode/augment tasks slow the step down by sharing its cores; the
+    # wait stays small, the step reaches half the pure-compute rate
+    m = _m(images_per_sec=255.0, cache="none", compute_images_per_sec=494.0,
+           phases={"data_wait": 0.03, "forward": 0.4, "backward": 0.5})
+    d = diagnose(m)
+    assert d.verdict == "input-bound" and "52% of pure compute" in d.evidence[-1]
+    first = d.suggestions[0]
+    assert first.override == "data.cache=memory" and first.est_gain == pytest.approx(494 / 255, rel=0.01)
+    assert "share the training cores" in first.reason
+    # on a GPU, or with the memory cache, the same figures are not read as contention
+    assert diagnose(_m(images_per_sec=255.0, cache="memory", compute_images_per_sec=494.0,
+                       phases={"data_wait": 0.03, "forward": 0.9})).verdict == "compute-bound"
+    gpu = _m(images_per_sec=255.0, cache="none", compute_images_per_sec=494.0,
+             phases={"data_wait": 0.03, "forward": 0.9}, hardware={"cuda_capability": "9.0"})
+    assert diagnose(gpu).verdict == "compute-bound"
+
+
 def test_too_big_for_the_cache_suggests_more_data_cpus():
     m = _m(images_per_sec=512.0, cache="none", dataset_mb=9000.0,
            phases={"data_wait": 0.5, "forward": 0.5})

@@ -8,7 +8,10 @@ Verdicts, first match wins:
 
 - ``memory-bound``: the object store spilled, or the process (or the GPU) used more than
   :data:`MEMORY_SHARE` of the memory there is;
-- ``input-bound``: the training step waited on data for at least :data:`INPUT_SHARE` of its time;
+- ``input-bound``: the training step waited on data for at least :data:`INPUT_SHARE` of its time,
+  or (CPU training, streaming) it reached less than :data:`CONTENTION_REACHED` of the pure
+  compute rate with little wait: the Ray Data decode/augment tasks run on the cores the step
+  needs, so the input work shows as slower compute, not as wait;
 - ``communication-bound``: the gradient all-reduce took at least :data:`COMM_SHARE` of a step;
 - ``start-up-bound``: the fixed start-up cost is at least :data:`STARTUP_SHARE` of the run's
   estimated time;
@@ -33,6 +36,7 @@ MEMORY_SHARE = 0.90
 OVERHEAD_GAIN = 1.5
 BATCH_FACTOR = 8
 MIN_GAIN = 1.10  # compute changes below this are not suggested
+CONTENTION_REACHED = 0.70  # CPU + streaming: below this share of pure compute, the input work competes
 
 
 @dataclass
@@ -164,14 +168,20 @@ def _hw_note(m: Measurements) -> str:
     return ", ".join(flags) or "no AVX-512/AMX"
 
 
-def _input_suggestions(m: Measurements) -> list[Suggestion]:
+def _input_suggestions(m: Measurements, contention: bool = False) -> list[Suggestion]:
+    """``contention``: the input work slows the step by sharing its cores (not by wait); the
+    memory cache is then estimated to bring the step to the pure-compute rate."""
     wait = m.share("data_wait")
     removed = round(1.0 / max(1.0 - wait, 1e-3), 2)  # the wait gone, compute unchanged
     limit = m.compute_images_per_sec / max(m.images_per_sec, 1e-9)
     est = round(min(removed, limit), 2) if limit > 1 else removed
+    if contention:
+        est = round(max(limit, removed), 2)
     out = []
     if m.cache == "none" and 0 < m.dataset_mb <= m.cache_max_mb:
-        out.append(Suggestion("data.cache=memory", f"data wait {100 * wait:.0f}% of step time; "
+        why = (f"the Ray Data tasks share the training cores ({m.images_per_sec / max(m.compute_images_per_sec, 1e-9):.0%} "
+               "of pure compute reached)" if contention else f"data wait {100 * wait:.0f}% of step time")
+        out.append(Suggestion("data.cache=memory", f"{why}; "
                               f"the data fits in memory ({m.dataset_mb:.0f} MB <= data.cache_max_mb "
                               f"{m.cache_max_mb:.0f}): read once, augment on the worker", est))
     if m.cache == "none":
@@ -205,6 +215,13 @@ def diagnose(m: Measurements) -> Diagnosis:
     if wait >= INPUT_SHARE:
         evidence.append(f"data wait {100 * wait:.0f}% of step time (>= {100 * INPUT_SHARE:.0f}%)")
         return Diagnosis("input-bound", evidence, _input_suggestions(m) + compute)
+
+    reached = m.images_per_sec / max(m.compute_images_per_sec, 1e-9)
+    if m.cache == "none" and not m.hardware.get("cuda_capability") and reached < CONTENTION_REACHED:
+        evidence.append(f"streaming on the CPU reached {reached:.0%} of pure compute with data "
+                        f"wait {100 * wait:.0f}%: the Ray Data decode/augment tasks run on the "
+                        f"cores the training step needs (< {CONTENTION_REACHED:.0%})")
+        return Diagnosis("input-bound", evidence, _input_suggestions(m, contention=True) + compute)
 
     comm = m.share("allreduce")
     if comm >= COMM_SHARE:
