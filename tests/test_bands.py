@@ -176,3 +176,33 @@ def test_multiband_pca_end_to_end(ray_session, tmp_path, capsys):
     again = BandTransform.from_dict(contract["bands"])
     tile = np.load(next((root / "b").glob("*.npy")))
     assert again.apply(tile).shape == (16, 16, 4)
+
+
+@pytest.mark.ray
+def test_parquet_tensors_of_uint16_and_float32(ray_session, tmp_path):
+    """Raw-array Parquet of 32 uint16 bands (PCA to 3) and of float32 bands (8-bit scaling)."""
+    import pyarrow as pa
+
+    from cnn_ray.data.prepare import prepare_dataset
+    from cnn_ray.data.shards import read_shard_images
+
+    images, labels = _tiles(40), np.arange(40) % 2
+    root = write_hyperspectral(images, labels, tmp_path / "hs", class_names=("a", "b"))
+    tiles = np.stack([np.load(f) for f in sorted(root.rglob("*.npy"))])  # (40, 16, 16, 32) uint16
+    ys = np.array([0 if f.parent.name == "a" else 1 for f in sorted(root.rglob("*.npy"))])
+    for dtype, pca, out_bands in (("uint16", {"components": 3}, 3), ("float32", None, 32)):
+        values = tiles.astype(dtype) / (65535.0 if dtype == "float32" else 1)
+        flat = pa.array(values.astype(dtype).reshape(-1))
+        col = pa.FixedSizeListArray.from_arrays(flat, 16 * 16 * 32)
+        table = pa.table({"image": col, "label": pa.array(ys)}).replace_schema_metadata(
+            {"cnn_ray": json.dumps({"image_shape": [16, 16, 32], "class_names": ["a", "b"]})})
+        (tmp_path / dtype).mkdir()
+        pq.write_table(table, tmp_path / dtype / "part-0.parquet", row_group_size=16)
+        cfg = TrainConfig.from_dict({"data": {"train": str(tmp_path / dtype), "channels": 32,
+                                              "image_size": 16, **({"pca": pca} if pca else {})}})
+        data = prepare_dataset(cfg.data, str(tmp_path / f"prep-{dtype}"), progress=False)
+        assert data.image_shape == (16, 16, out_bands) and data.num_train + data.num_val == 40
+        assert data.bands["source_dtype"] == dtype and data.bands["out_bands"] == out_bands
+        stored, _, _ = read_shard_images(pq.read_table(data.train_files[0]))
+        assert stored.dtype == np.uint8 and stored.shape[1:] == (16, 16, out_bands)
+        assert stored.std() > 10  # the 8-bit range is used, not a constant

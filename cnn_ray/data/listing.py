@@ -10,6 +10,7 @@ import hashlib
 import os
 from typing import Any, Literal, Optional, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 __all__ = [
@@ -100,14 +101,33 @@ def array_storage(t: pa.DataType) -> tuple[pa.DataType, Optional[tuple[int, ...]
     return t, None
 
 
+ARRAY_VALUE_TYPES = ("uint8", "uint16", "float32")  # raw-array pixel types (multi-band tiles)
+
+
 def image_encoding(t: pa.DataType) -> Optional[Literal["bytes", "array"]]:
-    """``bytes`` (encoded files), ``array`` (raw uint8 pixels) or ``None`` (unsupported type)."""
+    """``bytes`` (encoded files), ``array`` (raw pixels: fixed-size binary of uint8, or a
+    (fixed-size) list of uint8 / uint16 / float32) or ``None`` (unsupported type)."""
     t, _ = array_storage(t)
     if pa.types.is_binary(t) or pa.types.is_large_binary(t):
         return "bytes"
     if pa.types.is_fixed_size_binary(t):
         return "array"
     if (pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t)) \
-            and pa.types.is_uint8(t.value_type):
+            and _numpy_name(t.value_type) in ARRAY_VALUE_TYPES:
         return "array"
     return None
+
+
+def array_dtype(t: pa.DataType) -> str:
+    """The numpy dtype name of a raw-array image column's pixels (``uint8`` for fixed-size
+    binary)."""
+    t, _ = array_storage(t)
+    return "uint8" if pa.types.is_fixed_size_binary(t) else _numpy_name(t.value_type)
+
+
+def _numpy_name(t: pa.DataType) -> str:
+    """numpy's name of an Arrow value type (``float`` -> ``float32``); "" when it has none."""
+    try:
+        return np.dtype(t.to_pandas_dtype()).name
+    except (NotImplementedError, TypeError):
+        return ""

@@ -189,7 +189,8 @@ def decode_raw_dataset(source, data: DataConfig, *, seed: int = 0, train: bool =
     if train and data.shuffle != "none":
         ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
     kw = {"size": data.image_size, "channels": data.channels, "encoding": source.image_encoding,
-          "src_shape": source.image_shape, "rows_per_block": rows_per_block, "bands": bands}
+          "src_shape": source.image_shape, "rows_per_block": rows_per_block, "bands": bands,
+          "dtype": getattr(source, "array_dtype", "uint8")}
     return ds.map_batches(decode_block, batch_size=batch_size, batch_format="pyarrow", fn_kwargs=kw,
                           num_cpus=data.data_cpus, resources=data.resources or None)
 

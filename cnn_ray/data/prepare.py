@@ -133,9 +133,10 @@ def fingerprint(cfg: DataConfig, train: Source, val: Optional[Source], seed: int
 def bands_mode(cfg: DataConfig, src: Source) -> bool:
     """Whether ``src`` is read as multi-band arrays through a :class:`BandTransform`: folder or
     manifest files with ``data.pca`` set, a band count other than 1/3/4, or ``.npy``/``.npz``
-    tiles among them (:mod:`cnn_ray.data.bands`)."""
+    tiles among them; Parquet raw arrays of uint16/float32 pixels, or with ``data.pca``
+    (:mod:`cnn_ray.data.bands`)."""
     if src.kind == "parquet":
-        return False
+        return src.image_encoding == "array" and (src.array_dtype != "uint8" or cfg.pca is not None)
     return (cfg.pca is not None or cfg.channels not in (1, 3, 4)
             or any(is_array_file(r.path) for r in src.records))
 
@@ -144,10 +145,10 @@ def _build(cfg: DataConfig, train_src: Source, val_src: Optional[Source], tmp: s
            progress: bool, concurrency: Optional[int], num_cpus: float) -> dict[str, Any]:
     size, channels = cfg.image_size, cfg.channels
     for src in (train_src, val_src):
-        if src is not None and src.kind == "parquet" and cfg.pca is not None:
-            raise SourceError(f"{src.path}: data.pca reduces .npy/.npz/TIFF/image tiles listed "
-                              "in a folder or manifest; Parquet inputs are read as stored "
-                              "(remove data.pca, or write the tiles as .npy files)")
+        if src is not None and src.image_encoding == "bytes" and cfg.pca is not None:
+            raise SourceError(f"{src.path}: data.pca reduces raw-array tiles; this Parquet "
+                              "input holds encoded images (store the pixels as a list of "
+                              "uint8/uint16/float32 with image_shape metadata, or remove data.pca)")
         if src is not None and src.image_encoding == "array" and src.image_shape[2] != channels:
             raise SourceError(f"{src.path}: arrays have {src.image_shape[2]} channels but "
                               f"data.channels is {channels}; set data.channels: {src.image_shape[2]}")
@@ -211,16 +212,23 @@ def _fit_bands(cfg: DataConfig, src: Source, route: np.ndarray, *, seed: int,
     """
     import ray.data
 
-    train = [r for r in src.records if route[r.row] == _TRAIN]
     rng = np.random.default_rng([seed, 2])
-    pick = rng.choice(len(train), size=min(len(train), cfg.band_sample_images), replace=False)
-    items = [{"path": train[i].path, "rid": train[i].row} for i in np.sort(pick)]
+    if src.kind == "parquet":
+        rows = np.flatnonzero(route == _TRAIN)
+        pick = np.sort(rng.choice(rows, size=min(len(rows), cfg.band_sample_images), replace=False))
+        items = _parquet_sample_items(src, pick)
+        fn, kw = sample_parquet_block, {"shape": src.image_shape, "dtype": src.array_dtype}
+    else:
+        train = [r for r in src.records if route[r.row] == _TRAIN]
+        pick = rng.choice(len(train), size=min(len(train), cfg.band_sample_images), replace=False)
+        items = [{"path": train[i].path, "rid": train[i].row} for i in np.sort(pick)]
+        fn, kw = sample_block, {"bands": cfg.channels}
     if not items:
         raise SourceError(f"{src.path}: no training tiles to fit the band transform on")
     pool = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 2 * pool))
-    ds = ds.map_batches(sample_block, batch_size=None, batch_format="pyarrow",
-                        fn_kwargs={"bands": cfg.channels, "pixels": SAMPLE_PIXELS, "seed": seed},
+    ds = ds.map_batches(fn, batch_size=None, batch_format="pyarrow",
+                        fn_kwargs={**kw, "pixels": SAMPLE_PIXELS, "seed": seed},
                         compute=ray.data.TaskPoolStrategy(size=min(pool, len(items))),
                         num_cpus=num_cpus, resources=cfg.resources or None)
     ds.context.enable_progress_bars = False
@@ -249,6 +257,39 @@ def _fit_bands(cfg: DataConfig, src: Source, route: np.ndarray, *, seed: int,
 
 
 SAMPLE_PIXELS = 512  # pixels per sampled tile when fitting the band transform
+
+
+def _parquet_sample_items(src: Source, rows: np.ndarray) -> list[dict[str, Any]]:
+    """One work item per row group holding sampled row ids: file, row group, the local row
+    offsets inside the group and their row ids."""
+    items = []
+    for item in parquet_work_items(src):
+        n = pq.ParquetFile(item["file"]).metadata.row_group(item["row_group"]).num_rows
+        inside = rows[(rows >= item["rid"]) & (rows < item["rid"] + n)]
+        if len(inside):
+            items.append({"file": item["file"], "row_group": item["row_group"],
+                          "local": (inside - item["rid"]).tolist(), "rids": inside.tolist()})
+    return items
+
+
+def sample_parquet_block(batch: pa.Table, *, shape: tuple[int, int, int], dtype: str, pixels: int,
+                         seed: int) -> pa.Table:
+    """Ray Data task: Parquet row groups -> ``pixels`` seeded raw pixels of each sampled row."""
+    h, w, c = shape
+    out = {"pixels": [], "dtype": [], "path": [], "reason": []}
+    for item in batch.to_pylist():
+        col = pq.ParquetFile(item["file"]).read_row_group(item["row_group"], columns=["image"])["image"]
+        col = col.take(pa.array(item["local"]))
+        values = _array_values(col, len(item["local"]), h * w * c, dtype).reshape(-1, h, w, c)
+        for arr, rid in zip(values, item["rids"]):
+            out["pixels"].append(sample_pixels(arr, pixels, (seed, 3, rid)).tobytes())
+            out["dtype"].append(dtype)
+            out["path"].append(f"{item['file']} (row id {rid})")
+            out["reason"].append(None)
+    return pa.table({"pixels": pa.array(out["pixels"], pa.binary()),
+                     "dtype": pa.array(out["dtype"], pa.string()),
+                     "path": pa.array(out["path"], pa.string()),
+                     "reason": pa.array(out["reason"], pa.string())})
 
 
 def sample_block(batch: pa.Table, *, bands: int, pixels: int, seed: int) -> pa.Table:
@@ -365,7 +406,8 @@ def _decoded_blocks(src: Source, route: np.ndarray, cfg: DataConfig, *, seed: in
     pool = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized()
                               else os.cpu_count() or 1)
     fn_kwargs = {"size": size, "channels": channels, "encoding": src.image_encoding,
-                 "src_shape": src.image_shape, "rows_per_block": rows_per_block, "bands": bands}
+                 "src_shape": src.image_shape, "rows_per_block": rows_per_block, "bands": bands,
+                 "dtype": src.array_dtype}
     if src.kind == "parquet":
         items = parquet_work_items(src)
         batch_size = 1
@@ -417,11 +459,13 @@ def decode_block(batch: pa.Table, *, rows_per_block: int, **kw) -> Iterator[pa.T
 
 def _decode_rows(paths: list[str], column: Optional[pa.Array], label: pa.Array, rid: pa.Array, *,
                  size: int, channels: int, encoding: str, src_shape: Optional[tuple[int, int, int]],
-                 first_row: Optional[int] = None, bands: Optional[dict] = None) -> pa.Table:
+                 first_row: Optional[int] = None, bands: Optional[dict] = None,
+                 dtype: str = "uint8") -> pa.Table:
     """Decode ``n`` images given as files (``column=None``), encoded bytes, or raw arrays.
 
     ``bands`` (a :meth:`BandTransform.to_dict`): the files are multi-band tiles of ``channels``
-    bands, read as arrays and mapped to ``bands["out_bands"]`` uint8 bands by the transform."""
+    bands, read as arrays and mapped to ``bands["out_bands"]`` uint8 bands by the transform;
+    raw-array rows (``dtype`` pixels) go through it too."""
     n = len(paths)
     transform = BandTransform.from_dict(bands) if bands is not None else None
     out_channels = transform.out_bands if transform is not None else channels
@@ -430,9 +474,9 @@ def _decode_rows(paths: list[str], column: Optional[pa.Array], label: pa.Array, 
     nodes: list[Optional[str]] = [None] * n  # set where the file is not found on this node
     if encoding == "array":
         h, w, c = src_shape
-        raw = _uint8_values(column, n, h * w * c).reshape(n, h, w, c)
+        raw = _array_values(column, n, h * w * c, dtype).reshape(n, h, w, c)
         for i in range(n):
-            images[i] = resize_array(raw[i], size)
+            images[i] = resize_array(transform.apply(raw[i]) if transform is not None else raw[i], size)
     else:
         blobs = column.to_pylist() if column is not None else None
         for i in range(n):
@@ -475,8 +519,9 @@ def _read_file(path: str) -> bytes:
         raise BadInputError(path, f"cannot read file: {exc.strerror or exc}") from None
 
 
-def _uint8_values(col: pa.ChunkedArray, n: int, width: int) -> np.ndarray:
-    """Flat uint8 pixels of a raw-array image column (fixed_size_binary / (fixed_size_)list<uint8>)."""
+def _array_values(col: pa.ChunkedArray, n: int, width: int, dtype: str = "uint8") -> np.ndarray:
+    """Flat pixels of a raw-array image column (fixed_size_binary of uint8, or a
+    (fixed-size) list of ``dtype``), as that numpy dtype."""
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if isinstance(arr.type, pa.ExtensionType):
         arr = arr.storage
@@ -485,8 +530,8 @@ def _uint8_values(col: pa.ChunkedArray, n: int, width: int) -> np.ndarray:
     else:
         out = arr.flatten().to_numpy(zero_copy_only=False)
     if out.size != n * width:
-        raise SourceError(f"image arrays hold {out.size / max(n, 1):.0f} bytes per row, expected {width}")
-    return out
+        raise SourceError(f"image arrays hold {out.size / max(n, 1):.0f} values per row, expected {width}")
+    return out.astype(dtype, copy=False)
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -23,8 +23,9 @@ Layouts:
   error. ``kind`` is ``missing`` (no such file) or ``bad_record`` (empty path/label, unknown
   label); decoding adds ``undecodable`` (:mod:`cnn_ray.data.prepare`).
 * ``parquet`` — a directory or glob of ``.parquet`` files with an ``image`` column and an integer
-  ``label`` column. ``image`` holds encoded bytes (``binary``) or raw ``uint8`` pixels
-  (``fixed_size_binary``, ``fixed_size_list<uint8>``, ``list<uint8>``) whose HWC shape comes from
+  ``label`` column. ``image`` holds encoded bytes (``binary``) or raw pixels
+  (``fixed_size_binary`` of uint8, ``fixed_size_list`` / ``list`` of uint8, uint16 or float32;
+  non-uint8 pixels go through the band transform of :mod:`cnn_ray.data.bands`) whose HWC shape comes from
   the file metadata key ``cnn_ray`` (JSON ``{"image_shape": [H, W, C]}``), else a ``shape``
   column, else a square with the configured channel count. Optional ``class_names`` in the
   same metadata. Prepared shards (:mod:`cnn_ray.data.shards`) are valid input.
@@ -55,6 +56,7 @@ import pyarrow.parquet as pq
 from cnn_ray.data import remote
 from cnn_ray.data.errors import SourceError
 from cnn_ray.data.listing import (
+    array_dtype,
     array_storage,
     digest,
     has_image,
@@ -99,6 +101,7 @@ class Source:
     file_rows: list[int] = field(default_factory=list)
     image_encoding: Literal["file", "bytes", "array"] = "file"
     image_shape: Optional[tuple[int, int, int]] = None  # raw-array parquet only: (H, W, C)
+    array_dtype: str = "uint8"  # raw-array parquet only: the pixels' numpy dtype
     problems: list[dict[str, Any]] = field(default_factory=list)
     listing_digest: str = ""
 
@@ -437,8 +440,9 @@ def _stat(path: str) -> tuple[int, int]:
 
 
 # -------------------------------------------------------------------------------- parquet
-_EXPECTED = ("expected columns 'image' (encoded bytes as binary, or uint8 pixels as "
-             "fixed_size_binary / fixed_size_list<uint8> / list<uint8>) and 'label' (integer)")
+_EXPECTED = ("expected columns 'image' (encoded bytes as binary, or raw pixels as "
+             "fixed_size_binary (uint8) / fixed_size_list or list of uint8, uint16 or float32) "
+             "and 'label' (integer)")
 
 
 def _infer_shape(f: str, schema: pa.Schema, channels: int) -> tuple[int, int, int]:
@@ -471,7 +475,7 @@ def _discover_parquet(path: str, class_names: Optional[list[str]], channels: int
     files = parquet_files(path)
     if not files:
         raise SourceError(f"{path}: no .parquet files found")
-    encoding = shape = names_meta = None
+    encoding = shape = names_meta = dtype = None
     rows, listing = [], []
     for f in files:
         try:
@@ -487,14 +491,17 @@ def _discover_parquet(path: str, class_names: Optional[list[str]], channels: int
             encoding = enc
             names_meta = read_metadata(schema).get("class_names")
             shape = _infer_shape(f, schema, channels) if enc == "array" else None
-        elif enc != encoding or (enc == "array" and _infer_shape(f, schema, channels) != shape):
+            dtype = array_dtype(schema.field("image").type) if enc == "array" else None
+        elif enc != encoding or (enc == "array" and (
+                _infer_shape(f, schema, channels) != shape
+                or array_dtype(schema.field("image").type) != dtype)):
             raise SourceError(f"{f}: image column differs from {files[0]} ({enc} vs {encoding}"
                               f"{', shape' if enc == encoding else ''}); all files must match")
         rows.append(pf.metadata.num_rows)
         st = os.stat(f)
         listing.append((f, st.st_size, st.st_mtime_ns))
     src = Source(kind="parquet", path=path, class_names=[], files=files, file_rows=rows,
-                 image_encoding=encoding, image_shape=shape)
+                 image_encoding=encoding, image_shape=shape, array_dtype=dtype or "uint8")
     if class_names is not None:
         src.class_names = list(class_names)
     elif names_meta:
