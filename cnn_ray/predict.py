@@ -316,8 +316,11 @@ def predict_main(checkpoint: str, data: str, *, overrides: Sequence[str] = (),
     writer = PredictionWriter(out, names)
     images = labelled = correct = 0
     ok = False
+    first_s, first_n = None, 0  # the first batch: start-up (actor, checkpoint, Ray Data) + 1 batch
     try:
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            if first_s is None:
+                first_s, first_n = time.perf_counter() - t0, len(batch)
             rid = batch.column("rid").to_numpy()
             label = batch.column("label").to_numpy()
             k = batch.schema.field("top_index").type.list_size
@@ -351,4 +354,8 @@ def predict_main(checkpoint: str, data: str, *, overrides: Sequence[str] = (),
           f"{concurrency} actor(s) x {threads} threads, {'1 GPU each' if gpus else 'CPU'}); "
           f"pure forward of this network: {forward:.1f} images/s "
           f"(ratio {s.images_per_sec / forward:.2f})")
+    if first_s is not None and images > first_n and wall > first_s:
+        steady = (images - first_n) / (wall - first_s)
+        print(f"first batch after {first_s:.1f} s (actor start-up, checkpoint load, Ray Data "
+              f"start, one batch); after it {steady:.1f} images/s (ratio {steady / forward:.2f})")
     return 0
