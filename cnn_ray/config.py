@@ -79,6 +79,9 @@ class DataConfig(_Strict):
         "local", description="files: shard order; local: + shuffle buffer; full: random_shuffle()"
     )
     shuffle_buffer: int = Field(4096, ge=0, description="rows in the local shuffle buffer")
+    drop_last: bool = Field(
+        False, description="drop each epoch's last partial training batch (torch DataLoader's "
+        "drop_last; airbench trains so): every step then sees a full batch")
     prefetch_batches: int = Field(2, ge=0, description="batches prefetched by iter_torch_batches")
     bad_input: Literal["skip", "fail"] = Field(
         "skip", description="skip: leave out and list in bad_inputs.jsonl; fail: raise naming the file"

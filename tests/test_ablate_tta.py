@@ -53,6 +53,7 @@ def test_every_variant_is_a_valid_config_that_changes_its_technique(ablate):
     assert full.optim.label_smoothing > 0 and cfgs["no_label_smoothing"].optim.label_smoothing == 0
     assert cfgs["onecycle"].optim.schedule == "onecycle" != full.optim.schedule
     assert full.optim.ema.lookahead and not cfgs["no_lookahead"].optim.ema.enabled
+    assert not full.data.drop_last and cfgs["drop_last"].data.drop_last
 
 
 def test_variant_selection_and_unknown_names(ablate):

@@ -158,6 +158,8 @@ def test_schedules_build_and_peak(schedule):
 def test_steps_per_epoch():
     assert steps_per_epoch(1000, 2, 64, 1) == math.ceil(500 / 64)
     assert steps_per_epoch(1000, 2, 64, 4) == math.ceil(math.ceil(500 / 64) / 4)
+    assert steps_per_epoch(1000, 2, 64, 1, drop_last=True) == 500 // 64  # 7 full batches
+    assert steps_per_epoch(50_000, 1, 1024, 1, drop_last=True) == 48 < steps_per_epoch(50_000, 1, 1024, 1)
 
 
 def test_max_steps_stops_right_after_a_step_with_no_gradients_left():

@@ -61,7 +61,8 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
         t0 = time.perf_counter()
         stats = train_one_epoch(
             parts.model, shard.batches(cfg.per_worker_batch_size(), augment=cfg.augment,
-                                       seed=cfg.run.seed, epoch=epoch, shuffle=True),
+                                       seed=cfg.run.seed, epoch=epoch, shuffle=True,
+                                       drop_last=cfg.data.drop_last),
             parts.optimizer, parts.settings, scheduler=parts.scheduler,
             scheduler_per_step=parts.per_step, scaler=parts.scaler, hooks=hooks)
         train_s += time.perf_counter() - t0

@@ -234,12 +234,14 @@ def stretch_schedule(scheduler, total_steps: Optional[int]) -> Optional[int]:
     return old
 
 
-def steps_per_epoch(num_rows: int, world_size: int, micro_batch: int, grad_accum_steps: int) -> int:
+def steps_per_epoch(num_rows: int, world_size: int, micro_batch: int, grad_accum_steps: int,
+                    drop_last: bool = False) -> int:
     """Optimiser steps one worker takes per epoch when ``num_rows`` are split equally.
 
     Ray's ``streaming_split(equal=True)`` gives each worker ``num_rows // world_size`` rows;
-    batches are not dropped, and a trailing partial accumulation cycle still steps.
+    a last partial micro-batch is trained unless ``drop_last`` (``data.drop_last``), and a
+    trailing partial accumulation cycle still steps.
     """
     rows = num_rows // max(1, world_size)
-    micro = math.ceil(rows / micro_batch) if rows else 0
+    micro = (rows // micro_batch if drop_last else math.ceil(rows / micro_batch)) if rows else 0
     return max(1, math.ceil(micro / grad_accum_steps))

@@ -90,7 +90,7 @@ def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
                                 roles=roles)
     finetune = Finetune(report, roles, attach_freeze_gate(optimizer, roles, cfg))
     spe = steps_per_epoch(data.num_train, world, cfg.per_worker_batch_size(),
-                          cfg.optim.grad_accum_steps)
+                          cfg.optim.grad_accum_steps, drop_last=cfg.data.drop_last)
     if cfg.run.smoke:
         spe = min(spe, 2)
     scheduler, per_step = build_lr_scheduler(optimizer, cfg.optim, spe)

@@ -327,7 +327,7 @@ class _StreamFeed:
         d, local = self.cfg.data, self.cfg.data.shuffle == "local"
         return self.train.iter_torch_batches(
             batch_size=self.cfg.per_worker_batch_size(), prefetch_batches=d.prefetch_batches,
-            drop_last=False, local_shuffle_buffer_size=(d.shuffle_buffer or None) if local else None,
+            drop_last=d.drop_last, local_shuffle_buffer_size=(d.shuffle_buffer or None) if local else None,
             local_shuffle_seed=self.cfg.run.seed * 100_003 + epoch * 1_009 + self.rank
             if local and d.shuffle_buffer else None,
             pin_memory=self.device.type == "cuda",
@@ -366,7 +366,7 @@ class _MemoryFeed:
         c = self.cfg
         return self.train.batches(
             c.per_worker_batch_size(), augment=c.augment, seed=c.run.seed, epoch=epoch,
-            rank=self.rank, shuffle=c.data.shuffle != "none",
+            rank=self.rank, shuffle=c.data.shuffle != "none", drop_last=c.data.drop_last,
             prefetch=max(1, c.data.prefetch_batches))
 
     def val_batches(self) -> Iterable[dict]:
