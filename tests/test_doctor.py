@@ -161,3 +161,28 @@ def test_doctor_end_to_end_on_a_small_recipe(ray_session, cifar_small, tmp_path,
     assert (tmp_path / "trace" / "trace.json").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert f"verdict: {d['verdict']}" in printed
+
+
+@pytest.mark.ray
+def test_allreduce_is_measured_over_two_ranks(ray_session):
+    """Two Gloo ranks placed like the run's workers time an all-reduce of a model's gradient
+    size; one worker has nothing to measure."""
+    from cnn_ray.doctor.allreduce import measure_allreduce
+
+    seconds, note = measure_allreduce(2_000_000, num_workers=2, cpus_per_worker=0.5,
+                                      use_gpu=False, iters=3)
+    assert seconds is not None and 0 < seconds < 10
+    assert "gloo, 2 ranks (PACK), 8.0 MB per all-reduce" == note
+    assert measure_allreduce(10, num_workers=1, cpus_per_worker=1, use_gpu=False) == (
+        None, "one worker: no gradient exchange")
+    # a group that cannot be placed is skipped, named
+    seconds, note = measure_allreduce(10, num_workers=2, cpus_per_worker=64, use_gpu=False,
+                                      timeout_s=1)
+    assert seconds is None and "could not be placed within 1 s" in note
+
+
+def test_allreduce_share_counts_on_top_of_the_step():
+    m = _m(num_workers=2, phases={"data_wait": 0.0, "forward": 0.3, "backward": 0.34,
+                                  "allreduce": 0.64})
+    assert m.share("allreduce") == pytest.approx(0.5)  # 0.64 s on top of a 0.64 s step
+    assert diagnose(m).verdict == "communication-bound"

@@ -8,9 +8,10 @@ current cluster, limited to the CPUs a Train run leaves it), the worker's own pa
 the recipe's switches, optimiser, schedule, EMA) for ``warmup + steps`` steps split into their
 phases (:func:`cnn_ray.doctor.profile.profile_steps`), a few evaluation batches, and the pure
 compute limit (:func:`cnn_ray.benchmark.synthetic_images_per_sec`) of the recipe and of each
-kernel change the hardware supports. :func:`cnn_ray.doctor.verdict.diagnose` turns the figures
-into the verdict. Not measured here: the DDP all-reduce (one process) and Ray Train's worker
-start-up.
+kernel change the hardware supports; with more than one worker, the gradient all-reduce over
+actors placed as the run's workers (:mod:`cnn_ray.doctor.allreduce`).
+:func:`cnn_ray.doctor.verdict.diagnose` turns the figures into the verdict. Not measured here:
+Ray Train's worker start-up.
 """
 
 from __future__ import annotations
@@ -135,10 +136,19 @@ def measure(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
         candidates[override] = synthetic_images_per_sec(
             v, summary.num_classes, steps=SYNTHETIC_STEPS, warmup=2,
             precision=v.precision.dtype if override.startswith("precision.") else precision)
+    allreduce_s, allreduce_note = None, "one worker: no gradient exchange"
+    if cfg.scaling.num_workers > 1:
+        from cnn_ray.doctor.allreduce import measure_allreduce
+
+        log(f"doctor: gradient all-reduce over {cfg.scaling.num_workers} ranks")
+        numel = sum(p.numel() for p in parts.model.parameters() if p.requires_grad)
+        allreduce_s, allreduce_note = measure_allreduce(
+            numel, num_workers=cfg.scaling.num_workers, cpus_per_worker=cfg.scaling.cpus_per_worker,
+            use_gpu=device.type == "cuda", strategy=cfg.scaling.placement_strategy)
     step_s = cfg.per_worker_batch_size() / prof["images_per_sec"]
     m = Measurements(
         batch_size=cfg.per_worker_batch_size(), images_per_sec=prof["images_per_sec"],
-        phases={**prof["phases"], "allreduce": None}, compute_images_per_sec=compute,
+        phases={**prof["phases"], "allreduce": allreduce_s}, compute_images_per_sec=compute,
         candidates=candidates, precision=precision, channels_last=cfg.model.channels_last,
         cache=cfg.data.cache, data_cpus=cfg.data.data_cpus,
         prefetch_batches=cfg.data.prefetch_batches, cache_max_mb=cfg.data.cache_max_mb,
@@ -152,7 +162,8 @@ def measure(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
         spilled_bytes=max(0, object_store_spilled_bytes()), hardware=hw,
         **_gpu_memory(device))
     extra = {"prepare_s": prepare_s, "build_s": build_s, "first_step_s": prof["first_step_s"],
-             "timed_steps": prof["steps"], "ray_data_stats": _stats(stream)}
+             "timed_steps": prof["steps"], "ray_data_stats": _stats(stream),
+             "allreduce_note": allreduce_note}
     return m, extra
 
 
@@ -185,6 +196,9 @@ def doctor_main(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
         f"{m.compute_images_per_sec:.0f}; per step: " + ", ".join(
             f"{k} {1000 * v:.1f} ms ({100 * m.share(k):.0f}%)"
             for k, v in m.phases.items() if v is not None))
+    if m.phases.get("allreduce") is not None or cfg.scaling.num_workers > 1:
+        say(f"doctor: gradient all-reduce: " + (f"{1000 * m.phases['allreduce']:.1f} ms per step "
+            if m.phases.get("allreduce") is not None else "") + f"({extra['allreduce_note']})")
     for override, ips in m.candidates.items():
         say(f"doctor: pure compute with {override}: {ips:.0f} images/s")
     print(d.text(), flush=True)

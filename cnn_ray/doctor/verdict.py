@@ -85,8 +85,11 @@ class Measurements:
         return self.batch_size / max(self.images_per_sec, 1e-9)
 
     def share(self, phase: str) -> float:
-        """``phase``'s share of the step time (0 when unmeasured)."""
-        return (self.phases.get(phase) or 0.0) / max(self.step_s, 1e-12)
+        """``phase``'s share of the step time (0 when unmeasured). The all-reduce is measured
+        apart from the one-process step (:mod:`cnn_ray.doctor.allreduce`) and counted on top
+        of it: shares are of ``step_s + allreduce`` (DDP without overlap, an upper bound)."""
+        extra = self.phases.get("allreduce") or 0.0
+        return (self.phases.get(phase) or 0.0) / max(self.step_s + extra, 1e-12)
 
     def run_estimate_s(self) -> float:
         """Training + evaluation seconds of the whole run at the measured speeds."""
