@@ -79,8 +79,16 @@ def list_inputs(path: str, fmt: str = "auto", *, class_names: Sequence[str],
 
 
 def _unlabelled(path: str, files: list[str], class_names: Sequence[str]) -> Source:
-    return Source(kind="folder", path=path, class_names=list(class_names),
-                  records=[Record(f, -1, i) for i, f in enumerate(files)])
+    """Unlabelled files as a source; a manifest row whose file is missing here is a listed
+    problem (``kind: missing``), so a file missing where it is decoded means it is not on
+    storage that node sees (an error naming the node, not a skipped row)."""
+    src = Source(kind="folder", path=path, class_names=list(class_names))
+    for i, f in enumerate(files):
+        if os.path.isfile(f):
+            src.records.append(Record(f, -1, i))
+        else:
+            src.problems.append({"path": f, "reason": "file not found", "row": i, "kind": "missing"})
+    return src
 
 
 def row_paths(source: Source) -> "RowPaths":
@@ -120,7 +128,8 @@ class PredictBatches:
 
     Input: a pyarrow batch of :func:`cnn_ray.data.pipeline.decode_raw_dataset` rows. Output:
     ``rid`` int64, ``label`` int64, ``top_index`` ``(N, k)`` int64, ``top_prob`` ``(N, k)``
-    float32, ``reason`` (string, set for a bad row whose predictions are -1 / 0).
+    float32, ``reason`` (string, set for a bad row whose predictions are -1 / 0), ``node`` (set
+    where a listed file was not found on the decoding node).
 
     Args:
         checkpoint: checkpoint directory. tta: ``eval.tta`` mode (None: the checkpoint's).
@@ -160,6 +169,9 @@ class PredictBatches:
             "top_index": pa.FixedSizeListArray.from_arrays(pa.array(index.ravel()), k),
             "top_prob": pa.FixedSizeListArray.from_arrays(pa.array(prob.ravel()), k),
             "reason": reason,
+            # where a listed file was not found on the decoding node (the driver stops on it)
+            "node": batch.column("node") if "node" in batch.column_names
+            else pa.nulls(n, pa.string()),
         })
 
 
@@ -327,6 +339,11 @@ def predict_main(checkpoint: str, data: str, *, overrides: Sequence[str] = (),
             index = batch.column("top_index").combine_chunks().flatten().to_numpy().reshape(-1, k)
             prob = batch.column("top_prob").combine_chunks().flatten().to_numpy().reshape(-1, k)
             reasons = batch.column("reason").to_pylist()
+            missing = [(r, node) for r, node in zip(rid, batch.column("node").to_pylist()) if node]
+            if missing and source.kind != "parquet":  # listed here, not found where decoded
+                from cnn_ray.data.errors import InputNotVisibleError
+
+                raise InputNotVisibleError(paths(int(missing[0][0])), missing[0][1])
             good = np.array([r is None for r in reasons], dtype=bool)
             bad += [{"path": paths(int(r)), "reason": why} for r, why in zip(rid, reasons) if why]
             if good.any():

@@ -149,3 +149,35 @@ def test_predict_cli_bad_input(setup, tmp_path, capsys):
     assert main(["predict", "--checkpoint", setup["checkpoint"], "--data", str(setup["root"]),
                  "--out", str(tmp_path / "p.txt")]) == 2
     assert "p.txt" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_predict_file_gone_after_listing_names_the_node(setup, ray_session, tmp_path, monkeypatch,
+                                                         capsys):
+    """A file listed by the driver but not found where it is decoded stops prediction with an
+    error naming the node and the file (exit 2, nothing written), instead of a skipped row."""
+    import shutil
+
+    import cnn_ray.predict as predict_mod
+    from cnn_ray.cli import main
+
+    root = tmp_path / "copy"
+    shutil.copytree(setup["root"], root)
+    victim = root / "cat" / "img1.jpg"
+    listed = predict_mod.list_inputs
+
+    def list_then_remove(*args, **kwargs):
+        source = listed(*args, **kwargs)
+        victim.unlink()
+        return source
+
+    monkeypatch.setattr(predict_mod, "list_inputs", list_then_remove)
+    out = tmp_path / "pred.parquet"
+    assert main(["predict", "--checkpoint", setup["checkpoint"], "--data", str(root),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    node = ray_session.get_runtime_context().get_node_id()
+    assert f"{victim}: listed on the driver but not found on node {node}" in err
+    # one message, no traceback of ours (Ray's logging may print its own "Logging error" to a
+    # stream pytest has already swapped out)
+    assert "raise InputNotVisibleError" not in err and not out.exists()
