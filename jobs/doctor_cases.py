@@ -33,7 +33,8 @@ DEFAULT_CONFIG = REPO / "jobs" / "configs" / "cifar10.yaml"
 CASES: dict[str, list[str]] = {
     "starved_streaming": ["data.cache=none", "data.use_raw=true", "model.whitening.enabled=false",
                           "data.data_cpus=0.25", "scaling.cpus_per_worker=2",
-                          "augment.rotation.enabled=true", "augment.affine.enabled=true"],
+                          "augment.rotation.enabled=true", "augment.affine.enabled=true",
+                          "optim.batch_size=256"],  # a starved pipeline is slow: fewer images
     "fp32_nchw": ["precision.dtype=fp32", "model.channels_last=false"],
     "batch8": ["optim.batch_size=8", "optim.eval_batch_size=256"],
     "fast": [],
