@@ -10,6 +10,7 @@ recipe probes; ``jobs/train.py`` remains the way to train (Ray Data, Ray Train, 
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Optional
 
@@ -21,6 +22,7 @@ from cnn_ray.data.memory import InMemoryShard, shard_for_device
 from cnn_ray.recipe.apply import (build_step_hooks, compute_stem_weights, eval_model,
                                   tta_predictor)
 from cnn_ray.recipe.tta import tta_views
+from cnn_ray.train.checkpoint import save_checkpoint
 from cnn_ray.train.finetune import keep_pretrained_normalization, record_pretrained
 from cnn_ray.train.inputs import DataSummary
 from cnn_ray.train.loop import evaluate, train_one_epoch
@@ -30,7 +32,8 @@ Arrays = tuple[np.ndarray, np.ndarray]
 
 
 def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.device,
-                 log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+                 log: Optional[Callable[[str], None]] = None,
+                 checkpoint_dir: Optional[str | os.PathLike] = None) -> dict[str, Any]:
     """Train ``cfg`` for ``optim.epochs`` on ``train`` and evaluate on ``val`` each epoch.
 
     Args:
@@ -39,10 +42,14 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
         Fine-tuning keys (``model.pretrained``, ``model.freeze``, ``model.unfreeze_epoch``,
         ``optim.backbone_lr_mult``) act as in a Ray Train run (:mod:`cnn_ray.train.finetune`):
         a checkpoint's mean/std replace the arrays' statistics, and the report is logged.
+        checkpoint_dir: when given (must not exist yet), a cnn_ray checkpoint of the last epoch
+            is written there (:func:`cnn_ray.train.checkpoint.save_checkpoint`: raw and EMA
+            weights, optimiser state, the normalisation used, class names ``"0"``...), so it
+            can serve as ``model.pretrained`` of a later run.
     Returns:
         ``{"train_s": seconds from the first to the last training step (evaluation excluded),
         "eval_s", "epochs", "val_top1" (last epoch), "val_top1_by_epoch", "tta_views",
-        "images_per_sec", "precision"}``.
+        "images_per_sec", "precision", "checkpoint" (the directory written, or None)}``.
     """
     log = log or (lambda msg: print(f"[cnn_ray.local] {msg}", flush=True))
     summary = keep_pretrained_normalization(cfg, _summary(train, val))
@@ -76,10 +83,19 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
         by_epoch.append(round(ev.correct1 / max(1, ev.num_images), 4))
         log(f"epoch {epoch + 1}: val_top1 {by_epoch[-1]:.4f} train {stats.wall_s:.1f}s "
             f"({stats.num_images / max(stats.wall_s, 1e-9):.0f} images/s)")
+    if checkpoint_dir is not None:
+        save_checkpoint(checkpoint_dir, model=parts.model, epoch=cfg.optim.epochs,
+                        config=cfg.to_dict(), class_names=list(summary.class_names),
+                        mean=list(summary.mean), std=list(summary.std),
+                        optimizer=parts.optimizer, scheduler=parts.scheduler,
+                        scaler=parts.scaler, best=max(by_epoch, default=None),
+                        metrics={"val_top1": by_epoch[-1] if by_epoch else None},
+                        ema=parts.ema)
     return {"train_s": round(train_s, 2), "eval_s": round(eval_s, 2), "epochs": cfg.optim.epochs,
             "val_top1": by_epoch[-1] if by_epoch else None, "val_top1_by_epoch": by_epoch,
             "tta_views": tta_views(cfg.eval.tta_at(cfg.optim.epochs - 1, cfg.optim.epochs)), "precision": parts.settings.precision,
-            "images_per_sec": round(images / max(train_s, 1e-9))}
+            "images_per_sec": round(images / max(train_s, 1e-9)),
+            "checkpoint": str(checkpoint_dir) if checkpoint_dir is not None else None}
 
 
 def _summary(train: Arrays, val: Arrays) -> DataSummary:
