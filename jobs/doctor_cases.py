@@ -71,7 +71,7 @@ def run_case(name: str, overrides: list[str], args, log=print) -> dict:
     first = d.suggestions[0] if d.suggestions else None
     if first is None:
         return row
-    after_cfg = load_train_config(args.config, overrides + args.set + [first.override])
+    after_cfg = load_train_config(args.config, overrides + args.set + first.override.split())
     t0 = time.perf_counter()
     after, _ = measure(after_cfg, steps=args.steps, warmup=args.warmup, log=lambda s: None)
     gain = after.images_per_sec / max(m.images_per_sec, 1e-9)

@@ -186,3 +186,12 @@ def test_allreduce_share_counts_on_top_of_the_step():
                                   "allreduce": 0.64})
     assert m.share("allreduce") == pytest.approx(0.5)  # 0.64 s on top of a 0.64 s step
     assert diagnose(m).verdict == "communication-bound"
+
+
+def test_raw_streaming_suggests_preparing_before_the_memory_cache():
+    """data.cache=memory needs data.use_raw=false: the suggestion carries both overrides."""
+    m = _m(images_per_sec=255.0, cache="none", use_raw=True, dataset_mb=0.0,
+           compute_images_per_sec=494.0, phases={"data_wait": 0.5, "forward": 0.5})
+    first = diagnose(m).suggestions[0]
+    assert first.override == "data.use_raw=false data.cache=memory"
+    assert first.reason.startswith("raw files: prepare them once")

@@ -61,6 +61,7 @@ class Measurements:
     precision: str = "fp32"
     channels_last: bool = True
     cache: str = "none"
+    use_raw: bool = False
     data_cpus: float = 0.5
     prefetch_batches: int = 2
     cache_max_mb: float = 4096.0
@@ -100,8 +101,9 @@ class Measurements:
 
 @dataclass
 class Suggestion:
-    """One config change: the ``override`` to apply (``a.b=value``), why, and the estimated
-    images/s gain of the training step (after / before; None: not estimated)."""
+    """One config change: the ``override`` to apply (``a.b=value``, several separated by
+    spaces), why, and the estimated images/s gain of the training step (after / before; None:
+    not estimated)."""
 
     override: str
     reason: str
@@ -181,10 +183,11 @@ def _input_suggestions(m: Measurements, contention: bool = False) -> list[Sugges
     if contention:
         est = round(max(limit, removed), 2)
     out = []
-    if m.cache == "none" and 0 < m.dataset_mb <= m.cache_max_mb:
+    if m.cache == "none" and (m.use_raw or 0 < m.dataset_mb <= m.cache_max_mb):
         why = (f"the Ray Data tasks share the training cores ({m.images_per_sec / max(m.compute_images_per_sec, 1e-9):.0%} "
                "of pure compute reached)" if contention else f"data wait {100 * wait:.0f}% of step time")
-        out.append(Suggestion("data.cache=memory", f"{why}; "
+        out.append(Suggestion(("data.use_raw=false " if m.use_raw else "") + "data.cache=memory",
+                              ("raw files: prepare them once, then " if m.use_raw else "") + f"{why}; "
                               f"the data fits in memory ({m.dataset_mb:.0f} MB <= data.cache_max_mb "
                               f"{m.cache_max_mb:.0f}): read once, augment on the worker", est))
     if m.cache == "none":
