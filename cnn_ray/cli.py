@@ -46,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--only", choices=["a"], help="a: only the pure-compute figure "
                             "(the machine's images/s for this model, batch and precision)")
         if name == "doctor":
-            sp.add_argument("--steps", type=int, default=20, help="timed training steps")
+            sp.add_argument("--steps", type=int, default=20, help="timed training steps (raised "
+                            "so that at least --min-images images are timed)")
+            sp.add_argument("--min-images", type=int, default=2048, help="images every timed "
+                            "window covers at least (small batches run more steps; 0: --steps)")
             sp.add_argument("--warmup", type=int, default=3, help="untimed steps first")
             sp.add_argument("--json", help="write the measurements and the verdict here")
             sp.add_argument("--trace", help="write a torch.profiler trace (Chrome/TensorBoard "
@@ -133,10 +136,12 @@ def _dispatch(args) -> int:
     if args.command == "doctor":
         from cnn_ray.doctor.run import doctor_main
 
-        if args.steps < 1 or args.warmup < 0:
-            raise ConfigError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and "
+        if args.steps < 1 or args.warmup < 0 or args.min_images < 0:
+            raise ConfigError(f"--steps must be >= 1, --warmup and --min-images >= 0, got "
+                              f"{args.steps}, {args.min_images} and "
                               f"{args.warmup}")
-        return doctor_main(cfg, steps=args.steps, warmup=args.warmup, json_path=args.json,
+        return doctor_main(cfg, steps=args.steps, warmup=args.warmup,
+                           min_images=args.min_images, json_path=args.json,
                            trace_dir=args.trace)
     raise AssertionError(args.command)
 

@@ -42,15 +42,39 @@ def profile_steps(parts: TrainParts, batches: Iterable[dict], *, steps: int, war
     ``torch.profiler`` and write a Chrome/TensorBoard trace there. Raises ``ValueError`` when
     ``batches`` runs out before the first timed step.
     """
-    s, model, hooks = parts.settings, parts.model, hooks or StepHooks()
+    model, hooks = parts.model, hooks or StepHooks()
     params = [p for p in model.parameters() if p.requires_grad]
     counts = DeviceCounts(parts.device)
     model.train()
     it = iter(batches)
     totals = {p: 0.0 for p in PHASES}
+    prof = _profiler(trace_dir)
+    try:
+        timed, images, first_step_s, t_start = _run_steps(
+            it, parts, params, hooks, counts, totals, steps=steps, warmup=warmup, prof=prof)
+    finally:
+        # a streaming Ray Dataset keeps producing into the object store (on the cores the
+        # pure-compute measurement needs next) until its iterator is closed
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+    if prof is not None:
+        prof.stop()
+        prof.export_chrome_trace(str(Path(trace_dir) / "trace.json"))
+    if not timed:
+        raise ValueError(f"the training data ran out after {warmup} warm-up steps: "
+                         "lower the doctor's --steps or use more data")
+    wall = time.perf_counter() - t_start
+    return {"phases": {p: v / timed for p, v in totals.items()},
+            "images_per_sec": images / wall, "steps": timed, "first_step_s": first_step_s}
+
+
+def _run_steps(it, parts, params, hooks, counts, totals, *, steps: int, warmup: int, prof):
+    """The loop of :func:`profile_steps`; adds each phase's seconds to ``totals`` and returns
+    ``(timed steps, images in them, first step's seconds, wall-clock start of the timed steps)``."""
+    s, model = parts.settings, parts.model
     timed = images = 0
     first_step_s, t_start = None, None
-    prof = _profiler(trace_dir)
     for i in range(warmup + steps):
         if i == warmup:
             _sync(parts.device)
@@ -88,15 +112,7 @@ def profile_steps(parts: TrainParts, batches: Iterable[dict], *, steps: int, war
             images += y.shape[0]
             for p, d in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                 totals[p] += d
-    if prof is not None:
-        prof.stop()
-        prof.export_chrome_trace(str(Path(trace_dir) / "trace.json"))
-    if not timed:
-        raise ValueError(f"the training data ran out after {warmup} warm-up steps: "
-                         "lower the doctor's --steps or use more data")
-    wall = time.perf_counter() - t_start
-    return {"phases": {p: v / timed for p, v in totals.items()},
-            "images_per_sec": images / wall, "steps": timed, "first_step_s": first_step_s}
+    return timed, images, first_step_s, t_start
 
 
 def _profiler(trace_dir: Optional[str]):

@@ -37,7 +37,16 @@ from cnn_ray.train.parts import build_parts
 from cnn_ray.watch import say
 
 EVAL_BATCHES = 3
-SYNTHETIC_STEPS = 4
+SYNTHETIC_STEPS = 8  # median of 8 steps: 4 let one slow step move the pure-compute limit by 20%+
+# At least this many images in every timed window: the 2-core box's speed drifts by 20-40% over
+# seconds (one process alone: 700-1,270 images/s step to step), so the 20 steps of batch 8
+# (0.4 s) measured whichever phase they fell into.
+MIN_TIMED_IMAGES = 2048
+
+
+def timed_steps(steps: int, batch_size: int, min_images: int = MIN_TIMED_IMAGES) -> int:
+    """``steps``, raised so that the timed steps see at least ``min_images`` images."""
+    return max(int(steps), -(-int(min_images) // max(1, int(batch_size))))
 
 
 def _device(cfg: TrainConfig) -> torch.device:
@@ -100,9 +109,12 @@ def _streaming_batches(cfg: TrainConfig, data, device: torch.device):
 
 
 def measure(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
-            trace_dir: Optional[str] = None, log=say) -> tuple[Measurements, dict]:
+            trace_dir: Optional[str] = None, log=say,
+            min_images: int = MIN_TIMED_IMAGES) -> tuple[Measurements, dict]:
     """Profile ``cfg`` (see the module docstring); returns the :class:`Measurements` and the
-    extra figures for the JSON (``ray_data_stats``, ``first_step_s``, ``prepare_s``, ...)."""
+    extra figures for the JSON (``ray_data_stats``, ``first_step_s``, ``prepare_s``, ...).
+    Every timed window (the training steps, each pure-compute figure) runs at least ``steps``
+    (:data:`SYNTHETIC_STEPS` for pure compute) steps and ``min_images`` images."""
     from cnn_ray.train.launch import prepare_data, resolve_group_precision
 
     t0 = time.perf_counter()
@@ -119,6 +131,7 @@ def measure(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
                              steps_per_epoch=parts.steps_per_epoch)
     feed = _memory_batches if cfg.data.cache == "memory" else _streaming_batches
     train_batches, val_batches, stream = feed(cfg, data, device)
+    steps = timed_steps(steps, cfg.per_worker_batch_size(), min_images)
     log(f"doctor: {warmup} + {steps} training steps of {cfg.model.name}, batch "
         f"{cfg.per_worker_batch_size()}, {precision}, channels_last={cfg.model.channels_last}, "
         f"data.cache={cfg.data.cache} on {device}")
@@ -127,14 +140,18 @@ def measure(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
     ev = evaluate(eval_model(parts.model, parts.ema), val_batches, parts.settings,
                   max_batches=EVAL_BATCHES, predict=tta_predictor(cfg.eval.tta_at(0, cfg.optim.epochs)))
     hw = hardware_support(device)
+    if stream is not None:
+        _wait_for_idle_tasks()
     log("doctor: pure compute limit and candidate changes on synthetic data")
-    compute = synthetic_images_per_sec(cfg, summary.num_classes, steps=SYNTHETIC_STEPS, warmup=2,
-                                       precision=precision)
+    compute = synthetic_images_per_sec(
+        cfg, summary.num_classes, steps=timed_steps(SYNTHETIC_STEPS, cfg.per_worker_batch_size(), min_images),
+        warmup=2, precision=precision)
     candidates = {}
     for override in candidate_overrides(cfg, precision, hw):
         v = _variant(cfg, override)
         candidates[override] = synthetic_images_per_sec(
-            v, summary.num_classes, steps=SYNTHETIC_STEPS, warmup=2,
+            v, summary.num_classes, steps=timed_steps(SYNTHETIC_STEPS, v.per_worker_batch_size(), min_images),
+            warmup=2,
             precision=v.precision.dtype if override.startswith("precision.") else precision)
     allreduce_s, allreduce_note = None, "one worker: no gradient exchange"
     if cfg.scaling.num_workers > 1:
@@ -167,6 +184,23 @@ def measure(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
     return m, extra
 
 
+def _wait_for_idle_tasks(timeout_s: float = 15.0, poll_s: float = 0.1) -> float:
+    """Wait until no Ray task holds CPUs (up to ``timeout_s``); returns the seconds waited.
+
+    The streamed passes were closed, but decode/augment tasks already running finish on their
+    own: measured beside them, the pure-compute limit of a 2-core box came out at half its
+    idle value (729 against 1,562 images/s for the same recipe, two runs)."""
+    import ray
+
+    t0 = time.perf_counter()
+    total = ray.cluster_resources().get("CPU", 0.0)
+    while time.perf_counter() - t0 < timeout_s:
+        if ray.available_resources().get("CPU", 0.0) >= total - 1e-6:
+            break
+        time.sleep(poll_s)
+    return time.perf_counter() - t0
+
+
 def _gpu_memory(device: torch.device) -> dict:
     if device.type != "cuda":
         return {}
@@ -185,12 +219,14 @@ def _stats(ds) -> Optional[str]:
 
 
 def doctor_main(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
+                min_images: int = MIN_TIMED_IMAGES,
                 json_path: Optional[str] = None, trace_dir: Optional[str] = None) -> int:
     """CLI entry: measure, print the split, the verdict and the suggestions; write the JSON
     (``measurements``, ``diagnosis``, ``extra``, ``hardware``, ``doctor_s``) when asked."""
     started = time.perf_counter()
     say(f"doctor: hardware: {hardware_summary()}")
-    m, extra = measure(cfg, steps=steps, warmup=warmup, trace_dir=trace_dir)
+    m, extra = measure(cfg, steps=steps, warmup=warmup, trace_dir=trace_dir,
+                       min_images=min_images)
     d = diagnose(m)
     say(f"doctor: {m.images_per_sec:.0f} images/s training, pure compute "
         f"{m.compute_images_per_sec:.0f}; per step: " + ", ".join(
