@@ -265,13 +265,17 @@ class OptimConfig(_Strict):
         1.0, gt=0.0, le=1.0, description="learning rate of the non-head parameters relative to "
         "the classifier head's (discriminative fine-tuning; after model.unfreeze_epoch)")
     schedule: Literal["onecycle", "cosine", "step", "plateau", "constant", "linear_decay",
-                      "wsd"] = \
+                      "wsd", "rung_anneal"] = \
         "onecycle"
     initial_lr_frac: float = Field(0.2, ge=0.0, le=1.0, description="linear_decay: lr at step 0")
     final_lr_frac: float = Field(0.07, ge=0.0, le=1.0, description="linear_decay, wsd: lr at "
                                  "the end")
     decay_frac: float = Field(0.2, gt=0.0, le=1.0, description="wsd: share of the steps in the "
                               "final linear decay (warm-up: pct_start)")
+    anneal_epochs: Optional[list[int]] = Field(
+        None, description="rung_anneal: epochs (1-based, increasing, < optim.epochs) at whose "
+        "end a cycle is annealed and the next restarts; a sweep derives them from its ASHA "
+        "rungs when left out")
     decoupled: bool = Field(False, description="lr and weight_decay per 1024 examples, "
                             "momentum-corrected (airbench); sgd/muon only")
     muon_lr: float = Field(0.24, gt=0.0, description="optimizer muon: lr of the conv filters")
@@ -379,6 +383,15 @@ class TrainConfig(_Strict):
                 "local path or a shared mount every node reads (checkpoints, metrics and the run "
                 "files still go to the URI), or data.use_raw=true"
             )
+        ends = self.optim.anneal_epochs
+        if ends is not None:
+            if self.optim.schedule != "rung_anneal":
+                raise ValueError(f"optim.anneal_epochs is set ({ends}) but optim.schedule is "
+                                 f"{self.optim.schedule!r}: it is read by rung_anneal only")
+            if any(b <= a for a, b in zip(ends, ends[1:])) or any(
+                    not 1 <= e < self.optim.epochs for e in ends):
+                raise ValueError(f"optim.anneal_epochs: expected strictly increasing epochs in "
+                                 f"[1, optim.epochs={self.optim.epochs}), got {ends}")
         if self.optim.decoupled and self.optim.optimizer not in ("sgd", "muon"):
             raise ValueError(f"optim.decoupled=true is defined for optim.optimizer sgd or muon "
                              f"(momentum-corrected SGD), got {self.optim.optimizer!r}")

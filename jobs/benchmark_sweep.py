@@ -15,8 +15,9 @@ start-up (trial function start -> first epoch's training loop, seconds; target m
 the share of each sweep's wall time during which every slot was training (target >= 0.90), the
 replay oracle bound, and the hardware. One-worker trials on the memory cache train in the Tune
 trial's own process (``sweep.in_trial``). The data is prepared once before either sweep is timed.
-Every trial runs ``--schedule`` (default ``wsd``: its early epochs rank trials as the final ones,
-which ASHA's rungs rely on; ``onecycle`` reproduces the 2026-11-21 table).
+Every trial runs ``--schedule`` (default ``rung_anneal``: annealed at the end of every ASHA rung,
+so the rungs compare trials as their final epoch will; ``wsd`` and ``onecycle`` for comparison,
+``onecycle`` as in the 2026-11-21 table).
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "at once)")
     p.add_argument("--seed", type=int, default=0, help="seeds the subset and the sampled configs")
     p.add_argument("--order", choices=["asha-first", "fifo-first"], default="asha-first")
-    p.add_argument("--schedule", choices=["wsd", "onecycle"], default="wsd",
-                   help="every trial's lr schedule: wsd (warm-up 10%%, stable, linear decay over "
-                   "the last 25%%: early epochs rank trials like the final ones) or onecycle")
+    p.add_argument("--schedule", choices=["rung_anneal", "wsd", "onecycle"],
+                   default="rung_anneal",
+                   help="every trial's lr schedule (both sweeps): rung_anneal (warm restarts "
+                   "annealed at the end of each ASHA rung: trials are compared annealed), wsd "
+                   "(warm-up 10%%, stable, linear decay over the last 25%%) or onecycle")
     p.add_argument("--reduction-factor", type=int, help="ASHA's reduction factor (4; quick 2): "
                    "rungs at epochs 1 and 4 of 8, a quarter promoted at each")
     p.add_argument("--storage", help="where sweeps are written (default: a fresh folder in "
@@ -91,12 +94,31 @@ def base_config(args, data: dict[str, Path], storage: str, threads: int):
         "model": {"name": "resnet9", "channels_last": True},
         "optim": {"optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.1,
                   "schedule": args.schedule, "batch_size": 256, "epochs": args.epochs,
-                  **({"pct_start": 0.1, "decay_frac": 0.25} if args.schedule == "wsd" else {})},
+                  **schedule_knobs(args)},
         "precision": {"dtype": "auto"},  # bf16 where the CPU has native kernels, else fp32
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "torch_threads": threads},
         "run": {"name": "bench", "storage_path": storage, "keep_checkpoints": 1,
                 "seed": args.seed, "log_every": 1000},
     })
+
+
+def asha_settings(args) -> dict:
+    return {"kind": "asha", "max_t": args.epochs, "grace_period": 1,
+            "reduction_factor": args.reduction_factor}
+
+
+def schedule_knobs(args) -> dict:
+    """The schedule's own keys. rung_anneal: the cycles end at the ASHA rungs, written into
+    the base so that FIFO trials run the very same schedule as ASHA's."""
+    if args.schedule == "wsd":
+        return {"pct_start": 0.1, "decay_frac": 0.25}
+    if args.schedule == "rung_anneal":
+        from cnn_ray.tune.plan import asha_rungs
+        from cnn_ray.tune.settings import SchedulerSettings
+
+        rungs = [e for e in asha_rungs(SchedulerSettings(**asha_settings(args))) if e < args.epochs]
+        return {"pct_start": 0.15, "anneal_epochs": rungs or None}
+    return {}
 
 
 SPACE = {
@@ -131,10 +153,13 @@ def hardware(ray_cpus: float) -> dict:
             "ray": ray.__version__, "load_avg_1m": os.getloadavg()[0]}
 
 
-def slot_occupancy(sweep_dir: str, concurrency: int) -> Optional[float]:
+def slot_occupancy(sweep_dir: str, concurrency: int, *, while_queued: bool = False) -> Optional[float]:
     """Share of the sweep's span (first trial start to last report) during which ``concurrency``
     trials were training at once (each trial: first epoch's loop start -> its last report, from
-    its run's ``metrics.jsonl``); None without records."""
+    its run's ``metrics.jsonl``); None without records. ``while_queued``: the span ends when
+    the last trial starts (after it no trial waits for a slot, so the drain at the end, where
+    the last trials finish one by one, is not counted: what is left is the time lost between
+    trials)."""
     from cnn_ray.io import iter_jsonl
     from cnn_ray.tune.plan import TRAIN_RUNS, TRIAL_STARTS
     from cnn_ray.tune.results import read_trial_starts
@@ -150,12 +175,14 @@ def slot_occupancy(sweep_dir: str, concurrency: int) -> Optional[float]:
         events += [(begin, 1), (rows[-1]["time"], -1)]
     if not spans:
         return None
-    t0, t1 = min(a for a, _ in spans), max(b for _, b in spans)
+    t0 = min(a for a, _ in spans)
+    t1 = max(a for a, _ in spans) if while_queued else max(b for _, b in spans)
     full, running, last = 0.0, 0, t0
     for t, delta in sorted(events):
+        t = min(t, t1)
         if running >= concurrency:
             full += t - last
-        running, last = running + delta, t
+        running, last = running + delta, max(last, t)
     return round(full / max(t1 - t0, 1e-9), 3)
 
 
@@ -176,6 +203,7 @@ def sweep_figures(result, elapsed: float, concurrency: int) -> dict:
         "path": result.path,
         "startup_phases": startup_phases(result.path),
         "slot_occupancy": slot_occupancy(result.path, concurrency),
+        "slot_occupancy_while_queued": slot_occupancy(result.path, concurrency, while_queued=True),
     }
 
 
@@ -298,8 +326,7 @@ def run_sweeps(args, base, points: list, concurrency: int) -> dict:
     from cnn_ray.tune import run_sweep
 
     schedulers = {
-        "asha": {"kind": "asha", "max_t": args.epochs, "grace_period": 1,
-                 "reduction_factor": args.reduction_factor},
+        "asha": asha_settings(args),
         "fifo": {"kind": "fifo"},
     }
     order = ["asha", "fifo"] if args.order == "asha-first" else ["fifo", "asha"]
@@ -350,6 +377,8 @@ def print_summary(figures: dict, concurrency: int) -> None:
           f"{figures['startup_seconds_median']} s (ASHA {asha['startup_seconds_median']}, FIFO "
           f"{fifo['startup_seconds_median']}; target <= 3 s: {met(figures['target_startup_met'])})"
           f"; every slot training: ASHA {asha['slot_occupancy']}, FIFO {fifo['slot_occupancy']} "
+          f"(while trials were queued, i.e. without the drain at the end: ASHA "
+          f"{asha['slot_occupancy_while_queued']}, FIFO {fifo['slot_occupancy_while_queued']}) "
           f"of the wall time (target >= 0.90: {met(figures['target_occupancy_met'])}); "
           f"{hw['cpu']}, {hw['cores']} cores, load {hw['load_avg_1m']:.1f}")
     print(f"start-up phases, median s (ASHA): {asha['startup_phases']}")

@@ -13,7 +13,7 @@ from torch import nn
 
 from cnn_ray.config import AugmentConfig, ConfigError, OptimConfig, TrainConfig
 from cnn_ray.models import create_model
-from cnn_ray.recipe import (MuonSGD, WarmupLinearDecay, WarmupStableDecay, bn_bias_params,
+from cnn_ray.recipe import (MuonSGD, RungAnnealed, WarmupLinearDecay, WarmupStableDecay, bn_bias_params,
                             decoupled_sgd_hparams)
 from cnn_ray.recipe.mixing import BatchMixer, mixing_transform
 from cnn_ray.train.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
@@ -259,6 +259,61 @@ def test_wsd_ranks_early_epochs_at_the_peak_rate():
     lw, lo = _lrs(wsd, steps, 80), _lrs(onecycle, steps, 80)
     assert lw[10:60] == pytest.approx([1.0] * 50)      # epochs 2-6: at the peak
     assert lo[30] < 1.0 and lo[50] < lo[30]             # one-cycle: already annealing
+
+
+def test_rung_anneal_is_annealed_at_every_rung_and_restarts_after():
+    """Cycles end at epochs 1 and 4 of 8 (10 steps each): at those steps the rate is at its
+    floor, as at the last step, and each cycle warms up again from the start fraction."""
+    cfg = OptimConfig(schedule="rung_anneal", lr=2.0, epochs=8, anneal_epochs=[1, 4],
+                      pct_start=0.2, initial_lr_frac=0.2, final_lr_frac=0.05)
+    lrs = _lrs(cfg, 10, 82)
+    for start, end in ((0, 10), (10, 40), (40, 80)):
+        peak = start + int(0.2 * (end - start))
+        assert lrs[start] == pytest.approx(0.4)       # 0.2 x lr at each cycle's first step
+        assert lrs[peak] == pytest.approx(2.0)        # the peak after its warm-up
+        assert all(b < a for a, b in zip(lrs[peak:end], lrs[peak + 1:end]))
+        assert lrs[end - 1] == pytest.approx(2.0 + (0.1 - 2.0) * (end - 1 - peak) / (end - peak))
+    assert lrs[80] == pytest.approx(0.1) and lrs[82] == pytest.approx(0.1)
+    # no anneal_epochs: one cycle (warm-up, then linear decay to the end)
+    one = _lrs(OptimConfig(schedule="rung_anneal", lr=1.0, epochs=2, pct_start=0.1), 10, 20)
+    assert one[2] == pytest.approx(1.0) and all(b < a for a, b in zip(one[2:19], one[3:20]))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        RungAnnealed(10, [5, 5])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        RungAnnealed(10, [10])
+
+
+@pytest.mark.parametrize("optim, match", [
+    ({"schedule": "rung_anneal", "epochs": 8, "anneal_epochs": [4, 2]}, "strictly increasing"),
+    ({"schedule": "rung_anneal", "epochs": 8, "anneal_epochs": [1, 8]}, "strictly increasing"),
+    ({"schedule": "wsd", "epochs": 8, "anneal_epochs": [1, 4]}, "read by rung_anneal only"),
+])
+def test_anneal_epochs_out_of_range_or_without_its_schedule_is_named(optim, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        TrainConfig.from_dict({"data": {"train": "t"}, "optim": optim}, check_paths=False)
+    assert "optim.anneal_epochs" in str(err.value)
+
+
+def test_sweep_derives_the_cycles_from_tunes_asha_rungs():
+    from cnn_ray.tune.plan import asha_rungs, with_rung_cycles
+    from cnn_ray.tune.settings import SchedulerSettings
+
+    asha = SchedulerSettings(kind="asha", max_t=8, grace_period=1, reduction_factor=4)
+    assert asha_rungs(asha) == [1, 4]
+    assert asha_rungs(asha.model_copy(update={"reduction_factor": 3})) == [1, 3]
+    assert asha_rungs(asha.model_copy(update={"max_t": 9, "reduction_factor": 3})) == [1, 3, 9]
+    base = TrainConfig.from_dict({"data": {"train": "t"},
+                                  "optim": {"schedule": "rung_anneal", "epochs": 8}},
+                                 check_paths=False)
+    assert with_rung_cycles(base, asha, []).optim.anneal_epochs == [1, 4]
+    fifo = SchedulerSettings(kind="fifo")
+    assert with_rung_cycles(base, fifo, []).optim.anneal_epochs is None  # one cycle
+    given = TrainConfig.from_dict({"data": {"train": "t"},
+                                   "optim": {"schedule": "rung_anneal", "epochs": 8,
+                                             "anneal_epochs": [2]}}, check_paths=False)
+    assert with_rung_cycles(given, asha, []).optim.anneal_epochs == [2]  # the user's wins
+    with pytest.raises(ConfigError, match="optim.epochs"):
+        with_rung_cycles(base, asha, ["optim.epochs"])
 
 
 def test_wsd_resume_with_a_larger_budget_moves_the_decay_to_the_new_end():

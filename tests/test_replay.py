@@ -150,7 +150,8 @@ def test_benchmark_sweep_script_end_to_end(ray_session, cifar_root, tmp_path):
     assert 4 <= f["asha"]["epochs_trained"] <= 6
     assert [c["model.name"] for c in f["configs"]] and f["ratio_asha_over_fifo"] > 0
     # every trial on the schedule whose early epochs rank like the final ones; quick: rf 2
-    assert f["settings"]["schedule"] == "wsd" and f["asha"]["scheduler"]["reduction_factor"] == 2
+    assert f["settings"]["schedule"] == "rung_anneal"
+    assert f["asha"]["scheduler"]["reduction_factor"] == 2
     assert len(f["fifo"]["startup_s"]) == 2 and all(s >= 0 for s in f["fifo"]["startup_s"])
     assert f["startup_seconds_median"] >= 0 and isinstance(f["target_best_met"], bool)
     # one trial at a time: a single slot, busy most of the sweep (never more than all of it)

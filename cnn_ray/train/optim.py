@@ -18,7 +18,7 @@ from torch import nn
 
 from cnn_ray.compat import set_scheduler_last_lr
 from cnn_ray.config import OptimConfig
-from cnn_ray.recipe import (MuonSGD, WarmupLinearDecay, WarmupStableDecay, bn_bias_param_groups,
+from cnn_ray.recipe import (MuonSGD, RungAnnealed, WarmupLinearDecay, WarmupStableDecay, bn_bias_param_groups,
                             decoupled_sgd_hparams, split_muon_groups)
 from cnn_ray.train.techniques import split_decay_params
 
@@ -126,6 +126,11 @@ def build_lr_scheduler(
       ``lr`` over the first ``pct_start`` of the steps, flat, then linearly down to
       ``final_lr_frac`` x ``lr`` over the last ``decay_frac``: early epochs rank trials as the
       final ones do (for ASHA sweeps).
+    - ``rung_anneal``: warm restarts ending at ``anneal_epochs`` and at the last epoch
+      (:class:`cnn_ray.recipe.RungAnnealed`): each cycle warms up over its first ``pct_start``
+      from ``initial_lr_frac`` x ``lr`` and decays linearly to ``final_lr_frac`` x ``lr`` at its
+      end; a sweep derives ``anneal_epochs`` from its ASHA rungs, so every rung compares
+      annealed trials (no ``anneal_epochs``: one cycle, warm-up + linear decay).
     - ``cosine``: linear warm-up over ``warmup_epochs`` then cosine decay to 0 (Loshchilov &
       Hutter, "SGDR", 2017; Goyal et al. 2017 warm-up).
     - ``step``: multiply by ``gamma`` every ``step_size`` epochs (He et al. 2016).
@@ -153,6 +158,11 @@ def build_lr_scheduler(
     if cfg.schedule == "wsd":
         factor = WarmupStableDecay(total, warmup_frac=cfg.pct_start, decay_frac=cfg.decay_frac,
                                    start=cfg.initial_lr_frac, end=cfg.final_lr_frac)
+        return sched.LambdaLR(optimizer, factor), True
+    if cfg.schedule == "rung_anneal":
+        ends = [e * steps_per_epoch for e in (cfg.anneal_epochs or [])]
+        factor = RungAnnealed(total, ends, warmup_frac=cfg.pct_start, start=cfg.initial_lr_frac,
+                              end=cfg.final_lr_frac)
         return sched.LambdaLR(optimizer, factor), True
     if cfg.schedule == "plateau":
         return sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.gamma,

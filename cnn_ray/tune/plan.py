@@ -49,6 +49,36 @@ def check_budgets(base: TrainConfig, scheduler: SchedulerSettings, space_keys) -
             f"optim.epochs) or set the two equal")
 
 
+def asha_rungs(scheduler: SchedulerSettings) -> list[int]:
+    """The epochs at which Tune's ASHA compares trials: ``grace_period x reduction_factor^k``
+    for ``k < int(log(max_t / grace_period) / log(reduction_factor) + 1)`` (as
+    ``ray.tune.schedulers.async_hyperband._Bracket`` builds its rungs), ascending."""
+    import math
+
+    g, rf, top = scheduler.grace_period, scheduler.reduction_factor, scheduler.max_t
+    n = int(math.log(top / g) / math.log(rf) + 1)
+    return sorted(int(g * rf ** k) for k in range(n))
+
+
+def with_rung_cycles(base: TrainConfig, scheduler: SchedulerSettings, space_keys) -> TrainConfig:
+    """``base`` with ``optim.anneal_epochs`` = the ASHA rungs below ``optim.epochs`` when its
+    schedule is ``rung_anneal`` and they are left out (a FIFO sweep: unchanged, one cycle).
+    Raises ConfigError when the space searches ``optim.epochs`` with such a schedule (the
+    rungs would not fit every trial's budget)."""
+    o = base.optim
+    if o.schedule != "rung_anneal" or o.anneal_epochs is not None or scheduler.kind != "asha" \
+            or scheduler.time_attr != "epoch":
+        return base
+    if "optim.epochs" in space_keys:
+        raise ConfigError("optim.schedule=rung_anneal with optim.anneal_epochs left out takes "
+                          "the cycles from the ASHA rungs, which needs one optim.epochs for all "
+                          "trials: do not search optim.epochs, or set optim.anneal_epochs")
+    raw = base.to_dict()
+    raw["optim"]["anneal_epochs"] = [e for e in asha_rungs(scheduler) if e < o.epochs] or None
+    return TrainConfig.from_dict(raw, source="base (optim.anneal_epochs from the ASHA rungs)",
+                                 check_paths=False)
+
+
 class SweepPlan:
     """Everything decided before Ray runs anything (validated; no Ray calls)."""
 
@@ -74,6 +104,8 @@ class SweepPlan:
             scheduler = scheduler.model_copy(update={"max_t": base.optim.epochs})
             self.scheduler = scheduler
         check_budgets(base, scheduler, self.space.keys())
+        base = with_rung_cycles(base, scheduler, self.space.keys())
+        self.base = base
         if scheduler.grace_period > scheduler.max_t:
             raise ConfigError(f"scheduler.grace_period ({scheduler.grace_period}) must be <= "
                               f"scheduler.max_t ({scheduler.max_t})")
