@@ -245,3 +245,15 @@ def test_batch_gain_counts_the_per_step_overhead_of_the_real_loop():
     assert step_overhead_s(fast) == 0.0
     assert batch_gain(fast, "optim.batch_size=64") == pytest.approx(963 / 741)
     assert diagnose(fast).verdict == "compute-bound"
+
+
+def test_batch_gain_prefers_the_rate_measured_in_the_training_loop():
+    from cnn_ray.doctor.verdict import batch_gain
+
+    m = _m(batch_size=8, images_per_sec=345.0, compute_images_per_sec=445.0,
+           phases={"data_wait": 0.0007, "forward": 0.006, "backward": 0.012, "optimizer": 0.004},
+           candidates={"optim.batch_size=64": 1317.0},
+           loop_candidates={"optim.batch_size=64": 626.0})
+    assert batch_gain(m, "optim.batch_size=64") == pytest.approx(626.0 / 345.0)
+    d = diagnose(m)
+    assert d.verdict == "overhead-bound" and d.suggestions[0].est_gain == round(626 / 345, 2)

@@ -153,6 +153,16 @@ def measure(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
             v, summary.num_classes, steps=timed_steps(SYNTHETIC_STEPS, v.per_worker_batch_size(), min_images),
             warmup=2,
             precision=v.precision.dtype if override.startswith("precision.") else precision)
+    loop_candidates = {}
+    batch = next((o for o in candidates if o.startswith("optim.batch_size=")), None)
+    if batch and cfg.data.cache == "memory":
+        log(f"doctor: the training loop at {batch}")
+        try:
+            loop_candidates[batch] = _loop_images_per_sec(
+                _variant(cfg, batch), data, summary, device, precision, steps=steps,
+                warmup=warmup, min_images=min_images)
+        except ValueError as exc:  # too little data for the larger batch: estimate it instead
+            log(f"doctor: {batch} not measured in the loop ({exc})")
     allreduce_s, allreduce_note = None, "one worker: no gradient exchange"
     if cfg.scaling.num_workers > 1:
         from cnn_ray.doctor.allreduce import measure_allreduce
@@ -166,7 +176,8 @@ def measure(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
     m = Measurements(
         batch_size=cfg.per_worker_batch_size(), images_per_sec=prof["images_per_sec"],
         phases={**prof["phases"], "allreduce": allreduce_s}, compute_images_per_sec=compute,
-        candidates=candidates, precision=precision, channels_last=cfg.model.channels_last,
+        candidates=candidates, loop_candidates=loop_candidates, precision=precision,
+        channels_last=cfg.model.channels_last,
         cache=cfg.data.cache, use_raw=cfg.data.use_raw, data_cpus=cfg.data.data_cpus,
         prefetch_batches=cfg.data.prefetch_batches, cache_max_mb=cfg.data.cache_max_mb,
         dataset_mb=(summary.num_train + summary.num_val) * int(np.prod(summary.image_shape)) / 1e6,
@@ -182,6 +193,21 @@ def measure(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
              "timed_steps": prof["steps"], "ray_data_stats": _stats(stream),
              "allreduce_note": allreduce_note}
     return m, extra
+
+
+def _loop_images_per_sec(cfg: TrainConfig, data, summary, device, precision: str, *,
+                         steps: int, warmup: int, min_images: int) -> float:
+    """Images/s of the training loop itself (model, optimiser, step hooks, the memory cache's
+    batches) for ``cfg``: how a larger batch is measured where pure compute alone misleads
+    (the loop's own costs per step and per image)."""
+    parts = build_parts(cfg, summary, 0, 1, device=device, precision=precision,
+                        stem_weights=data.stem_weights(cfg))
+    hooks = build_step_hooks(cfg, parts.model, parts.ema, summary.num_classes,
+                             seed=cfg.run.seed, steps_per_epoch=parts.steps_per_epoch)
+    train_batches, _, _ = _memory_batches(cfg, data, device)
+    prof = profile_steps(parts, train_batches, hooks=hooks, warmup=warmup,
+                         steps=timed_steps(steps, cfg.per_worker_batch_size(), min_images))
+    return prof["images_per_sec"]
 
 
 def _wait_for_idle_tasks(timeout_s: float = 15.0, poll_s: float = 0.1) -> float:

@@ -63,6 +63,7 @@ class Measurements:
     phases: dict[str, Optional[float]]
     compute_images_per_sec: float
     candidates: dict[str, float] = field(default_factory=dict)
+    loop_candidates: dict[str, float] = field(default_factory=dict)
     precision: str = "fp32"
     channels_last: bool = True
     cache: str = "none"
@@ -162,13 +163,18 @@ def step_overhead_s(m: Measurements) -> float:
 
 
 def batch_gain(m: Measurements, override: str) -> Optional[float]:
-    """Estimated training-step images/s after / before ``optim.batch_size=B``: a step costs the
-    compute of its batch at the pure rate measured for that batch plus the same per-step
-    overhead (:func:`step_overhead_s`) as now, ``B / (B / pure(B) + o)``; None unmeasured.
+    """Estimated training-step images/s after / before ``optim.batch_size=B``: measured in the
+    training loop at ``B`` when the doctor could (``loop_candidates``: the memory cache), else
+    a step costs the compute of its batch at the pure rate measured for that batch plus the
+    same per-step overhead (:func:`step_overhead_s`) as now, ``B / (B / pure(B) + o)``; None
+    unmeasured.
 
     A pure-compute ratio alone misses the overhead that a small batch pays once per step in
     the real loop (batch 8 here: 74% of its pure rate reached, while pure compute at batch 64
     was under 1.5x that of batch 8)."""
+    looped = m.loop_candidates.get(override)
+    if looped and m.images_per_sec > 0:
+        return looped / m.images_per_sec  # measured in the training loop itself
     ips = m.candidates.get(override)
     if not ips or m.images_per_sec <= 0:
         return None
