@@ -131,11 +131,11 @@ def measure(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
                              steps_per_epoch=parts.steps_per_epoch)
     feed = _memory_batches if cfg.data.cache == "memory" else _streaming_batches
     train_batches, val_batches, stream = feed(cfg, data, device)
-    steps = timed_steps(steps, cfg.per_worker_batch_size(), min_images)
-    log(f"doctor: {warmup} + {steps} training steps of {cfg.model.name}, batch "
+    timed = timed_steps(steps, cfg.per_worker_batch_size(), min_images)
+    log(f"doctor: {warmup} + {timed} training steps of {cfg.model.name}, batch "
         f"{cfg.per_worker_batch_size()}, {precision}, channels_last={cfg.model.channels_last}, "
         f"data.cache={cfg.data.cache} on {device}")
-    prof = profile_steps(parts, train_batches, steps=steps, warmup=warmup, hooks=hooks,
+    prof = profile_steps(parts, train_batches, steps=timed, warmup=warmup, hooks=hooks,
                          trace_dir=trace_dir)
     ev = evaluate(eval_model(parts.model, parts.ema), val_batches, parts.settings,
                   max_batches=EVAL_BATCHES, predict=tta_predictor(cfg.eval.tta_at(0, cfg.optim.epochs)))
@@ -214,8 +214,8 @@ def _wait_for_idle_tasks(timeout_s: float = 15.0, poll_s: float = 0.1) -> float:
     """Wait until no Ray task holds CPUs (up to ``timeout_s``); returns the seconds waited.
 
     The streamed passes were closed, but decode/augment tasks already running finish on their
-    own: measured beside them, the pure-compute limit of a 2-core box came out at half its
-    idle value (729 against 1,562 images/s for the same recipe, two runs)."""
+    own and share the cores the pure-compute measurement needs (two runs of the same recipe
+    measured 729 and 1,562 images/s before this wait; the box's own drift is part of that)."""
     import ray
 
     t0 = time.perf_counter()
