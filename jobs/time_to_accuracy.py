@@ -4,14 +4,16 @@
     python jobs/time_to_accuracy.py --only fast                     # the cnn_ray recipe alone
     python jobs/time_to_accuracy.py --smoke                         # tiny subset, 1 epoch each
 
-Trains, one after the other on this machine:
+Trains, one after the other on this machine (the fast recipe first; ``--json`` is rewritten
+after it and after every plain epoch, ``"complete": false`` until the end):
 
 (i) **plain**: the recipe of the PyTorch tutorials: ``torchvision.datasets.ImageFolder`` +
     ``DataLoader(num_workers=2, shuffle=True)`` + per-image ``transforms`` (``RandomCrop(32,
     padding=4)``, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``), fp32, NCHW, Adam (lr
     1e-3), cross-entropy; the SAME network and batch size as the fast recipe (``--config``'s
     model, ``create_model(name, **knobs)``); test top-1 on the test ImageFolder after every
-    epoch; stops once every ``--thresholds`` top-1 is reached, or after ``--plain-max-epochs``.
+    epoch; stops once every ``--thresholds`` top-1 is reached, or after ``--plain-max-epochs``
+    (or the epoch that passes ``--plain-max-minutes``).
 (ii) **fast**: ``--config`` (``jobs/configs/cifar10.yaml``) through cnn_ray on Ray, the code
     path of ``jobs/train.py`` (:func:`cnn_ray.train.launch.run_training`: prepare step, Ray
     Train worker) with ``eval.tta_epochs=all``, so every epoch's top-1 is the TTA figure; the
@@ -141,9 +143,14 @@ def plain_test_top1(model, loader, device) -> float:
 
 
 def run_plain(cfg, *, batch_size: int, thresholds: Sequence[float], max_epochs: int,
-              device, seed: int = 0, log: Callable[[str], None] = print) -> Curve:
+              device, seed: int = 0, max_s: Optional[float] = None,
+              on_epoch: Optional[Callable[[Curve], None]] = None,
+              log: Callable[[str], None] = print) -> Curve:
     """Train the plain recipe (module docstring, (i)) on ``cfg.data.train`` and evaluate on
-    ``cfg.data.val`` after every epoch, until every threshold is reached or ``max_epochs``."""
+    ``cfg.data.val`` after every epoch, until every threshold is reached, ``max_epochs`` ran or
+    the wall time from the start passed ``max_s`` seconds (checked after each epoch).
+    ``on_epoch(curve)`` is called after each epoch's evaluation (the caller saves the partial
+    curve: a run stopped from outside keeps its epochs)."""
     import torch
     import torch.nn.functional as F
 
@@ -172,7 +179,13 @@ def run_plain(cfg, *, batch_size: int, thresholds: Sequence[float], max_epochs: 
                       "wall_s": round(time.perf_counter() - start, 2)})
         log(f"[tta] plain epoch {epoch}: test top-1 {top1:.4f}, {train_s:.0f} s training, "
             f"{curve[-1]['wall_s']:.0f} s from start")
+        if on_epoch is not None:
+            on_epoch(curve)
         if all(time_to(curve, t) for t in thresholds):
+            break
+        if max_s is not None and curve[-1]["wall_s"] >= max_s:
+            log(f"[tta] plain: stopped after epoch {epoch}, {curve[-1]['wall_s']:.0f} s >= "
+                f"--plain-max-minutes")
             break
     return curve
 
@@ -219,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.80, 0.85],
                    help="test top-1 fractions to time")
     p.add_argument("--plain-max-epochs", type=int, default=40)
+    p.add_argument("--plain-max-minutes", type=float,
+                   help="also stop the plain run after the epoch that passes this wall time "
+                        "(the times it did not reach are then lower bounds)")
     p.add_argument("--only", choices=["plain", "fast"], help="run one recipe only")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides of the fast recipe (data paths apply to both)")
@@ -266,31 +282,51 @@ def _pure_compute(cfg, steps: int) -> Optional[float]:
     return round(synthetic_images_per_sec(cfg, 10, steps=steps, warmup=1), 1)
 
 
-def measure(args: argparse.Namespace, cfg, device) -> dict[str, Any]:
-    """Run the selected recipes and build the JSON document (curves, comparison, machine)."""
+def measure(args: argparse.Namespace, cfg, device,
+            save: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """Run the selected recipes, the fast one first, and build the JSON document (curves,
+    comparison, machine). ``save(doc)`` receives the partial document after the fast run and
+    after every plain epoch, so a run stopped from outside keeps what it measured."""
     import torch
 
     from cnn_ray.benchmark import hardware_summary
 
     plain_epochs = 1 if args.smoke else args.plain_max_epochs
-    plain = fast = None
-    if args.only in (None, "plain"):
-        plain = {"curve": run_plain(cfg, batch_size=cfg.optim.batch_size, seed=args.seed,
-                                    thresholds=args.thresholds, max_epochs=plain_epochs,
-                                    device=device),
-                 "max_epochs": plain_epochs, "torch_threads": torch.get_num_threads()}
+    doc: dict[str, Any] = {
+        "config": str(args.config), "set": list(args.set), "eval": "tta_epochs=all",
+        "batch_size": cfg.optim.batch_size, "thresholds": list(args.thresholds),
+        "seed": args.seed, "smoke": args.smoke, "device": str(device),
+        "train_dir": cfg.data.train, "test_dir": cfg.data.val, "plain": None, "fast": None,
+        "complete": False, "machine": hardware_summary()}
+
+    def update() -> None:
+        doc["comparison"] = compare(doc["plain"]["curve"] if doc["plain"] else [],
+                                    doc["fast"]["curve"] if doc["fast"] else [], args.thresholds)
+        if save is not None:
+            save(doc)
+
     if args.only in (None, "fast"):
-        fast = run_fast(cfg, force_prepare=args.force_prepare)
-        fast["epochs"] = cfg.optim.epochs
-    return {"config": str(args.config), "set": list(args.set), "eval": "tta_epochs=all",
-            "batch_size": cfg.optim.batch_size, "thresholds": list(args.thresholds),
-            "seed": args.seed, "smoke": args.smoke, "device": str(device),
-            "train_dir": cfg.data.train, "test_dir": cfg.data.val, "plain": plain, "fast": fast,
-            "comparison": compare(plain["curve"] if plain else [], fast["curve"] if fast else [],
-                                  args.thresholds),
-            "machine": hardware_summary(),
-            "pure_compute_images_per_sec": _pure_compute(cfg, 1 if args.smoke else
-                                                         args.compute_steps)}
+        doc["fast"] = run_fast(cfg, force_prepare=args.force_prepare)
+        doc["fast"]["epochs"] = cfg.optim.epochs
+        update()
+    if args.only in (None, "plain"):
+        doc["plain"] = {"curve": [], "max_epochs": plain_epochs,
+                        "max_minutes": args.plain_max_minutes,
+                        "torch_threads": torch.get_num_threads()}
+
+        def on_epoch(curve: Curve) -> None:
+            doc["plain"]["curve"] = list(curve)
+            update()
+
+        run_plain(cfg, batch_size=cfg.optim.batch_size, seed=args.seed,
+                  thresholds=args.thresholds, max_epochs=plain_epochs, device=device,
+                  max_s=None if args.plain_max_minutes is None else 60 * args.plain_max_minutes,
+                  on_epoch=on_epoch)
+    doc["pure_compute_images_per_sec"] = _pure_compute(cfg, 1 if args.smoke else
+                                                       args.compute_steps)
+    doc["complete"] = True
+    update()
+    return doc
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -308,7 +344,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"time_to_accuracy: {exc}", file=sys.stderr)
         return 2
-    doc = measure(args, cfg, device)
+    def save(partial: dict[str, Any]) -> None:
+        if args.json:
+            atomic_write_json(args.json, partial, indent=2)
+
+    doc = measure(args, cfg, device, save)
     plain_n = doc["plain"]["curve"][-1]["epoch"] if doc["plain"] else 0
     fast_n = doc["fast"]["curve"][-1]["epoch"] if doc["fast"] and doc["fast"]["curve"] else 0
     print(f"\n[tta] batch {doc['batch_size']}, seed {doc['seed']}, device {doc['device']}, "
@@ -320,8 +360,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{doc['fast']['prepare_s']} s, whole run {doc['fast']['total_s']} s")
     print(f"[tta] machine: {doc['machine']}; pure-compute images/s of the network "
           f"(fast recipe's batch/precision): {doc['pure_compute_images_per_sec']}")
-    if args.json:
-        atomic_write_json(args.json, doc, indent=2)
     return 0
 
 

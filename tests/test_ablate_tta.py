@@ -165,4 +165,27 @@ def test_time_to_accuracy_smoke(tta, ray_session, cifar_root, tmp_path, capsys):
     assert 0 < fast["train_s"] <= fast["wall_s"] <= doc["fast"]["total_s"]
     assert 0 <= doc["plain"]["curve"][0]["val_top1"] <= 1
     assert (Path(doc["fast"]["run_dir"]) / "metrics.jsonl").exists()
+    assert doc["complete"] is True
     assert "pure-compute images/s" in capsys.readouterr().out
+
+
+def test_plain_stops_at_wall_cap_and_saves_each_epoch(tta, tmp_path):
+    """--plain-max-minutes stops the plain run after the epoch that passes it; on_epoch gets
+    the curve after every epoch (a killed run keeps its epochs)."""
+    import torch
+
+    from cnn_ray.config_io import load_train_config
+    from cnn_ray.testing import write_image_tree
+
+    train = write_image_tree(tmp_path / "train", per_class=8)
+    val = write_image_tree(tmp_path / "val", per_class=2, seed=1)
+    cfg = load_train_config(tta.DEFAULT_CONFIG, [f"data.train={train}", f"data.val={val}"])
+    seen = []
+    curve = tta.run_plain(cfg, batch_size=16, thresholds=[1.01], max_epochs=5,
+                          device=torch.device("cpu"), max_s=0.0,
+                          on_epoch=lambda c: seen.append(len(c)), log=lambda m: None)
+    assert len(curve) == 1 and seen == [1]
+    curve = tta.run_plain(cfg, batch_size=16, thresholds=[1.01], max_epochs=2,
+                          device=torch.device("cpu"), on_epoch=lambda c: seen.append(len(c)),
+                          log=lambda m: None)
+    assert len(curve) == 2 and seen == [1, 1, 2]
