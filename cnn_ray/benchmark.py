@@ -11,13 +11,14 @@ and the ratios b/a and b/c, the peak memory of the training job and the object-s
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
 import statistics
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -62,18 +63,16 @@ def _time_steps(step, steps: int, warmup: int) -> list[float]:
     return times
 
 
-def synthetic_images_per_sec(cfg: TrainConfig, num_classes: int, *, steps: int = 20, warmup: int = 3,
-                             precision: Optional[str] = None, channels_last: Optional[bool] = None,
-                             threads: Optional[int] = None) -> float:
-    """(a) median images/s of forward+backward+SGD step on in-memory tensors.
-
-    Uses ``cfg``'s model, per-worker micro-batch and precision (overridable), on CPU threads =
-    ``scaling.torch_threads``. Inputs are created once, so no input cost is measured.
-    """
+def _synthetic_step(cfg: TrainConfig, num_classes: int, *, precision: Optional[str] = None,
+                    channels_last: Optional[bool] = None, compile: bool = False,
+                    backend: str = "inductor"):
+    """``(step, batch)``: one forward+backward+optimizer step of ``cfg``'s network on fixed
+    in-memory tensors (``cfg``'s per-worker batch, precision and layout; ``compile``:
+    ``torch.compile`` of the model in place with ``backend``, as ``model.compile=true`` does
+    in training)."""
     from cnn_ray.train.optim import build_optimizer
     from cnn_ray.train.techniques import autocast_context, resolve_precision
 
-    torch.set_num_threads(threads or cfg.scaling.torch_threads or os.cpu_count() or 1)
     device = torch.device("cuda" if cfg.scaling.use_gpu and torch.cuda.is_available() else "cpu")
     precision = resolve_precision(precision or cfg.precision.dtype, device)
     channels_last = cfg.model.channels_last if channels_last is None else channels_last
@@ -89,6 +88,8 @@ def synthetic_images_per_sec(cfg: TrainConfig, num_classes: int, *, steps: int =
         x = x.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
     y = torch.randint(0, num_classes, (bs,), device=device)
     opt = build_optimizer(model, cfg.optim)
+    if compile:
+        model.compile(backend=backend)
 
     def step():
         with autocast_context(device, precision):
@@ -99,8 +100,52 @@ def synthetic_images_per_sec(cfg: TrainConfig, num_classes: int, *, steps: int =
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    return step, bs
+
+
+def synthetic_images_per_sec(cfg: TrainConfig, num_classes: int, *, steps: int = 20, warmup: int = 3,
+                             precision: Optional[str] = None, channels_last: Optional[bool] = None,
+                             threads: Optional[int] = None) -> float:
+    """(a) median images/s of forward+backward+SGD step on in-memory tensors.
+
+    Uses ``cfg``'s model, per-worker micro-batch and precision (overridable), on CPU threads =
+    ``scaling.torch_threads``. Inputs are created once, so no input cost is measured.
+    """
+    torch.set_num_threads(threads or cfg.scaling.torch_threads or os.cpu_count() or 1)
+    step, bs = _synthetic_step(cfg, num_classes, precision=precision, channels_last=channels_last)
     times = _time_steps(step, steps, warmup)
     return bs / statistics.median(times)
+
+
+def compile_speedup(cfg: TrainConfig, num_classes: int = 10, *, steps: int = 8,
+                    rounds: int = 3, backend: str = "inductor") -> dict[str, Any]:
+    """Eager vs ``torch.compile`` (PyTorch 2 inductor) training step of ``cfg``'s network, in one
+    process: the compiled model's first step (compilation of forward and backward, seconds),
+    then ``rounds`` alternating windows of ``steps`` timed steps each (eager, compiled, ...:
+    the machine's drift hits both), after one warm-up step each.
+
+    Returns ``{"eager_images_per_sec", "compiled_images_per_sec"`` (medians over all timed
+    steps), ``"speedup"`` (compiled / eager), ``"compile_s"``, ``"break_even_steps"`` (steps
+    after which the compile time is repaid; None when compiling is slower), ``"batch"``}.
+    """
+    torch.set_num_threads(cfg.scaling.torch_threads or os.cpu_count() or 1)
+    eager, bs = _synthetic_step(cfg, num_classes)
+    compiled, _ = _synthetic_step(cfg, num_classes, compile=True, backend=backend)
+    t0 = time.perf_counter()
+    compiled()
+    compile_s = time.perf_counter() - t0
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for step in (eager, compiled):
+        step()  # warm-up (the compiled one: a second, already compiled call)
+    for _ in range(rounds):
+        times["eager"] += _time_steps(eager, steps, 0)
+        times["compiled"] += _time_steps(compiled, steps, 0)
+    e, c = (bs / statistics.median(times[k]) for k in ("eager", "compiled"))
+    per_step_gain = bs / e - bs / c  # seconds saved per step
+    return {"eager_images_per_sec": round(e, 1), "compiled_images_per_sec": round(c, 1),
+            "speedup": round(c / e, 3), "compile_s": round(compile_s, 1), "batch": bs,
+            "break_even_steps": (math.ceil(compile_s / per_step_gain) if per_step_gain > 0
+                                 else None)}
 
 
 def plain_pytorch_images_per_sec(cfg: TrainConfig, *, steps: int = 8, warmup: int = 1,
@@ -172,11 +217,22 @@ def object_store_spilled_bytes() -> int:
 def benchmark_main(cfg: TrainConfig, *, steps: int = 20, json_path: Optional[str] = None,
                    only: Optional[str] = None) -> int:
     """CLI entry: run (a), (c) then (b), print a table of figures and write them as JSON.
-    ``only="a"``: just the pure-compute figure (no Ray, no data: the machine's images/s)."""
+    ``only="a"``: just the pure-compute figure (no Ray, no data: the machine's images/s);
+    ``only="compile"``: eager vs ``torch.compile`` of that step (:func:`compile_speedup`)."""
     from cnn_ray.train.techniques import resolve_precision
 
     hw = hardware_summary()
     print(f"[benchmark] hardware: {hw}", flush=True)
+    if only == "compile":
+        res = compile_speedup(cfg, 10, steps=max(2, steps // 3))
+        print(f"[benchmark] torch.compile ({cfg.model.name}, batch {res['batch']}, "
+              f"{resolve_precision(cfg.precision.dtype, torch.device('cpu'))}): eager "
+              f"{res['eager_images_per_sec']} images/s, compiled {res['compiled_images_per_sec']}"
+              f" images/s, speed-up {res['speedup']}x, compile {res['compile_s']} s, repaid "
+              f"after {res['break_even_steps'] or 'never (compiled is slower)'} steps", flush=True)
+        if json_path:
+            atomic_write_json(json_path, {"hardware": hw, "compile": res}, indent=2)
+        return 0
     if only == "a":
         a = synthetic_images_per_sec(cfg, 10, steps=steps)
         print(f"[benchmark] (a) synthetic fwd+bwd+step: {a:.1f} images/s ({cfg.model.name} "

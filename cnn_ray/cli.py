@@ -43,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "benchmark":
             sp.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
             sp.add_argument("--json", help="write the figures to this JSON file")
-            sp.add_argument("--only", choices=["a"], help="a: only the pure-compute figure "
-                            "(the machine's images/s for this model, batch and precision)")
+            sp.add_argument("--only", choices=["a", "compile"], help="a: only the pure-compute "
+                            "figure (the machine's images/s for this model, batch and "
+                            "precision); compile: eager vs torch.compile of that step")
         if name == "doctor":
             sp.add_argument("--steps", type=int, default=20, help="timed training steps (raised "
                             "so that at least --min-images images are timed)")

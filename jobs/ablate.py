@@ -51,6 +51,7 @@ VARIANTS: dict[str, list[str]] = {
     "onecycle": ["optim.schedule=onecycle"],
     "no_lookahead": ["optim.ema.enabled=false"],
     "drop_last": ["data.drop_last=true"],  # an addition: airbench drops the last partial batch
+    "muon": ["optim.optimizer=muon"],  # an addition: Muon on the conv filters (airbench94_muon)
 }
 ALWAYS = ["eval.tta_epochs=all"]  # every epoch's top-1 is the TTA figure
 

@@ -15,6 +15,8 @@ start-up (trial function start -> first epoch's training loop, seconds; target m
 the share of each sweep's wall time during which every slot was training (target >= 0.90), the
 replay oracle bound, and the hardware. One-worker trials on the memory cache train in the Tune
 trial's own process (``sweep.in_trial``). The data is prepared once before either sweep is timed.
+FIFO starts its trials longest first (``--fifo-order``, ``sweep.order``: each network's
+images/s timed once before the sweep), ASHA as drawn (``--asha-order``).
 Every trial runs ``--schedule`` (default ``rung_anneal``: annealed at the end of every ASHA rung,
 so the rungs compare trials as their final epoch will; ``wsd`` and ``onecycle`` for comparison,
 ``onecycle`` as in the 2026-11-21 table).
@@ -50,7 +52,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch threads per trial (default: cores / trials "
                    "at once)")
     p.add_argument("--seed", type=int, default=0, help="seeds the subset and the sampled configs")
-    p.add_argument("--order", choices=["asha-first", "fifo-first"], default="asha-first")
+    p.add_argument("--order", choices=["asha-first", "fifo-first"], default="asha-first",
+                   help="which sweep runs first")
+    p.add_argument("--fifo-order", choices=["as_drawn", "longest_first"],
+                   default="longest_first", help="sweep.order of the FIFO sweep (longest_first: "
+                   "the costliest networks start first, so the sweep does not end on one long "
+                   "trial with an idle slot)")
+    p.add_argument("--asha-order", choices=["as_drawn", "longest_first"], default="as_drawn",
+                   help="sweep.order of the ASHA sweep")
     p.add_argument("--schedule", choices=["rung_anneal", "wsd", "onecycle"],
                    default="rung_anneal",
                    help="every trial's lr schedule (both sweeps): rung_anneal (warm restarts "
@@ -337,10 +346,11 @@ def run_sweeps(args, base, points: list, concurrency: int) -> dict:
         mine = points if kind == "asha" else points[:args.fifo_trials]
         result = run_sweep(base, SPACE, name=f"sweep_{kind}", points=mine,
                            scheduler=schedulers[kind], max_concurrent_trials=concurrency,
-                           resume=False, verbose=1)
+                           order=getattr(args, f"{kind}_order"), resume=False, verbose=1)
         figures[kind] = sweep_figures(result, time.time() - t0, concurrency)
         figures[kind]["trials"] = len(mine)
         figures[kind]["scheduler"] = schedulers[kind]
+        figures[kind]["order"] = getattr(args, f"{kind}_order")
     return figures
 
 
@@ -368,9 +378,11 @@ def print_summary(figures: dict, concurrency: int) -> None:
     def met(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    print(f"\nASHA over {asha['trials']} configs: {asha['tune_fit_s']:.0f} s "
+    print(f"\nASHA over {asha['trials']} configs ({asha.get('order', 'as_drawn')}): "
+          f"{asha['tune_fit_s']:.0f} s "
           f"({asha['epochs_trained']} epochs, best top-1 {asha['best_val_top1']:.4f})  vs  FIFO "
-          f"over the first {fifo['trials']}: {fifo['tune_fit_s']:.0f} s ({fifo['epochs_trained']}"
+          f"over the first {fifo['trials']} ({fifo.get('order', 'as_drawn')}): "
+          f"{fifo['tune_fit_s']:.0f} s ({fifo['epochs_trained']}"
           f" epochs, best top-1 {fifo['best_val_top1']:.4f})")
     print(f"ratio ASHA/FIFO {ratio:.2f} (target <= 0.60: {met(figures['target_ratio_met'])}); "
           f"ASHA best >= FIFO best: {met(figures['target_best_met'])}; trial start-up median "

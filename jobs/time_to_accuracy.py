@@ -3,6 +3,8 @@
     python jobs/time_to_accuracy.py --json tta.json                 # both, the full data
     python jobs/time_to_accuracy.py --only fast                     # the cnn_ray recipe alone
     python jobs/time_to_accuracy.py --smoke                         # tiny subset, 1 epoch each
+    python jobs/time_to_accuracy.py --plain-from tta.json --set optim.epochs=4 --json tta4.json
+                                   # another fast budget against the plain curve of tta.json
 
 Trains, one after the other on this machine (the fast recipe first; ``--json`` is rewritten
 after it and after every plain epoch, ``"complete": false`` until the end):
@@ -223,6 +225,25 @@ def run_fast(cfg, *, force_prepare: bool = False,
             "total_s": round(total_s, 2), "run_dir": directory}
 
 
+def earlier_plain(path: str, machine: str) -> dict[str, Any]:
+    """The ``plain`` section of an earlier ``--json`` (its ``machine`` must be ``machine``: the
+    plain times are only comparable on the box that measured them), marked with its source.
+
+    Raises:
+        ValueError: no plain curve in the file, or another machine's (naming both).
+    """
+    import json
+
+    doc = json.loads(Path(path).read_text())
+    plain = doc.get("plain")
+    if not plain or not plain.get("curve"):
+        raise ValueError(f"--plain-from {path}: no plain curve in it")
+    if doc.get("machine") != machine:
+        raise ValueError(f"--plain-from {path}: measured on {doc.get('machine')!r}, this is "
+                         f"{machine!r}; the plain times are only comparable on one machine")
+    return {**plain, "from": str(path)}
+
+
 # ------------------------------------------------------------------------------ command line
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -236,6 +257,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="also stop the plain run after the epoch that passes this wall time "
                         "(the times it did not reach are then lower bounds)")
     p.add_argument("--only", choices=["plain", "fast"], help="run one recipe only")
+    p.add_argument("--plain-from", metavar="JSON",
+                   help="take the plain curve from an earlier --json of this command on this "
+                        "machine (the plain recipe has a constant learning rate, so one curve "
+                        "serves every fast budget) and run the fast recipe only")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                    help="overrides of the fast recipe (data paths apply to both)")
     p.add_argument("--storage", help="run.storage_path of the fast run (default: the recipe's)")
@@ -250,15 +275,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def fast_config(args: argparse.Namespace, device):
-    """The validated fast-recipe config for ``args`` (``eval.tta_epochs=all``, a fresh run
-    name, the seed, ``--set``, ``--batch-size``, ``--storage``; ``--smoke``: subsets, 1 epoch).
+    """The validated fast-recipe config for ``args`` (``eval.tta_epochs=all`` unless ``--set``
+    says otherwise, a fresh run name, the seed, ``--set``, ``--batch-size``, ``--storage``;
+    ``--smoke``: subsets, 1 epoch).
 
     Raises:
         cnn_ray.config.ConfigError: an invalid override or a data path that does not exist.
     """
     from cnn_ray.config_io import load_train_config
 
-    overrides = [*args.set, "eval.tta_epochs=all", f"run.seed={args.seed}",
+    overrides = ["eval.tta_epochs=all", *args.set, f"run.seed={args.seed}",
                  f"run.name=time_to_accuracy_{time.strftime('%Y%m%d_%H%M%S')}"]
     if args.smoke:
         from cnn_ray.datasets import cifar10_subset
@@ -285,7 +311,7 @@ def _pure_compute(cfg, steps: int) -> Optional[float]:
 def measure(args: argparse.Namespace, cfg, device,
             save: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
     """Run the selected recipes, the fast one first, and build the JSON document (curves,
-    comparison, machine). ``save(doc)`` receives the partial document after the fast run and
+    comparison, machine); ``--plain-from``: the plain curve of an earlier run instead. ``save(doc)`` receives the partial document after the fast run and
     after every plain epoch, so a run stopped from outside keeps what it measured."""
     import torch
 
@@ -293,7 +319,7 @@ def measure(args: argparse.Namespace, cfg, device,
 
     plain_epochs = 1 if args.smoke else args.plain_max_epochs
     doc: dict[str, Any] = {
-        "config": str(args.config), "set": list(args.set), "eval": "tta_epochs=all",
+        "config": str(args.config), "set": list(args.set), "eval": cfg.eval.tta_epochs,
         "batch_size": cfg.optim.batch_size, "thresholds": list(args.thresholds),
         "seed": args.seed, "smoke": args.smoke, "device": str(device),
         "train_dir": cfg.data.train, "test_dir": cfg.data.val, "plain": None, "fast": None,
@@ -305,11 +331,15 @@ def measure(args: argparse.Namespace, cfg, device,
         if save is not None:
             save(doc)
 
+    prior = earlier_plain(args.plain_from, doc["machine"]) if args.plain_from else None
     if args.only in (None, "fast"):
         doc["fast"] = run_fast(cfg, force_prepare=args.force_prepare)
         doc["fast"]["epochs"] = cfg.optim.epochs
         update()
-    if args.only in (None, "plain"):
+    if prior:
+        doc["plain"] = prior
+        update()
+    elif args.only in (None, "plain"):
         doc["plain"] = {"curve": [], "max_epochs": plain_epochs,
                         "max_minutes": args.plain_max_minutes,
                         "torch_threads": torch.get_num_threads()}
@@ -339,6 +369,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = _parser().parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.plain_from:
+        args.only = "fast"
     try:
         cfg = fast_config(args, device)
     except ConfigError as exc:
@@ -348,7 +380,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.json:
             atomic_write_json(args.json, partial, indent=2)
 
-    doc = measure(args, cfg, device, save)
+    try:
+        doc = measure(args, cfg, device, save)
+    except ValueError as exc:  # --plain-from of another machine
+        print(f"time_to_accuracy: {exc}", file=sys.stderr)
+        return 2
     plain_n = doc["plain"]["curve"][-1]["epoch"] if doc["plain"] else 0
     fast_n = doc["fast"]["curve"][-1]["epoch"] if doc["fast"] and doc["fast"]["curve"] else 0
     print(f"\n[tta] batch {doc['batch_size']}, seed {doc['seed']}, device {doc['device']}, "

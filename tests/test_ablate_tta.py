@@ -54,6 +54,7 @@ def test_every_variant_is_a_valid_config_that_changes_its_technique(ablate):
     assert cfgs["onecycle"].optim.schedule == "onecycle" != full.optim.schedule
     assert full.optim.ema.lookahead and not cfgs["no_lookahead"].optim.ema.enabled
     assert not full.data.drop_last and cfgs["drop_last"].data.drop_last
+    assert full.optim.optimizer == "sgd" and cfgs["muon"].optim.optimizer == "muon"
 
 
 def test_variant_selection_and_unknown_names(ablate):
@@ -189,3 +190,22 @@ def test_plain_stops_at_wall_cap_and_saves_each_epoch(tta, tmp_path):
                           device=torch.device("cpu"), on_epoch=lambda c: seen.append(len(c)),
                           log=lambda m: None)
     assert len(curve) == 2 and seen == [1, 1, 2]
+
+
+def test_plain_from_an_earlier_run_of_this_machine_only(tta, tmp_path):
+    from cnn_ray.benchmark import hardware_summary
+
+    here = hardware_summary()
+    curve = _curve([0.7, 0.82], 100.0, 90.0)
+    good = tmp_path / "plain.json"
+    good.write_text(json.dumps({"machine": here, "plain": {"curve": curve, "max_epochs": 40}}))
+    assert tta.earlier_plain(str(good), here) == {"curve": curve, "max_epochs": 40,
+                                                   "from": str(good)}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"machine": "another box", "plain": {"curve": curve}}))
+    with pytest.raises(ValueError, match="another box"):
+        tta.earlier_plain(str(other), here)
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"machine": here, "plain": None}))
+    with pytest.raises(ValueError, match="no plain curve"):
+        tta.earlier_plain(str(empty), here)

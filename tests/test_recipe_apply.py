@@ -307,3 +307,21 @@ def test_evaluate_job_uses_raw_weights_when_the_ema_never_updated(tmp_path):
     raw = model.state_dict()
     assert state is not None and state.keys() == raw.keys()
     assert all(torch.equal(state[k], raw[k]) for k in raw if raw[k].is_floating_point())
+
+
+def test_compile_speedup_times_eager_and_compiled_steps(tmp_path):
+    """jobs/benchmark.py --only compile: both steps timed in one process, the compile time and
+    the steps that repay it (backend "eager" here: the same path without a C++ compiler)."""
+    from cnn_ray.benchmark import compile_speedup
+
+    cfg = _cfg(tmp_path, model={"name": "simple_cnn"}, optim={"batch_size": 8})
+    res = compile_speedup(cfg, 3, steps=1, rounds=2, backend="eager")
+    assert res["batch"] == 8 and res["compile_s"] >= 0
+    assert res["eager_images_per_sec"] > 0 and res["compiled_images_per_sec"] > 0
+    assert res["speedup"] == pytest.approx(
+        res["compiled_images_per_sec"] / res["eager_images_per_sec"], rel=0.01)
+    gain = 8 / res["eager_images_per_sec"] - 8 / res["compiled_images_per_sec"]
+    if gain > 0:
+        assert res["break_even_steps"] >= 1
+    else:
+        assert res["break_even_steps"] is None

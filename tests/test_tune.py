@@ -186,3 +186,19 @@ def test_no_resources_left_reserved(asha):
 
     assert _wait_released(), (ray.available_resources(), ray.cluster_resources())
     assert ray.available_resources()["CPU"] == ray.cluster_resources()["CPU"]
+
+
+def test_longest_first_starts_the_costliest_network_first(ray_session, cifar_small, tmp_path):
+    """sweep.order=longest_first: drawn [simple_cnn, resnet9] start as [resnet9, simple_cnn]
+    (35x the FLOPs; timed on the driver before Tune starts), one trial at a time; a restored
+    sweep keeps Tune's saved order (the spec holds the points as drawn)."""
+    base = _base(cifar_small, tmp_path, "order", epochs=1, cache="memory")
+    points = [{"model.name": "simple_cnn"}, {"model.name": "resnet9", "model.width_mult": 0.5}]
+    kw = dict(points=points, order="longest_first", scheduler="fifo", verbose=0,
+              max_concurrent_trials=1)
+    space = {"model.name": {"choice": ["simple_cnn", "resnet9"]}}
+    result = run_sweep(base, space, **kw)
+    by_id = {t.trial_id: t.config["model.name"] for t in result.trials}
+    assert [by_id[i] for i in _starts(result.path)] == ["resnet9", "simple_cnn"]
+    again = run_sweep(base, space, **kw)
+    assert again.resumed and _starts(again.path) == _starts(result.path)

@@ -101,7 +101,7 @@ def set_stem_weights(model: nn.Module, weights=None, *,
     label = model_name or type(model).__name__
     name, conv = first_conv(model)
     if weights is not None:
-        w = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+        w = torch.tensor(np.asarray(weights, dtype=np.float32))  # a copy: may be read-only
         fits = (w.ndim == 4 and w.shape[1:] == conv.weight.shape[1:]
                 and w.shape[0] <= conv.out_channels and conv.groups == 1)
         if not fits:

@@ -110,6 +110,8 @@ class SweepPlan:
             raise ConfigError(f"scheduler.grace_period ({scheduler.grace_period}) must be <= "
                               f"scheduler.max_t ({scheduler.max_t})")
         self.points: Optional[list[dict]] = None
+        self.configs: list[TrainConfig] = []  # points[i]'s validated config
+        self.run_points: Optional[list[dict]] = None  # points in start order (sweep.order)
         if points is not None:
             self.points = [dict(p) for p in points]
         elif searcher.kind in ("random", "grid"):
@@ -118,7 +120,8 @@ class SweepPlan:
         if self.points is not None:
             if not self.points:
                 raise ConfigError("sweep: no configurations to run")
-            validate_variants(base, self.points)  # every trial's config, before anything runs
+            self.configs = validate_variants(base, self.points)  # before anything runs
+            self.run_points = [dict(p) for p in self.points]
 
     @property
     def num_trials(self) -> int:

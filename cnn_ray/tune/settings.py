@@ -41,6 +41,10 @@ class SweepSettings(_Strict):
                            "the Tune trial's own process (no Train controller or worker actor "
                            "to start; trial processes reused); false: every trial through a "
                            "TorchTrainer")
+    order: Literal["as_drawn", "longest_first"] = Field(
+        "as_drawn", description="random/grid: the order trials start in; longest_first: by "
+        "decreasing optim.epochs / measured images/s of each network (Graham's LPT rule: the "
+        "sweep does not end on one long trial with idle slots; cnn_ray.tune.order)")
 
     @field_validator("metric")
     @classmethod

@@ -62,6 +62,7 @@ def run_sweep(
     searcher: Union[SearcherSettings, dict, str, None] = "random",
     settings: Optional[SweepSettings] = None,
     points: Optional[Sequence[dict]] = None,
+    order: str = "as_drawn",
     resume: Optional[bool] = None,
     output_dir: Optional[str] = None,
     verbose: int = 1,
@@ -79,6 +80,8 @@ def run_sweep(
         searcher: :class:`SearcherSettings`, a dict, or a kind (``random``, ``grid``, ``optuna``).
         points: run exactly these flat ``{dotted key: value}`` configurations (e.g. the same
             list under two schedulers); replaces the searcher's sampling.
+        order: the start order of drawn or given configurations (:attr:`SweepSettings.order`):
+            ``as_drawn`` or ``longest_first`` (:mod:`cnn_ray.tune.order`).
         resume: None: restore the saved sweep of the same name if there is one (it must be
             the same sweep); True: it must exist; False: it must not.
         output_dir: where the table, curves and best config go; default the sweep directory.
@@ -96,13 +99,13 @@ def run_sweep(
     if settings is None:
         settings = settings_from(SweepSettings, dict(
             name=name, num_samples=num_samples, metric=metric, mode=mode,
-            workers_per_trial=workers_per_trial, max_concurrent_trials=max_concurrent_trials),
-            "sweep")
+            workers_per_trial=workers_per_trial, max_concurrent_trials=max_concurrent_trials,
+            order=order), "sweep")
     plan = SweepPlan(base_config, search_space, settings,
                      settings_from(SchedulerSettings, scheduler, "scheduler"),
                      settings_from(SearcherSettings, searcher, "searcher"), points)
     restoring = _decide_resume(plan, resume)
-    concurrency, trainable = _start(plan)
+    concurrency, trainable = _start(plan, restoring=restoring)
     t0 = time.time()
     grid = _tuner(plan, trainable, concurrency, restoring=restoring, verbose=verbose,
                   tune_callbacks=tune_callbacks).fit()
@@ -115,13 +118,15 @@ def run_sweep(
                            not_started=not_started)
 
 
-def _start(plan: SweepPlan) -> tuple[int, Any]:
+def _start(plan: SweepPlan, *, restoring: bool = False) -> tuple[int, Any]:
     """Connect to (or start) Ray, check the base recipe fits, decide the concurrency, prepare
-    the data once on the driver, build the trial function and record the sweep's spec.
-    Returns ``(concurrency, trainable)``."""
+    the data once on the driver, order a new sweep's trials (``sweep.order``), build the trial
+    function and record the sweep's spec (the points as drawn: a resumed sweep keeps the order
+    Tune saved). Returns ``(concurrency, trainable)``."""
     import ray
 
     from cnn_ray.train.launch import check_cluster_fits, prepare_data
+    from cnn_ray.tune.order import measured_rate, order_points
 
     if not ray.is_initialized():
         ray.init()
@@ -130,6 +135,9 @@ def _start(plan: SweepPlan) -> tuple[int, Any]:
     # trials' pending placement groups), else what it has.
     concurrency = fit_concurrency(plan, compat.cluster_max_resources() or ray.cluster_resources())
     prepared = prepare_data(plan.base)  # once, on the driver; no-op when already prepared
+    if plan.points is not None and not restoring and plan.settings.order != "as_drawn":
+        plan.run_points = order_points(plan.points, plan.configs, plan.settings.order,
+                                       measured_rate(prepared.num_classes))
     trainable = make_trainable(plan, prepared)
     if plan.local:
         io.atomic_write_text(Path(plan.exp_dir) / SPEC_FILE, json.dumps(plan.spec(), indent=1))

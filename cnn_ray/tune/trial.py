@@ -96,13 +96,14 @@ def param_space(plan: SweepPlan) -> dict:
 
     Each trial's config is ``{"point": {dotted key: value}}``; a grid over whole
     configurations runs exactly the listed ones, in order (``points_to_evaluate`` would need
-    every key in the space and would sample the keys a family leaves out).
+    every key in the space and would sample the keys a family leaves out): the start order
+    ``plan.run_points`` (``sweep.order``).
     """
     from ray import tune
 
     if plan.points is None:
         return {}
-    return {POINT_KEY: tune.grid_search([dict(p) for p in plan.points])}
+    return {POINT_KEY: tune.grid_search([dict(p) for p in plan.run_points or plan.points])}
 
 
 def make_trainable(plan: SweepPlan, prepared):
