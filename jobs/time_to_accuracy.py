@@ -309,10 +309,13 @@ def _pure_compute(cfg, steps: int) -> Optional[float]:
 
 
 def measure(args: argparse.Namespace, cfg, device,
-            save: Optional[Callable[[dict[str, Any]], None]] = None) -> dict[str, Any]:
+            save: Optional[Callable[[dict[str, Any]], None]] = None,
+            prior: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run the selected recipes, the fast one first, and build the JSON document (curves,
-    comparison, machine); ``--plain-from``: the plain curve of an earlier run instead. ``save(doc)`` receives the partial document after the fast run and
-    after every plain epoch, so a run stopped from outside keeps what it measured."""
+    comparison, machine). ``prior``: the plain section of an earlier run (:func:`earlier_plain`)
+    used instead of training the plain recipe. ``save(doc)`` receives the partial document
+    after the fast run and after every plain epoch, so a run stopped from outside keeps what
+    it measured."""
     import torch
 
     from cnn_ray.benchmark import hardware_summary
@@ -331,7 +334,6 @@ def measure(args: argparse.Namespace, cfg, device,
         if save is not None:
             save(doc)
 
-    prior = earlier_plain(args.plain_from, doc["machine"]) if args.plain_from else None
     if args.only in (None, "fast"):
         doc["fast"] = run_fast(cfg, force_prepare=args.force_prepare)
         doc["fast"]["epochs"] = cfg.optim.epochs
@@ -361,7 +363,7 @@ def measure(args: argparse.Namespace, cfg, device,
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Measure, print the times to each threshold and their ratios, write ``--json``. Exit 2 on
-    an invalid override or missing data."""
+    an invalid override, missing data or an unusable ``--plain-from``."""
     import torch
 
     from cnn_ray.config import ConfigError
@@ -369,22 +371,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = _parser().parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.plain_from:
-        args.only = "fast"
+    prior = None
     try:
         cfg = fast_config(args, device)
-    except ConfigError as exc:
+        if args.plain_from:  # checked before anything trains
+            from cnn_ray.benchmark import hardware_summary
+
+            args.only = "fast"
+            prior = earlier_plain(args.plain_from, hardware_summary())
+    except (ConfigError, ValueError, OSError) as exc:
         print(f"time_to_accuracy: {exc}", file=sys.stderr)
         return 2
+
     def save(partial: dict[str, Any]) -> None:
         if args.json:
             atomic_write_json(args.json, partial, indent=2)
 
-    try:
-        doc = measure(args, cfg, device, save)
-    except ValueError as exc:  # --plain-from of another machine
-        print(f"time_to_accuracy: {exc}", file=sys.stderr)
-        return 2
+    doc = measure(args, cfg, device, save, prior)
     plain_n = doc["plain"]["curve"][-1]["epoch"] if doc["plain"] else 0
     fast_n = doc["fast"]["curve"][-1]["epoch"] if doc["fast"] and doc["fast"]["curve"] else 0
     print(f"\n[tta] batch {doc['batch_size']}, seed {doc['seed']}, device {doc['device']}, "

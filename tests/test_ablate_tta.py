@@ -209,3 +209,12 @@ def test_plain_from_an_earlier_run_of_this_machine_only(tta, tmp_path):
     empty.write_text(json.dumps({"machine": here, "plain": None}))
     with pytest.raises(ValueError, match="no plain curve"):
         tta.earlier_plain(str(empty), here)
+
+
+def test_plain_from_another_machine_exits_before_training(tta, tmp_path, capsys):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"machine": "another box", "plain": {"curve": _curve([0.8], 1.0, 1.0)}}))
+    rc = tta.main(["--plain-from", str(other), "--set", f"data.train={tmp_path}",
+                   f"data.val={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "another box" in err and "Traceback" not in err

@@ -70,3 +70,18 @@ def test_order_setting_is_validated():
     assert settings_from(SweepSettings, {"order": "longest_first"}, "sweep").order == "longest_first"
     with pytest.raises(ConfigError, match="sweep: order: .*'longest_first'.*cheapest"):
         settings_from(SweepSettings, {"order": "cheapest"}, "sweep")
+
+
+def test_order_needs_drawn_configurations(tmp_path):
+    """sweep.order=longest_first with Optuna (configs suggested one at a time) is a named error,
+    not a setting that silently does nothing."""
+    from cnn_ray.tune.plan import SweepPlan
+    from cnn_ray.tune.settings import SchedulerSettings, SearcherSettings
+
+    space = {"optim.lr": {"loguniform": [0.01, 0.1]}}
+    with pytest.raises(ConfigError, match="sweep.order=longest_first.*optuna"):
+        SweepPlan(_base(tmp_path), space, SweepSettings(order="longest_first"),
+                  SchedulerSettings(kind="fifo"), SearcherSettings(kind="optuna"))
+    plan = SweepPlan(_base(tmp_path), space, SweepSettings(num_samples=3, order="longest_first"),
+                     SchedulerSettings(kind="fifo"), SearcherSettings(kind="random"))
+    assert plan.run_points == plan.points and len(plan.configs) == 3

@@ -122,6 +122,11 @@ class SweepPlan:
                 raise ConfigError("sweep: no configurations to run")
             self.configs = validate_variants(base, self.points)  # before anything runs
             self.run_points = [dict(p) for p in self.points]
+        elif settings.order != "as_drawn":
+            raise ConfigError(f"sweep.order={settings.order} orders drawn configurations "
+                              f"(searcher random or grid, or given points); searcher "
+                              f"{searcher.kind} suggests them one at a time: use "
+                              "sweep.order=as_drawn")
 
     @property
     def num_trials(self) -> int:

@@ -103,7 +103,7 @@ def param_space(plan: SweepPlan) -> dict:
 
     if plan.points is None:
         return {}
-    return {POINT_KEY: tune.grid_search([dict(p) for p in plan.run_points or plan.points])}
+    return {POINT_KEY: tune.grid_search([dict(p) for p in plan.run_points])}
 
 
 def make_trainable(plan: SweepPlan, prepared):
