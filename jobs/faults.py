@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -354,6 +355,7 @@ def one_node_reference(args) -> dict:
     run_training(TrainConfig.from_dict(raw))
     out = _outcome(storage / "one_node", None, None)
     out["wall_s"] = round(time.time() - t0, 1)
+    out["storage"] = str(storage)
     ray.shutdown()
     return out
 
@@ -485,6 +487,9 @@ def main(argv=None) -> int:
     p.add_argument("--fault-timeout", type=float, default=300.0, help="seconds per fault run")
     p.add_argument("--case-timeout", type=float, default=120.0, help="seconds per bad input")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--keep-storage", action="store_true",
+                   help="keep the runs' storage folders under the temp dir (removed by default: "
+                        "the kill-during-save runs alone write ~8 GB)")
     args = p.parse_args(argv)
     figures: dict = {}
     if args.only in (None, "bad_inputs"):
@@ -496,6 +501,11 @@ def main(argv=None) -> int:
         print(f"[faults] one_node: {json.dumps(figures['one_node'])}", flush=True)
     if args.only in (None, "faults"):
         figures["faults"] = fault_scenarios(args)
+    if not args.keep_storage:
+        for part in ("one_node", "faults"):
+            folder = figures.get(part, {}).get("storage")
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
 
     summary = {}
     if "bad_inputs" in figures:
