@@ -24,6 +24,19 @@ def asha_rungs(scheduler) -> list[list[tuple[float, dict]]]:
     return [[(m, rec) for m, rec in b._rungs] for b in scheduler._brackets]
 
 
+def stop_paused_trial(tune_controller, trial) -> None:
+    """Stop a PAUSED trial and make sure Tune's saved experiment state says TERMINATED.
+
+    ``TuneController.stop_trial`` (public to schedulers) sets the status, but for a paused
+    trial that holds no actor it returns before ``_mark_trial_to_checkpoint``: the experiment
+    state file keeps the trial PAUSED, and a restored sweep would resume it. Private:
+    ``TrialRunnerWrapper._tune_controller`` and ``TuneController._mark_trial_to_checkpoint``.
+    """
+    tune_controller.stop_trial(trial)
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    controller._mark_trial_to_checkpoint(trial)
+
+
 def experiment_trials(result_grid) -> list:
     """The trials of a ``ResultGrid`` (private ``ResultGrid._experiment_analysis``): the
     fallback when the experiment state cannot be read back from storage."""
@@ -121,6 +134,17 @@ def _check_asha_rungs() -> None:
         "AsyncHyperBandScheduler._brackets[i]._rungs: (milestone, {trial: value}) pairs"
 
 
+def _check_stop_paused_trial() -> None:
+    import inspect
+
+    from ray.tune.execution.tune_controller import TrialRunnerWrapper, TuneController
+
+    assert hasattr(TuneController, "_mark_trial_to_checkpoint"), \
+        "TuneController._mark_trial_to_checkpoint"
+    assert "self._tune_controller = tune_controller" in inspect.getsource(
+        TrialRunnerWrapper.__init__), "TrialRunnerWrapper._tune_controller"
+
+
 def _check_experiment_trials() -> None:
     import inspect
 
@@ -203,6 +227,7 @@ def _checks() -> dict[str, Callable[[], Any]]:
     """Wrapper name -> a check that raises when its private API is gone."""
     return {"mkldnn_bf16_supported": _check_mkldnn_bf16_supported,
             "asha_rungs": _check_asha_rungs, "experiment_trials": _check_experiment_trials,
+            "stop_paused_trial": _check_stop_paused_trial,
             "placement_group_rows": _check_placement_group_rows,
             "cluster_max_resources": _check_cluster_max_resources,
             "session_dir": _check_session_dir, "data_execution_index": _check_data_execution_index,

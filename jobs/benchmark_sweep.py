@@ -60,6 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "trial with an idle slot)")
     p.add_argument("--asha-order", choices=["as_drawn", "longest_first"], default="as_drawn",
                    help="sweep.order of the ASHA sweep")
+    p.add_argument("--asha-kind", choices=["asha", "asha_promotion"], default="asha_promotion",
+                   help="the early-stopping sweep's scheduler.kind: asha_promotion (trials pause "
+                   "at a rung until they rank in its top 1/reduction_factor; the paper's ASHA) or "
+                   "asha (Tune's ASHAScheduler: a trial continues unless below the cutoff of the "
+                   "trials recorded so far)")
     p.add_argument("--schedule", choices=["rung_anneal", "wsd", "onecycle"],
                    default="rung_anneal",
                    help="every trial's lr schedule (both sweeps): rung_anneal (warm restarts "
@@ -112,7 +117,7 @@ def base_config(args, data: dict[str, Path], storage: str, threads: int):
 
 
 def asha_settings(args) -> dict:
-    return {"kind": "asha", "max_t": args.epochs, "grace_period": 1,
+    return {"kind": args.asha_kind, "max_t": args.epochs, "grace_period": 1,
             "reduction_factor": args.reduction_factor}
 
 
@@ -179,9 +184,14 @@ def slot_occupancy(sweep_dir: str, concurrency: int, *, while_queued: bool = Fal
         rows = list(iter_jsonl(Path(sweep_dir) / TRAIN_RUNS / tid / "metrics.jsonl"))
         if not rows:
             continue
-        begin = rows[0]["time"] - rows[0].get("epoch_s", 0.0) - rows[0].get("eval_s", 0.0)
         spans.append((min(starts[tid]), rows[-1]["time"]))
-        events += [(begin, 1), (rows[-1]["time"], -1)]
+        # one training segment per start (a paused and resumed trial holds no slot between)
+        bounds = sorted(starts[tid]) + [float("inf")]
+        for lo, hi in zip(bounds, bounds[1:]):
+            seg = [m for m in rows if lo <= m["time"] < hi]
+            if seg:
+                begin = seg[0]["time"] - seg[0].get("epoch_s", 0.0) - seg[0].get("eval_s", 0.0)
+                events += [(begin, 1), (seg[-1]["time"], -1)]
     if not spans:
         return None
     t0 = min(a for a, _ in spans)

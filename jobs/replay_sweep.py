@@ -4,7 +4,8 @@
     python jobs/replay_sweep.py DIR --grace 1 2 --rf 2 3 4 --concurrency 2 --json out.json
 
 Nothing is trained: each trial's recorded per-epoch metric and duration go through Ray Tune's
-own ``ASHAScheduler`` (see :mod:`cnn_ray.tune.replay`). Printed per setting: the modelled wall
+own ``ASHAScheduler`` (``--kind asha``) and through the sweep's promotion-based ASHA
+(``asha_promotion``, :mod:`cnn_ray.tune.promotion`), see :mod:`cnn_ray.tune.replay`. Printed per setting: the modelled wall
 time and its ratio to FIFO's (modelled the same way), epochs trained, the best metric kept and
 its gap to FIFO's best; the same with a perfect predictor (``oracle``: each trial's final value
 at every rung), which bounds what ASHA can save at this trial count and concurrency; and the
@@ -30,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grace", type=int, nargs="+", default=[1, 2], help="grace periods (1 2)")
     p.add_argument("--rf", type=float, nargs="+", default=[2, 3, 4],
                    help="reduction factors (2 3 4)")
+    p.add_argument("--kind", nargs="+", choices=["asha", "asha_promotion"],
+                   default=["asha", "asha_promotion"], help="scheduler kinds (both)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     return p.parse_args(argv)
 
@@ -45,21 +48,21 @@ def replay_settings(records, args, max_t: int):
                   metric_name=args.metric)
     fifo = replay(records, SchedulerSettings(kind="fifo", max_t=max_t), **common)
     rows = []
-    for grace in args.grace:
-        for rf in args.rf:
-            if grace > max_t:
-                continue
-            s = SchedulerSettings(kind="asha", max_t=max_t, grace_period=grace,
-                                  reduction_factor=rf)
-            real = replay(records, s, **common)
-            ideal = replay(records, s, oracle=True, **common)
-            rows.append({
-                "grace_period": grace, "reduction_factor": rf,
-                "ratio": round(real.wall_s / fifo.wall_s, 3), "epochs": real.epochs,
-                "best": real.best, "gap_points": round(100 * (real.best - fifo.best), 2),
-                "oracle_ratio": round(ideal.wall_s / fifo.wall_s, 3),
-                "oracle_epochs": ideal.epochs,
-                "oracle_gap_points": round(100 * (ideal.best - fifo.best), 2)})
+    for kind, grace, rf in ((k, g, r) for k in args.kind
+                            for g in args.grace for r in args.rf):
+        if grace > max_t:
+            continue
+        s = SchedulerSettings(kind=kind, max_t=max_t, grace_period=grace,
+                              reduction_factor=rf)
+        real = replay(records, s, **common)
+        ideal = replay(records, s, oracle=True, **common)
+        rows.append({
+            "kind": kind, "grace_period": grace, "reduction_factor": rf,
+            "ratio": round(real.wall_s / fifo.wall_s, 3), "epochs": real.epochs,
+            "best": real.best, "gap_points": round(100 * (real.best - fifo.best), 2),
+            "oracle_ratio": round(ideal.wall_s / fifo.wall_s, 3),
+            "oracle_epochs": ideal.epochs,
+            "oracle_gap_points": round(100 * (ideal.best - fifo.best), 2)})
     return fifo, rows
 
 
@@ -69,10 +72,10 @@ def print_table(args, n_trials: int, max_t: int, fifo, rho: list, rows: list[dic
           f"({fifo.best_trial})")
     print(f"rank correlation of epoch k's {args.metric} with the final one: "
           + ", ".join(f"{k + 1}: {r}" for k, r in enumerate(rho)))
-    print(f"{'grace':>5} {'rf':>4} | {'ratio':>6} {'epochs':>6} {'best':>7} {'gap pt':>7} | "
+    print(f"{'kind':>14} {'grace':>5} {'rf':>4} | {'ratio':>6} {'epochs':>6} {'best':>7} {'gap pt':>7} | "
           f"{'oracle ratio':>12} {'epochs':>6} {'gap pt':>7}")
     for r in rows:
-        print(f"{r['grace_period']:>5} {r['reduction_factor']:>4g} | {r['ratio']:>6.3f} "
+        print(f"{r['kind']:>14} {r['grace_period']:>5} {r['reduction_factor']:>4g} | {r['ratio']:>6.3f} "
               f"{r['epochs']:>6} {r['best']:>7.4f} {r['gap_points']:>7.2f} | "
               f"{r['oracle_ratio']:>12.3f} {r['oracle_epochs']:>6} {r['oracle_gap_points']:>7.2f}")
 

@@ -162,3 +162,19 @@ def test_benchmark_sweep_script_end_to_end(ray_session, cifar_root, tmp_path):
     replayed = f["replay"]
     assert 3 <= replayed["epochs"] <= 4  # (tiny validation sets: ties may break either way)
     assert replayed["oracle_epochs"] <= 4 and len(replayed["rank_correlation"]) == 2
+
+
+def test_promotion_replay_pauses_and_promotes_as_the_sweep_would(curves):
+    """asha_promotion, one slot (rungs 1 and 2 of 4, half promoted): a pauses at 1 (alone);
+    b (0.4) pauses and a, the rung's best of 2, resumes to pause at 2 (alone); c (0.6) pauses
+    (rung 1's one promotion of 3 is taken); d (0.55) is 2nd of 4 and continues at once, then
+    0.5 < a's 0.6 at rung 2 pauses it and a resumes to the budget; b, c, d are stopped."""
+    out = replay(curves, SchedulerSettings(kind="asha_promotion", max_t=4, grace_period=1,
+                                           reduction_factor=2), concurrency=1)
+    assert out.stopped_at == {"a": 4, "b": 1, "c": 1, "d": 2}
+    assert out.epochs == 8 and out.wall_s == pytest.approx(80.0)
+    assert (out.best, out.best_trial) == (0.8, "a")
+    two = replay(curves, SchedulerSettings(kind="asha_promotion", max_t=4, grace_period=1,
+                                           reduction_factor=2), concurrency=2)
+    assert two.epochs <= 4 + 2 * 1 + 1 * 2   # never more than synchronous halving's budget
+    assert two.wall_s < out.wall_s

@@ -202,3 +202,33 @@ def test_longest_first_starts_the_costliest_network_first(ray_session, cifar_sma
     assert [by_id[i] for i in _starts(result.path)] == ["resnet9", "simple_cnn"]
     again = run_sweep(base, space, **kw)
     assert again.resumed and _starts(again.path) == _starts(result.path)
+
+
+def test_promotion_asha_pauses_at_rungs_and_resumes_from_the_checkpoint(ray_session, cifar_small,
+                                                                       tmp_path):
+    """scheduler.kind=asha_promotion, 4 in-trial configurations, rungs at epochs 1 and 2 of 3,
+    half promoted: every trial pauses at epoch 1; the best 2 resume (a second start of the same
+    trial, continuing from its epoch-1 checkpoint), the best of those trains epoch 3. Exactly
+    synchronous halving's 4 + 2 + 1 epochs, and nothing left reserved."""
+    base = _base(cifar_small, tmp_path, "promo", epochs=3, cache="memory")
+    result = run_sweep(base, {"optim.lr": {"grid": LRS}}, num_samples=1, metric="val_loss",
+                       mode="min", verbose=0, max_concurrent_trials=2,
+                       scheduler={"kind": "asha_promotion", "grace_period": 1,
+                                  "reduction_factor": 2})
+    assert len(result.trials) == 4 and not result.interrupted
+    assert sorted(t.epochs for t in result.trials) == [1, 1, 2, 3], result.table()
+    assert sum(t.epochs for t in result.trials) == 7
+    assert len(_starts(result.path)) > 4, "no paused trial was ever resumed"
+    assert [t.status for t in result.trials].count("completed") == 1, result.table()
+    starts = _starts(result.path)
+    for t in result.trials:
+        # one start, plus one per promotion that waited for a paused trial (a trial that is
+        # the rung's best as it reports continues at once)
+        assert 1 <= starts.count(t.trial_id) <= t.epochs, (t.trial_id, t.epochs, starts)
+        epochs = [m["epoch"] for m in read_jsonl(Path(result.path) / "train_runs" / t.trial_id /
+                                                 "metrics.jsonl")]
+        assert epochs == list(range(1, t.epochs + 1)), (t.trial_id, epochs)  # resumed, not redone
+    rungs = json.loads((Path(result.path) / "asha_rungs.json").read_text())
+    assert len(rungs["recorded"]["1"]) == 4 and len(rungs["promoted"]["1"]) == 2
+    assert len(rungs["recorded"]["2"]) == 2 and len(rungs["promoted"]["2"]) == 1
+    assert _wait_released()

@@ -12,6 +12,7 @@ A sweep file (YAML) has five sections; unknown keys anywhere are errors naming t
     sweep:     {name: cifar10_sweep, num_samples: 16, metric: val_top1, mode: max,
                 workers_per_trial: 1, max_concurrent_trials: null, max_failures: 0}
     scheduler: {kind: asha, grace_period: 1, reduction_factor: 3}   # max_t: base optim.epochs
+                                         # kind: asha, asha_promotion, fifo, median, hyperband
     searcher:  {kind: random, seed: 0}
 
 Overrides ``a.b=value`` (:func:`cnn_ray.config_io.apply_overrides`, the same parser as the

@@ -66,7 +66,8 @@ def with_rung_cycles(base: TrainConfig, scheduler: SchedulerSettings, space_keys
     Raises ConfigError when the space searches ``optim.epochs`` with such a schedule (the
     rungs would not fit every trial's budget)."""
     o = base.optim
-    if o.schedule != "rung_anneal" or o.anneal_epochs is not None or scheduler.kind != "asha" \
+    if o.schedule != "rung_anneal" or o.anneal_epochs is not None \
+            or scheduler.kind not in ("asha", "asha_promotion") \
             or scheduler.time_attr != "epoch":
         return base
     if "optim.epochs" in space_keys:
@@ -122,6 +123,12 @@ class SweepPlan:
                 raise ConfigError("sweep: no configurations to run")
             self.configs = validate_variants(base, self.points)  # before anything runs
             self.run_points = [dict(p) for p in self.points]
+        elif scheduler.kind == "asha_promotion":
+            raise ConfigError(f"scheduler.kind=asha_promotion draws the next configuration only "
+                              f"when no paused trial can be promoted, which needs drawn "
+                              f"configurations (searcher random or grid, or given points); "
+                              f"searcher {searcher.kind} suggests them one at a time: use "
+                              "scheduler.kind=asha")
         elif settings.order != "as_drawn":
             raise ConfigError(f"sweep.order={settings.order} orders drawn configurations "
                               f"(searcher random or grid, or given points); searcher "

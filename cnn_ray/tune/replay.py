@@ -111,7 +111,8 @@ def replay(records: Sequence[TrialRecord], scheduler, *, mode: str = "max", conc
            max_t: Optional[int] = None, oracle: bool = False,
            metric_name: str = "val_top1", time_attr: str = "epoch") -> ReplayOutcome:
     """Run ``records`` through ``scheduler`` (:class:`~cnn_ray.tune.settings.SchedulerSettings`,
-    kind ``asha`` or ``fifo``) with ``concurrency`` trials at once, in the given order.
+    kind ``asha``, ``asha_promotion`` or ``fifo``) with ``concurrency`` trials at once, in the
+    given order.
 
     Each epoch's result goes to the Tune scheduler's ``on_trial_result`` at the modelled time
     it would have arrived (a heap of slot end times); a ``STOP`` (or the epoch budget
@@ -125,6 +126,10 @@ def replay(records: Sequence[TrialRecord], scheduler, *, mode: str = "max", conc
     """
     from ray.tune.schedulers import TrialScheduler
 
+    if scheduler.kind == "asha_promotion":
+        return _replay_promotion(records, scheduler, mode=mode, concurrency=concurrency,
+                                 max_t=max_t, oracle=oracle, metric_name=metric_name,
+                                 time_attr=time_attr)
     sched, budget = _tune_scheduler(records, scheduler, mode=mode, concurrency=concurrency,
                                     max_t=max_t, metric_name=metric_name, time_attr=time_attr)
     sign = 1.0 if mode == "max" else -1.0
@@ -162,6 +167,91 @@ def replay(records: Sequence[TrialRecord], scheduler, *, mode: str = "max", conc
                          stopped_at=stopped_at)
 
 
+class _ReplayController:
+    """The part of Tune's controller :class:`~cnn_ray.tune.promotion.PromotionASHA` calls."""
+
+    def __init__(self):
+        self.trials: list = []
+
+    def get_trials(self) -> list:
+        return list(self.trials)
+
+    def stop_trial(self, trial) -> None:
+        trial.status = "TERMINATED"
+
+    def _mark_trial_to_checkpoint(self, trial) -> None:
+        pass
+
+
+def _replay_promotion(records: Sequence[TrialRecord], scheduler, *, mode: str, concurrency: int,
+                      max_t: Optional[int], oracle: bool, metric_name: str,
+                      time_attr: str) -> ReplayOutcome:
+    """:func:`replay` for ``asha_promotion``: the very :class:`PromotionASHA` of a sweep, with its
+    gate (a new record starts only when no promotion waits), fed by a slot-time simulation. A
+    paused trial frees its slot; a promoted one resumes at its next recorded epoch (its resume
+    start-up, seconds in a real sweep, is not modelled)."""
+    from cnn_ray.tune.promotion import PromotionASHA
+
+    if concurrency < 1:
+        raise ConfigError(f"replay: concurrency must be >= 1, got {concurrency}")
+    if not records:
+        raise ConfigError("replay: no trials to replay")
+    budget = max_t or scheduler.max_t or max(len(r.metric) for r in records)
+    sched = PromotionASHA(time_attr=time_attr, max_t=budget, grace_period=scheduler.grace_period,
+                          reduction_factor=scheduler.reduction_factor,
+                          max_concurrent=concurrency, total_trials=len(records))
+    sched.set_search_properties(metric_name, mode)
+    sign = 1.0 if mode == "max" else -1.0
+    ctl = _ReplayController()
+    index: dict[str, int] = {}
+    done_epochs: dict[str, int] = {}
+    live: set[str] = set()
+    running: list[tuple[float, int, int]] = []
+    epochs, best, best_trial, now = 0, None, "", 0.0
+
+    def fill(at: float) -> None:
+        while len(running) < concurrency:
+            while len(ctl.trials) < len(records) and sched.admits_new_trial(live):
+                rec = records[len(ctl.trials)]
+                ctl.trials.append(SimpleNamespace(trial_id=rec.trial_id, status="PENDING",
+                                                  is_saving=False))
+                index[rec.trial_id], done_epochs[rec.trial_id] = len(ctl.trials) - 1, 0
+                live.add(rec.trial_id)
+            trial = sched.choose_trial_to_run(ctl)
+            if trial is None:
+                return
+            trial.status = "RUNNING"
+            i = index[trial.trial_id]
+            nxt = done_epochs[trial.trial_id] + 1
+            heapq.heappush(running, (at + records[i].epoch_s[nxt - 1], i, nxt))
+
+    fill(0.0)
+    while running:
+        now, i, epoch = heapq.heappop(running)
+        rec, trial = records[i], ctl.trials[i]
+        epochs += 1
+        done_epochs[rec.trial_id] = epoch
+        value = rec.metric[epoch - 1]
+        if best is None or sign * value > sign * best:
+            best, best_trial = value, rec.trial_id
+        seen = rec.metric[-1] if oracle else value
+        action = sched.on_trial_result(ctl, trial, {time_attr: epoch, metric_name: seen})
+        if action == "STOP" or epoch >= min(budget, len(rec.metric)):
+            trial.status = "TERMINATED"
+            sched.on_trial_complete(ctl, trial, {})
+            live.discard(rec.trial_id)
+        elif action == "PAUSE":
+            trial.status = "PAUSED"
+        else:
+            heapq.heappush(running, (now + rec.epoch_s[epoch], i, epoch + 1))
+            continue
+        fill(now)
+    stopped_at = {rec.trial_id: done_epochs[rec.trial_id] for rec in records
+                  if rec.trial_id in done_epochs}
+    return ReplayOutcome(wall_s=now, epochs=epochs, best=best, best_trial=best_trial,
+                         stopped_at=stopped_at)
+
+
 def _tune_scheduler(records: Sequence[TrialRecord], scheduler, *, mode: str, concurrency: int,
                     max_t: Optional[int], metric_name: str, time_attr: str):
     """Check :func:`replay`'s arguments and build the Tune scheduler it feeds.
@@ -178,7 +268,7 @@ def _tune_scheduler(records: Sequence[TrialRecord], scheduler, *, mode: str, con
 
     if scheduler.kind not in ("asha", "fifo"):
         raise ConfigError(f"replay: scheduler.kind={scheduler.kind!r} cannot be replayed; "
-                          "expected 'asha' or 'fifo'")
+                          "expected 'asha', 'asha_promotion' or 'fifo'")
     if concurrency < 1:
         raise ConfigError(f"replay: concurrency must be >= 1, got {concurrency}")
     if not records:

@@ -1,7 +1,8 @@
 """Tune's scheduler and search algorithm for a sweep, and an ASHA whose rungs survive a resume.
 
 * :func:`build_tune_scheduler` / :func:`scheduler_from`: ``asha`` (:class:`ResumableASHA`),
-  ``fifo``, ``median`` or ``hyperband`` from :class:`~cnn_ray.tune.settings.SchedulerSettings`.
+  ``asha_promotion`` (:class:`cnn_ray.tune.promotion.PromotionASHA`), ``fifo``, ``median`` or
+  ``hyperband`` from :class:`~cnn_ray.tune.settings.SchedulerSettings`.
   Schedulers stop trials on the ``epoch`` metric (not ``training_iteration``): a trial resumed
   after an interruption restarts Tune's iteration count but continues Train's epochs.
 * :func:`build_search_alg`: the pre-drawn configurations (random/grid), or Optuna TPE.
@@ -77,11 +78,19 @@ class ResumableASHA(ASHAScheduler):
         self._save()
 
 
-def build_tune_scheduler(plan: SweepPlan):
+def build_tune_scheduler(plan: SweepPlan, concurrency: int = 1):
     """The Tune scheduler of ``plan.scheduler`` (FIFO for ``fifo``); ASHA keeps its rung
-    records beside the experiment (local storage)."""
-    return scheduler_from(plan.scheduler,
-                          state_path=f"{plan.exp_dir}/{ASHA_STATE}" if plan.local else None)
+    records beside the experiment (local storage). ``concurrency``: trials at once (what
+    ``asha_promotion`` admits)."""
+    state_path = f"{plan.exp_dir}/{ASHA_STATE}" if plan.local else None
+    if plan.scheduler.kind == "asha_promotion":
+        from cnn_ray.tune.promotion import PromotionASHA
+
+        s = plan.scheduler
+        return PromotionASHA(time_attr=s.time_attr, max_t=s.max_t, grace_period=s.grace_period,
+                             reduction_factor=s.reduction_factor, max_concurrent=concurrency,
+                             total_trials=plan.num_trials, state_path=state_path)
+    return scheduler_from(plan.scheduler, state_path=state_path)
 
 
 def scheduler_from(s: SchedulerSettings, *, time_attr: Optional[str] = None,
@@ -104,16 +113,22 @@ def scheduler_from(s: SchedulerSettings, *, time_attr: Optional[str] = None,
     return HyperBandScheduler(time_attr=attr, max_t=s.max_t, reduction_factor=s.reduction_factor)
 
 
-def build_search_alg(plan: SweepPlan, concurrency: int):
+def build_search_alg(plan: SweepPlan, concurrency: int, scheduler=None):
     """``BasicVariantGenerator`` over the pre-drawn configurations (a grid over them, see
     :func:`cnn_ray.tune.trial.param_space`), or Optuna TPE behind a ``ConcurrencyLimiter``; either way at most
     ``concurrency`` trials run at once.
 
     (``TuneConfig(max_concurrent_trials=...)`` is ignored for a ``BasicVariantGenerator``
-    instance and clashes with a ``ConcurrencyLimiter``, so the limit lives here.)
+    instance and clashes with a ``ConcurrencyLimiter``, so the limit lives here.) With a
+    :class:`~cnn_ray.tune.promotion.PromotionASHA` ``scheduler`` the generator asks it before
+    drawing (:class:`~cnn_ray.tune.promotion.GatedVariantGenerator`): paused trials hold no slot.
     """
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
+    from cnn_ray.tune.promotion import GatedVariantGenerator, PromotionASHA
+
+    if plan.points is not None and isinstance(scheduler, PromotionASHA):
+        return GatedVariantGenerator(scheduler)
     if plan.points is not None:  # the configurations are the param_space's grid
         return BasicVariantGenerator(max_concurrent=concurrency)
     try:

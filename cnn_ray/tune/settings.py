@@ -66,9 +66,11 @@ class SchedulerSettings(_Strict):
     al., 2020, arXiv:1810.05934); ``fifo``: run every trial to the end; ``median``:
     ``MedianStoppingRule`` (Golovin et al., 2017, Google Vizier); ``hyperband``: synchronous
     ``HyperBandScheduler`` (Li et al., 2018), which pauses trials (a paused trial's Train run
-    resumes from its checkpoint)."""
+    resumes from its checkpoint); ``asha_promotion``: ASHA as its paper runs it (trials pause at
+    each rung and resume once in the rung's top ``1/reduction_factor``;
+    :mod:`cnn_ray.tune.promotion`), random/grid searchers only."""
 
-    kind: Literal["asha", "fifo", "median", "hyperband"] = "asha"
+    kind: Literal["asha", "asha_promotion", "fifo", "median", "hyperband"] = "asha"
     time_attr: str = Field("epoch", description="epoch survives a resumed trial; "
                            "training_iteration restarts at 1")
     max_t: Optional[int] = Field(None, ge=1, description="epochs a trial may reach; default "

@@ -166,12 +166,13 @@ def _tuner(plan: SweepPlan, trainable, concurrency: int, *, restoring: bool, ver
         return tune.Tuner.restore(plan.exp_dir, trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
     settings = plan.settings
+    scheduler = build_tune_scheduler(plan, concurrency)
     return tune.Tuner(
         trainable,
         param_space=param_space(plan),
         tune_config=tune.TuneConfig(
-            metric=settings.metric, mode=settings.mode, scheduler=build_tune_scheduler(plan),
-            search_alg=build_search_alg(plan, concurrency),
+            metric=settings.metric, mode=settings.mode, scheduler=scheduler,
+            search_alg=build_search_alg(plan, concurrency, scheduler),
             num_samples=1 if plan.points is not None else plan.num_trials,
             trial_dirname_creator=trial_dirname,
             # in-trial training: the next trial reuses a finished one's process (torch and
