@@ -388,7 +388,8 @@ def print_summary(figures: dict, concurrency: int) -> None:
     def met(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    print(f"\nASHA over {asha['trials']} configs ({asha.get('order', 'as_drawn')}): "
+    print(f"\nASHA ({asha['scheduler']['kind']}) over {asha['trials']} configs "
+          f"({asha.get('order', 'as_drawn')}): "
           f"{asha['tune_fit_s']:.0f} s "
           f"({asha['epochs_trained']} epochs, best top-1 {asha['best_val_top1']:.4f})  vs  FIFO "
           f"over the first {fifo['trials']} ({fifo.get('order', 'as_drawn')}): "
@@ -407,7 +408,7 @@ def print_summary(figures: dict, concurrency: int) -> None:
     rp = figures["replay"]
     print(f"replay of the FIFO curves through the same ASHA (jobs/replay_sweep.py): ratio "
           f"{rp['ratio']}, {rp['epochs']} epochs; with a perfect predictor (oracle) ratio "
-          f"{rp['oracle_ratio']}, {rp['oracle_epochs']} epochs - the floor of async ASHA at "
+          f"{rp['oracle_ratio']}, {rp['oracle_epochs']} epochs - the floor of this ASHA at "
           f"{concurrency} trials at once; rank correlation of epoch k with the final top-1: "
           f"{rp['rank_correlation']}")
 
