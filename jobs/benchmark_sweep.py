@@ -15,8 +15,9 @@ start-up (trial function start -> first epoch's training loop, seconds; target m
 the share of each sweep's wall time during which every slot was training (target >= 0.90), the
 replay oracle bound, and the hardware. One-worker trials on the memory cache train in the Tune
 trial's own process (``sweep.in_trial``). The data is prepared once before either sweep is timed.
-FIFO starts its trials longest first (``--fifo-order``, ``sweep.order``: each network's
-images/s timed once before the sweep), ASHA as drawn (``--asha-order``).
+Both sweeps start their trials longest first (``--fifo-order``, ``--asha-order``,
+``sweep.order``: each network's images/s timed once before the sweep); ASHA is promotion-based
+(``--asha-kind asha_promotion``; ``asha`` for Tune's ``ASHAScheduler``).
 Every trial runs ``--schedule`` (default ``rung_anneal``: annealed at the end of every ASHA rung,
 so the rungs compare trials as their final epoch will; ``wsd`` and ``onecycle`` for comparison,
 ``onecycle`` as in the 2026-11-21 table).
@@ -58,8 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default="longest_first", help="sweep.order of the FIFO sweep (longest_first: "
                    "the costliest networks start first, so the sweep does not end on one long "
                    "trial with an idle slot)")
-    p.add_argument("--asha-order", choices=["as_drawn", "longest_first"], default="as_drawn",
-                   help="sweep.order of the ASHA sweep")
+    p.add_argument("--asha-order", choices=["as_drawn", "longest_first"],
+                   default="longest_first", help="sweep.order of the ASHA sweep (with "
+                   "asha_promotion, longest first: the costly networks' promotions run while "
+                   "cheap first-rung trials fill the other slot)")
     p.add_argument("--asha-kind", choices=["asha", "asha_promotion"], default="asha_promotion",
                    help="the early-stopping sweep's scheduler.kind: asha_promotion (trials pause "
                    "at a rung until they rank in its top 1/reduction_factor; the paper's ASHA) or "

@@ -119,18 +119,26 @@ def test_min_mode_promotes_the_lowest():
     assert s.next_promotion() == "a"
 
 
-def test_paused_trials_are_stopped_once_nothing_else_can_run():
+def test_too_few_trials_still_bring_the_best_to_the_budget_then_the_rest_stop():
+    """3 trials, eta 4: floor(3 / 4) = 0 promotions at epoch 1. Once nothing can run, the best
+    paused trial of the highest rung that promoted nobody goes on (epoch 1, then alone at
+    epoch 4), reaches max_t, and the other paused trials are stopped with their state saved."""
     ctl, s = FakeController(), _sched(3)
     trials = [FakeTrial(f"t{i}") for i in range(3)]
     ctl.trials += trials
-    for t, v in zip(trials, (0.1, 0.2, 0.3)):
+    for t, v in zip(trials, (0.1, 0.3, 0.2)):
         _report(s, ctl, t, 1, v)
     assert all(t.status == Trial.PAUSED for t in trials)
     trials[0].is_saving = True                           # a pause still being saved: wait
     assert s.choose_trial_to_run(ctl) is None and trials[1].status == Trial.PAUSED
     trials[0].is_saving = False
+    assert s.choose_trial_to_run(ctl) is trials[1] and s.promoted[1] == ["t1"]
+    assert _report(s, ctl, trials[1], 4, 0.5) == PAUSE   # alone at epoch 4
+    assert s.choose_trial_to_run(ctl) is trials[1] and s.promoted[4] == ["t1"]
+    assert _report(s, ctl, trials[1], 8, 0.6) == STOP
     assert s.choose_trial_to_run(ctl) is None
-    assert all(t.status == Trial.TERMINATED and t.saved for t in trials)
+    assert [t.status for t in trials] == [Trial.TERMINATED] * 3
+    assert trials[0].saved and trials[2].saved
 
 
 def test_rungs_survive_a_restore(tmp_path):
@@ -192,6 +200,10 @@ def test_a_sweep_never_trains_more_than_synchronous_halving(seed):
     trained, finished = _simulate(values, rf=4, max_t=8, concurrency=2)
     assert trained == 32 + 8 * 3 + 2 * 4                 # Tune's stopping ASHA trained 93 here
     assert len(finished) == 2
+    # 16 trials, eta 3, rungs 1, 3, 9 of 18: 16 -> 5 -> 1 -> floor(1/3) = 0, yet one reaches 18
+    values = {f"t{i:02d}": sorted(rng.random() for _ in range(18)) for i in range(16)}
+    trained, finished = _simulate(values, rf=3, max_t=18, concurrency=2)
+    assert len(finished) == 1 and trained == 16 + 5 * 2 + 1 * 6 + 1 * 9
 
 
 def test_promotion_needs_drawn_configurations(tmp_path):

@@ -19,9 +19,12 @@ trains slower than it on this CPU). Every trial reads the same data, so the imag
 common factor. The driver measures on its own device: on a GPU cluster whose driver has no GPU
 the order follows CPU speed, which ranks networks less faithfully.
 
-Under ASHA the order is a different trade: the first trials at a rung meet few peers and pass
-it, so longest-first spends those promotions on the costly networks; ``as_drawn`` is the
-default for every scheduler. No Ray here.
+Under Tune's ASHA (``asha``) the order is a different trade: the first trials at a rung meet
+few peers and pass it, so longest-first spends those promotions on the costly networks. Under
+``asha_promotion`` nothing passes a rung unranked, and longest-first makes the costly
+networks' promotions happen while cheap first-rung trials can still fill the other slots
+(measured: 353 s instead of 412 s for the same 64 epochs). ``as_drawn`` is the default for
+every scheduler. No Ray here.
 """
 
 from __future__ import annotations

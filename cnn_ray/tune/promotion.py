@@ -7,7 +7,9 @@ What: successive halving without synchronisation. Each trial trains to the first
 only when it ranks among the top ``floor(n / reduction_factor)`` of the ``n`` trials recorded at
 its rung and fewer than that many have been promoted from the rung. A free slot goes first to a
 promotion (highest rung first, best value first), else to a new configuration; when every
-configuration has started and nothing runs or can be promoted, the paused trials are stopped.
+configuration has started and nothing runs or can be promoted, the best paused trial of the
+highest rung that promoted nobody is promoted (a sweep with fewer than ``eta**k`` trials still
+brings one trial to the budget), then the paused trials are stopped.
 Why: Tune's ``ASHAScheduler`` is the *stopping* variant: a trial reaching a rung continues
 unless it is below the rung's cutoff among the trials recorded *so far*, so the first trials
 at every rung meet no peers and run on (measured, 2 slots, 32 configurations, rungs 1 and 4 of
@@ -47,6 +49,32 @@ from cnn_ray import io
 from cnn_ray.compat import stop_paused_trial
 
 
+class StateFileMixin:
+    """A Tune scheduler's own state in a JSON file beside the experiment (Tune saves none of
+    it): :meth:`_saved_state` reads it back once after construction or unpickling (a restored
+    sweep), :meth:`_write_state` replaces it atomically. ``_state_path`` None: nothing kept."""
+
+    _state_path: Optional[str] = None
+    _loaded = False
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_loaded"] = False  # an unpickled (restored) scheduler reads the file again
+        return state
+
+    def _saved_state(self) -> Optional[dict]:
+        if self._loaded:
+            return None
+        self._loaded = True
+        if not self._state_path or not os.path.exists(self._state_path):
+            return None
+        return json.loads(Path(self._state_path).read_text())
+
+    def _write_state(self, state: dict) -> None:
+        if self._state_path:
+            io.atomic_write_json(self._state_path, state)
+
+
 def promotion_rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[int]:
     """The epochs at which trials pause to be ranked: ``grace_period * reduction_factor**k``
     below ``max_t`` (ints, ascending; the same milestones as Tune's ASHA, without ``max_t``).
@@ -61,7 +89,7 @@ def promotion_rungs(max_t: int, grace_period: int, reduction_factor: float) -> l
     return sorted({int(grace_period * reduction_factor ** k) for k in range(n)} - {max_t})
 
 
-class PromotionASHA(TrialScheduler):
+class PromotionASHA(StateFileMixin, TrialScheduler):
     """Promotion-based ASHA (module card) as a Tune ``TrialScheduler``.
 
     Args:
@@ -102,30 +130,21 @@ class PromotionASHA(TrialScheduler):
             self._mode = mode
         return super().set_search_properties(metric, mode, **spec)
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_loaded"] = False  # a restored scheduler reads the file again
-        return state
-
     def _load(self) -> None:
-        if self._loaded:
+        saved = self._saved_state()
+        if saved is None:
             return
-        self._loaded = True
-        if not self._state_path or not os.path.exists(self._state_path):
-            return
-        saved = json.loads(Path(self._state_path).read_text())
         for r in self.rungs:
             self.recorded[r].update(saved["recorded"].get(str(r), {}))
             self.promoted[r] = list(saved["promoted"].get(str(r), []))
         self.paused.update(saved.get("paused", {}))
 
     def _save(self) -> None:
-        if self._state_path:
-            io.atomic_write_json(self._state_path, {
-                "rungs": self.rungs, "reduction_factor": self._rf,
-                "recorded": {str(r): v for r, v in self.recorded.items()},
-                "promoted": {str(r): v for r, v in self.promoted.items()},
-                "paused": self.paused})
+        self._write_state({
+            "rungs": self.rungs, "reduction_factor": self._rf,
+            "recorded": {str(r): v for r, v in self.recorded.items()},
+            "promoted": {str(r): v for r, v in self.promoted.items()},
+            "paused": self.paused})
 
     # --------------------------------------------------------------------------- the rule
     def _top(self, rung: int) -> list[str]:
@@ -220,9 +239,29 @@ class PromotionASHA(TrialScheduler):
                 return trial
         busy = any(t.status in (Trial.RUNNING, Trial.PENDING) or t.is_saving for t in trials)
         if len(trials) >= self.total_trials and not busy:
+            last = self._last_chance(by_id)
+            if last is not None:
+                return last
             for trial in trials:
                 if trial.status == Trial.PAUSED:
                     stop_paused_trial(tune_controller, trial)
+        return None
+
+    def _last_chance(self, by_id: dict) -> Optional[Trial]:
+        """Once no result can come any more: the best paused trial of the highest rung that
+        promoted nobody (too few trials for ``floor(n / eta) >= 1`` there), so that at least
+        one trial reaches ``max_t``; None when every such rung promoted one."""
+        for rung in reversed(self.rungs):
+            waiting = [tid for tid, r in self.paused.items() if r == rung
+                       and tid in by_id and by_id[tid].status == Trial.PAUSED]
+            if not self.promoted[rung] and waiting:
+                tid = max(waiting, key=lambda t: self.recorded[rung][t])
+                self.paused.pop(tid)
+                self.promoted[rung].append(tid)
+                self._save()
+                return by_id[tid]
+            if self.promoted[rung]:
+                return None
         return None
 
     # --------------------------------------------------------------------------- the gate

@@ -10,21 +10,18 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Optional
 
 from ray.tune.schedulers import ASHAScheduler
 
-from cnn_ray import io
 from cnn_ray.compat import asha_rungs
 from cnn_ray.config import ConfigError
 from cnn_ray.tune.plan import ASHA_STATE, SweepPlan
+from cnn_ray.tune.promotion import StateFileMixin
 from cnn_ray.tune.settings import SchedulerSettings
 
 
-class ResumableASHA(ASHAScheduler):
+class ResumableASHA(StateFileMixin, ASHAScheduler):
     """``ASHAScheduler`` whose rung records survive a restored sweep.
 
     Tune saves the searcher's state with the experiment but not the scheduler's: a restored
@@ -39,28 +36,18 @@ class ResumableASHA(ASHAScheduler):
         self._state_path = state_path
         self._loaded = False
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_loaded"] = False  # an unpickled (restored) scheduler reads the file again
-        return state
-
     def _load(self) -> None:
-        if self._loaded:
+        saved = self._saved_state()
+        if saved is None:
             return
-        self._loaded = True
-        if not self._state_path or not os.path.exists(self._state_path):
-            return
-        saved = json.loads(Path(self._state_path).read_text())
         for bracket, rungs in zip(asha_rungs(self), saved["brackets"]):
             for (milestone, recorded), (saved_milestone, values) in zip(bracket, rungs):
                 if milestone == saved_milestone:
                     recorded.update(values)  # the scheduler's own dict (asha_rungs)
 
     def _save(self) -> None:
-        if not self._state_path:
-            return
-        state = {"brackets": [[[m, dict(rec)] for m, rec in b] for b in asha_rungs(self)]}
-        io.atomic_write_json(self._state_path, state)
+        self._write_state({"brackets": [[[m, dict(rec)] for m, rec in b]
+                                        for b in asha_rungs(self)]})
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._load()
