@@ -77,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "rungs at epochs 1 and 4 of 8, a quarter promoted at each")
     p.add_argument("--storage", help="where sweeps are written (default: a fresh folder in "
                    "~/cnn_ray_runs/benchmark_sweep)")
+    p.add_argument("--compute-steps", type=int, default=10,
+                   help="timed synthetic steps of each network's pure-compute images/s, recorded "
+                        "with the hardware (0: skip)")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--startup-probe", type=int, metavar="N", help="only measure N bare "
                    "TorchTrainer.fit() start-ups (1 worker, empty training function): the floor "
@@ -206,6 +209,38 @@ def slot_occupancy(sweep_dir: str, concurrency: int, *, while_queued: bool = Fal
             full += t - last
         running, last = running + delta, max(last, t)
     return round(full / max(t1 - t0, 1e-9), 3)
+
+
+def network_speeds(base, points: list, steps: int) -> list[dict]:
+    """Pure-compute training images/s (forward + backward + step on in-memory tensors,
+    :func:`cnn_ray.benchmark.synthetic_images_per_sec`) of each distinct network set-up among
+    ``points`` at the trials' batch, precision and threads: the machine's speed, stated next to
+    the sweep's wall times. Measured before either sweep, on the driver; ``steps`` 0: none."""
+    if steps <= 0:
+        return []
+    import torch
+
+    from cnn_ray.benchmark import synthetic_images_per_sec
+    from cnn_ray.tune.order import speed_key
+    from cnn_ray.train.techniques import resolve_precision
+    from cnn_ray.tune.space import validate_variants
+
+    threads = torch.get_num_threads()
+    out: dict[str, dict] = {}
+    try:
+        for point, cfg in zip(points, validate_variants(base, points)):
+            key = speed_key(cfg)
+            if key in out:
+                continue
+            network = {k: v for k, v in point.items() if k.startswith("model.")}
+            ips = synthetic_images_per_sec(cfg, 10, steps=steps, warmup=1)
+            out[key] = {"network": network, "precision": resolve_precision(cfg.precision.dtype, torch.device("cpu")),
+                        "batch_size": cfg.per_worker_batch_size(),
+                        "threads": cfg.scaling.torch_threads, "images_per_sec": round(ips, 1)}
+            print(f"[benchmark_sweep] pure compute {network}: {ips:.0f} images/s", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return list(out.values())
 
 
 def sweep_figures(result, elapsed: float, concurrency: int) -> dict:
@@ -408,6 +443,9 @@ def print_summary(figures: dict, concurrency: int) -> None:
           f"of the wall time (target >= 0.90: {met(figures['target_occupancy_met'])}); "
           f"{hw['cpu']}, {hw['cores']} cores, load {hw['load_avg_1m']:.1f}")
     print(f"start-up phases, median s (ASHA): {asha['startup_phases']}")
+    for n in hw.get("pure_compute_images_per_sec") or []:
+        print(f"pure compute {n['network']}: {n['images_per_sec']} images/s "
+              f"({n['precision']}, batch {n['batch_size']}, {n['threads']} threads)")
     rp = figures["replay"]
     print(f"replay of the FIFO curves through the same ASHA (jobs/replay_sweep.py): ratio "
           f"{rp['ratio']}, {rp['epochs']} epochs; with a perfect predictor (oracle) ratio "
@@ -435,8 +473,10 @@ def main(argv=None) -> int:
           f"{args.train_per_class * 10} train / {args.val_per_class * 10} val images, "
           f"{concurrency} trials at once x {threads} threads, storage {storage}", flush=True)
     prepare_data(base)  # once, before anything is timed; both sweeps reuse it
+    speeds = network_speeds(base, points, args.compute_steps)
     figures = run_sweeps(args, base, points, concurrency)
     add_comparison(figures, cpus, concurrency)
+    figures["hardware"]["pure_compute_images_per_sec"] = speeds
     print(json.dumps(figures, indent=2, default=str))
     print_summary(figures, concurrency)
     if args.json:

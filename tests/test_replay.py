@@ -139,10 +139,10 @@ def test_benchmark_sweep_script_end_to_end(ray_session, cifar_root, tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "bench.json"
-    assert mod.main(["--quick", "--trials", "3", "--fifo-trials", "2", "--epochs", "2",
-                     "--train-per-class", "16", "--val-per-class", "4", "--concurrency", "1",
-                     "--threads", "1", "--storage", str(tmp_path / "runs"), "--json",
-                     str(out)]) == 0
+    assert mod.main(["--quick", "--compute-steps", "2", "--trials", "3", "--fifo-trials", "2",
+                     "--epochs", "2", "--train-per-class", "16", "--val-per-class", "4",
+                     "--concurrency", "1", "--threads", "1", "--storage",
+                     str(tmp_path / "runs"), "--json", str(out)]) == 0
     f = json.loads(out.read_text())
     # FIFO runs the first 2 of the 3 configurations to the end, ASHA all 3 (some stopped)
     assert f["fifo"]["trials"] == 2 and f["asha"]["trials"] == 3
@@ -161,6 +161,13 @@ def test_benchmark_sweep_script_end_to_end(ray_session, cifar_root, tmp_path):
     phases = f["fifo"]["startup_phases"]  # memory cache, 1 worker: trials train in-trial
     assert set(phases) == {"trial_function", "to_training_function",
                            "model_optimizer_checkpoint"} and all(v >= 0 for v in phases.values())
+    # the machine's pure-compute speed of each distinct network, measured before the sweeps
+    speeds = f["hardware"]["pure_compute_images_per_sec"]
+    networks = {json.dumps({k: v for k, v in c.items() if k.startswith("model.")},
+                           sort_keys=True) for c in f["configs"]}
+    assert len(speeds) == len(networks) and all(n["images_per_sec"] > 0 for n in speeds)
+    assert {json.dumps(n["network"], sort_keys=True) for n in speeds} == networks
+    assert all(n["threads"] == 1 and n["precision"] in ("fp32", "bf16") for n in speeds)
     replayed = f["replay"]
     assert 3 <= replayed["epochs"] <= 4  # (tiny validation sets: ties may break either way)
     assert replayed["oracle_epochs"] <= 4 and len(replayed["rank_correlation"]) == 2
