@@ -6,8 +6,8 @@
     python jobs/ablate.py --list                              # the variants and their overrides
 
 Trains ``jobs/configs/cifar10.yaml`` (``--config``) and, for each technique, the same recipe with
-that technique removed (plus one addition: ``drop_last``, airbench's dropping of each epoch's
-last partial batch, which the recipe does not do), each variant a list of dotted
+that technique removed (``sgd``: no Muon; plus one addition: ``drop_last``, airbench's dropping
+of each epoch's last partial batch, which the recipe does not do), each variant a list of dotted
 overrides (:data:`VARIANTS`), through the Ray-free trainer :func:`cnn_ray.train.local.train_arrays`
 (the Ray Train worker's parts on in-memory arrays). Every variant runs with
 ``eval.tta_epochs=all``, so each epoch's top-1 is the figure with the variant's test-time
@@ -50,8 +50,8 @@ VARIANTS: dict[str, list[str]] = {
     "no_label_smoothing": ["optim.label_smoothing=0"],
     "onecycle": ["optim.schedule=onecycle"],
     "no_lookahead": ["optim.ema.enabled=false"],
+    "sgd": ["optim.optimizer=sgd"],  # no Muon: SGD-Nesterov on the conv filters too (airbench93)
     "drop_last": ["data.drop_last=true"],  # an addition: airbench drops the last partial batch
-    "muon": ["optim.optimizer=muon"],  # an addition: Muon on the conv filters (airbench94_muon)
 }
 ALWAYS = ["eval.tta_epochs=all"]  # every epoch's top-1 is the TTA figure
 

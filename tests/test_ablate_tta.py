@@ -54,7 +54,7 @@ def test_every_variant_is_a_valid_config_that_changes_its_technique(ablate):
     assert cfgs["onecycle"].optim.schedule == "onecycle" != full.optim.schedule
     assert full.optim.ema.lookahead and not cfgs["no_lookahead"].optim.ema.enabled
     assert not full.data.drop_last and cfgs["drop_last"].data.drop_last
-    assert full.optim.optimizer == "sgd" and cfgs["muon"].optim.optimizer == "muon"
+    assert full.optim.optimizer == "muon" and cfgs["sgd"].optim.optimizer == "sgd"
 
 
 def test_variant_selection_and_unknown_names(ablate):
