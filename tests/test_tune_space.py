@@ -310,6 +310,8 @@ def test_shipped_sweep_files_are_valid(name, tmp_path):
     assert all(c.model.name in list_models() for c in configs)
     if name == "sweep_cifar10.yaml":  # it searches the fast recipe's switches (seeded draw)
         assert spec.base.model.whitening.enabled and spec.base.optim.decoupled
+        assert spec.base.optim.optimizer == "muon"  # the space's muon_lr acts on the recipe
+        assert all(0.06 <= p["optim.muon_lr"] <= 0.24 for p in plan.points)
         for key in ("optim.ema.enabled", "model.whitening.enabled", "eval.tta",
                     "augment.hflip.mode", "optim.decay_norm_and_bias"):
             assert len({p[key] for p in plan.points}) == 2, key
