@@ -189,13 +189,18 @@ def plain_pytorch_images_per_sec(cfg: TrainConfig, *, steps: int = 8, warmup: in
 def pipeline_images_per_sec(cfg: TrainConfig) -> dict:
     """(b) train with the full Ray pipeline for ``optim.epochs`` epochs; figures of the last one.
 
-    Returns the last epoch's metrics (``images_per_sec``, ``data_wait_share``, ``peak_rss_mb``,
-    ...) plus ``spilled_bytes`` of the object store.
+    Always a fresh run: ``<run.name>_benchmark_<timestamp>`` under ``run.storage_path`` (a
+    benchmark that reused ``run.name`` would resume an earlier run's checkpoint and report its
+    stale figures without training). Returns the last epoch's metrics (``images_per_sec``,
+    ``data_wait_share``, ``peak_rss_mb``, ...) plus ``spilled_bytes`` of the object store and
+    ``run_name``.
     """
     from cnn_ray.train.launch import run_training
 
-    result = run_training(cfg)
+    name = f"{cfg.run.name}_benchmark_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}"
+    result = run_training(cfg, name=name)
     out = dict(result.metrics)
+    out["run_name"] = name
     out["spilled_bytes"] = object_store_spilled_bytes()
     return out
 

@@ -157,3 +157,16 @@ def test_malicious_pickle_is_refused(tmp_path):
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no meta.json"):
         load_checkpoint(tmp_path)
+
+
+def test_an_optimizer_state_of_other_groups_is_a_named_checkpoint_error(tmp_path):
+    """A run saved with SGD resumed with Muon (its conv filters in a group of their own): a
+    CheckpointError giving both layouts and the settings to restore, not torch's bare error."""
+    model, opt, sched, cfg = _trained("cosine")
+    path = save_checkpoint(tmp_path / "ck", model=model, epoch=1, config={}, class_names=["a"],
+                           mean=[0.5], std=[0.2], optimizer=opt, scheduler=sched)
+    muon = build_optimizer(model, cfg.model_copy(update={"optimizer": "muon"}))
+    with pytest.raises(CheckpointError, match=r"optim.optimizer") as info:
+        restore_training_state(load_checkpoint(path), model=model, optimizer=muon)
+    assert "another run.name" in str(info.value)
+    assert str([len(g["params"]) for g in opt.param_groups]) in str(info.value)

@@ -193,6 +193,13 @@ def test_resume_of_the_same_run_passes_and_a_different_one_names_the_keys(tmp_pa
     assert "model.name: 'resnet9' -> 'resnet18'" in msg and "data.image_size: 32 -> 64" in msg
     assert "class names: ['a', 'b'] -> ['a', 'b', 'c']" in msg and "another run.name" in msg
     assert "data.channels" not in msg  # only what differs
+    # the optimiser's state must fit too: its kind, and the switches that split its groups
+    cfg, _ = _run_with_checkpoint(tmp_path / "m", optim__optimizer="muon")
+    with pytest.raises(ConfigError, match=r"optim.optimizer: 'sgd' -> 'muon'"):
+        check_resume(cfg, run_dir(cfg), ["a", "b"])
+    cfg, _ = _run_with_checkpoint(tmp_path / "b", model__batchnorm={"bias_lr_mult": 64})
+    with pytest.raises(ConfigError, match=r"model.batchnorm.bias_lr_mult: 1.0 -> 64.0"):
+        check_resume(cfg, run_dir(cfg), ["a", "b"])
     fresh, _ = _run_with_checkpoint(tmp_path / "y")
     assert check_resume(fresh.model_copy(update={"run": fresh.run.model_copy(
         update={"name": "new"})}), str(tmp_path / "y" / "runs" / "new"), ["z"]) is None

@@ -104,6 +104,25 @@ def test_memory_cache_two_workers_and_killed_worker(ray_session, cifar_ddp, tmp_
                for e in events)
 
 
+def test_benchmark_pipeline_figure_is_a_fresh_run_every_time(ray_session, cifar_small, tmp_path):
+    """jobs/benchmark.py (b): two runs of the same config each train their epoch in a run dir
+    of their own; none resumes the other's (or run.name's) checkpoint and reports stale
+    figures."""
+    from cnn_ray.benchmark import pipeline_images_per_sec
+
+    cfg = _cfg(cifar_small, tmp_path, run__name="bench", optim__epochs=1, data__cache="memory",
+               scaling__num_workers=1)
+    run_training(cfg)  # a finished run under run.name, as a user's earlier training leaves it
+    first, second = pipeline_images_per_sec(cfg), pipeline_images_per_sec(cfg)
+    assert first["run_name"] != second["run_name"]
+    for m in (first, second):
+        assert m["epoch"] == 1 and m["images_per_sec"] > 0 and m["run_name"].startswith("bench_")
+        lines = read_jsonl(Path(cfg.run.storage_path) / m["run_name"] / "metrics.jsonl")
+        assert [line["epoch"] for line in lines] == [1]
+        events = read_jsonl(Path(cfg.run.storage_path) / m["run_name"] / "events.jsonl")
+        assert [e["resumed_from_epoch"] for e in events] == [0]  # trained, not resumed
+
+
 def test_storage_uri_gets_run_files_metrics_and_resume(ray_session, cifar_small, tmp_path):
     """run.storage_path as a URI (file:// here; s3:// and gs:// take the same pyarrow path):
     Ray Train's checkpoints and our run files, metrics and events all land under it, and a

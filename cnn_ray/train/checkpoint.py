@@ -175,6 +175,10 @@ def restore_training_state(
 
     ``ema`` (an ``AveragedModel``): gets the saved average; when the checkpoint holds none (the
     EMA was switched on for this resume) it restarts from the restored weights.
+
+    Raises:
+        CheckpointError: the saved optimiser state has other parameter groups than
+            ``optimizer`` (the message gives both layouts and the settings that shape them).
     """
     unwrap_model(model).load_state_dict(state.model_state)
     if ema is not None:
@@ -183,7 +187,18 @@ def restore_training_state(
         else:
             ema.module.load_state_dict(state.model_state)
     if optimizer is not None and state.optimizer_state is not None:
-        optimizer.load_state_dict(state.optimizer_state)
+        try:
+            optimizer.load_state_dict(state.optimizer_state)
+        except ValueError as exc:  # torch: group count or sizes differ
+            saved = [len(g["params"]) for g in state.optimizer_state.get("param_groups", [])]
+            now = [len(g["params"]) for g in optimizer.param_groups]
+            raise CheckpointError(
+                f"the checkpoint's optimiser state ({type(optimizer).__name__} groups of "
+                f"{saved} parameters) does not fit this run's optimiser ({now}): a setting "
+                "that shapes its parameter groups changed (optim.optimizer, "
+                "model.batchnorm.bias_lr_mult, model.whitening, fine-tuning keys). Start a new "
+                f"run with another run.name, or restore those settings to resume ({exc})"
+            ) from exc
     if scheduler is not None and state.scheduler_state is not None:
         scheduler.load_state_dict(state.scheduler_state)
     if scaler is not None and state.scaler_state is not None:

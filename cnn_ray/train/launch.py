@@ -375,16 +375,32 @@ def build_trainer(
     )
 
 
-# Keys a resumed run must share with its checkpoint: the network's shape and the data it saw.
+# Keys a resumed run must share with its checkpoint: the network's shape, the data it saw, and
+# what shapes the optimiser's state (its kind and parameter groups: Muon keeps the conv filters
+# in a group of their own, a BN-bias lr multiplier != 1 splits the BN biases off, whitening
+# freezes the first conv's weight out of the groups).
 RESUME_KEYS = tuple(f"model.{k}" for k in ("name", "width_mult", "depth", "kernel_size",
                                            "separable", "widths")) + tuple(
     f"data.{k}" for k in ("train", "val", "format", "image_size", "channels", "path_column",
-                          "label_column", "path_template", "pca"))
+                          "label_column", "path_template", "pca")) + ("optim.optimizer",)
+# Settings whose value may change on resume but not whether they are on: (key, "on" test).
+RESUME_SWITCHES = (("model.batchnorm.bias_lr_mult", lambda v: v not in (None, 1, 1.0)),
+                   ("model.whitening.enabled", bool))
+
+
+def _lookup(d: dict, key: str, default=None):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return default
+        d = d[part]
+    return d
 
 
 def check_resume(cfg: TrainConfig, directory: str, class_names: list[str]) -> Optional[str]:
     """Before any worker starts: when the run dir already holds a checkpoint, check that it
-    belongs to this run (same :data:`RESUME_KEYS` and class names). Returns the checkpoint's
+    belongs to this run (same :data:`RESUME_KEYS`, the :data:`RESUME_SWITCHES` on or off alike,
+    same class names), so a resume never fails inside a worker on a model or optimiser state
+    that does not fit. Returns the checkpoint's
     path (None: nothing to resume, or a storage URI, which is not read here).
 
     Raises:
@@ -404,10 +420,14 @@ def check_resume(cfg: TrainConfig, directory: str, class_names: list[str]) -> Op
     old, new = meta.get("config") or {}, cfg.to_dict()
     diffs = []
     for key in RESUME_KEYS:
-        section, name = key.split(".")
-        default = new[section].get(name)  # a key the checkpoint predates kept its default
-        before, after = old.get(section, {}).get(name, default), new[section].get(name)
+        after = _lookup(new, key)
+        before = _lookup(old, key, after)  # a key the checkpoint predates kept its default
         if before != after:
+            diffs.append(f"{key}: {before!r} -> {after!r}")
+    for key, is_on in RESUME_SWITCHES:
+        after = _lookup(new, key)
+        before = _lookup(old, key, after)
+        if bool(is_on(before)) != bool(is_on(after)):
             diffs.append(f"{key}: {before!r} -> {after!r}")
     if list(meta.get("class_names") or []) != list(class_names):
         diffs.append(f"class names: {meta.get('class_names')} -> {list(class_names)}")
