@@ -213,33 +213,31 @@ def slot_occupancy(sweep_dir: str, concurrency: int, *, while_queued: bool = Fal
 
 def network_speeds(base, points: list, steps: int) -> list[dict]:
     """Pure-compute training images/s (forward + backward + step on in-memory tensors,
-    :func:`cnn_ray.benchmark.synthetic_images_per_sec`) of each distinct network set-up among
-    ``points`` at the trials' batch, precision and threads: the machine's speed, stated next to
-    the sweep's wall times. Measured before either sweep, on the driver; ``steps`` 0: none."""
+    :func:`cnn_ray.tune.order.measured_rate`, the timing ``sweep.order`` uses, here with more
+    steps) of each distinct network set-up among ``points`` at the trials' batch, precision and
+    threads: the machine's speed, stated next to the sweep's wall times. Measured before either
+    sweep, on the driver; ``steps`` 0: none."""
     if steps <= 0:
         return []
     import torch
 
-    from cnn_ray.benchmark import synthetic_images_per_sec
-    from cnn_ray.tune.order import speed_key
     from cnn_ray.train.techniques import resolve_precision
+    from cnn_ray.tune.order import measured_rate, speed_key
     from cnn_ray.tune.space import validate_variants
 
-    threads = torch.get_num_threads()
+    rate = measured_rate(10, steps=steps, warmup=1)
     out: dict[str, dict] = {}
-    try:
-        for point, cfg in zip(points, validate_variants(base, points)):
-            key = speed_key(cfg)
-            if key in out:
-                continue
-            network = {k: v for k, v in point.items() if k.startswith("model.")}
-            ips = synthetic_images_per_sec(cfg, 10, steps=steps, warmup=1)
-            out[key] = {"network": network, "precision": resolve_precision(cfg.precision.dtype, torch.device("cpu")),
-                        "batch_size": cfg.per_worker_batch_size(),
-                        "threads": cfg.scaling.torch_threads, "images_per_sec": round(ips, 1)}
-            print(f"[benchmark_sweep] pure compute {network}: {ips:.0f} images/s", flush=True)
-    finally:
-        torch.set_num_threads(threads)
+    for point, cfg in zip(points, validate_variants(base, points)):
+        key = speed_key(cfg)
+        if key in out:
+            continue
+        network = {k: v for k, v in point.items() if k.startswith("model.")}
+        ips = rate(cfg)
+        out[key] = {"network": network,
+                    "precision": resolve_precision(cfg.precision.dtype, torch.device("cpu")),
+                    "batch_size": cfg.per_worker_batch_size(),
+                    "threads": cfg.scaling.torch_threads, "images_per_sec": round(ips, 1)}
+        print(f"[benchmark_sweep] pure compute {network}: {ips:.0f} images/s", flush=True)
     return list(out.values())
 
 
