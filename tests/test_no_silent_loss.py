@@ -200,6 +200,9 @@ def test_resume_of_the_same_run_passes_and_a_different_one_names_the_keys(tmp_pa
     cfg, _ = _run_with_checkpoint(tmp_path / "b", model__batchnorm={"bias_lr_mult": 64})
     with pytest.raises(ConfigError, match=r"model.batchnorm.bias_lr_mult: 1.0 -> 64.0"):
         check_resume(cfg, run_dir(cfg), ["a", "b"])
+    cfg, _ = _run_with_checkpoint(tmp_path / "f", model__batchnorm={"freeze_scale": True})
+    with pytest.raises(ConfigError, match=r"model.batchnorm.freeze_scale: False -> True"):
+        check_resume(cfg, run_dir(cfg), ["a", "b"])
     fresh, _ = _run_with_checkpoint(tmp_path / "y")
     assert check_resume(fresh.model_copy(update={"run": fresh.run.model_copy(
         update={"name": "new"})}), str(tmp_path / "y" / "runs" / "new"), ["z"]) is None

@@ -196,7 +196,8 @@ def restore_training_state(
                 f"the checkpoint's optimiser state ({type(optimizer).__name__} groups of "
                 f"{saved} parameters) does not fit this run's optimiser ({now}): a setting "
                 "that shapes its parameter groups changed (optim.optimizer, "
-                "model.batchnorm.bias_lr_mult, model.whitening, fine-tuning keys). Start a new "
+                "model.batchnorm.bias_lr_mult / freeze_scale, model.whitening, fine-tuning "
+                "keys). Start a new "
                 f"run with another run.name, or restore those settings to resume ({exc})"
             ) from exc
     if scheduler is not None and state.scheduler_state is not None:

@@ -377,15 +377,15 @@ def build_trainer(
 
 # Keys a resumed run must share with its checkpoint: the network's shape, the data it saw, and
 # what shapes the optimiser's state (its kind and parameter groups: Muon keeps the conv filters
-# in a group of their own, a BN-bias lr multiplier != 1 splits the BN biases off, whitening
-# freezes the first conv's weight out of the groups).
+# in a group of their own, a BN-bias lr multiplier != 1 splits the BN biases off, whitening and
+# frozen BN scales take the first conv's weight / the BN weights out of the groups).
 RESUME_KEYS = tuple(f"model.{k}" for k in ("name", "width_mult", "depth", "kernel_size",
                                            "separable", "widths")) + tuple(
     f"data.{k}" for k in ("train", "val", "format", "image_size", "channels", "path_column",
                           "label_column", "path_template", "pca")) + ("optim.optimizer",)
 # Settings whose value may change on resume but not whether they are on: (key, "on" test).
 RESUME_SWITCHES = (("model.batchnorm.bias_lr_mult", lambda v: v not in (None, 1, 1.0)),
-                   ("model.whitening.enabled", bool))
+                   ("model.whitening.enabled", bool), ("model.batchnorm.freeze_scale", bool))
 
 
 def _lookup(d: dict, key: str, default=None):
