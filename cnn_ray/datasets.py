@@ -109,7 +109,7 @@ def _decode_rgb(path: str):
 def cifar10_arrays(split: str, *, root: str | os.PathLike | None = None,
                    processes: int | None = None, cache: bool = True):
     """The CIFAR-10 JPEGs of ``split`` (``train`` / ``test``) decoded into arrays, for Ray-free
-    runs (``jobs/gpu_check.py``, recipe probes) that need the whole set in memory.
+    runs (``benchmarks/gpu_check.py``, recipe probes) that need the whole set in memory.
 
     Decodes ``<root>/<split>/<class>/*.jpg`` with Pillow in a process pool (``processes``,
     default all CPUs) in sorted (class, file) order and caches the result as

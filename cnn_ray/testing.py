@@ -1,4 +1,4 @@
-"""Deliberately bad inputs, for the tests and ``jobs/faults.py`` (as ``numpy.testing`` is for numpy).
+"""Deliberately bad inputs, for the tests and ``benchmarks/faults.py`` (as ``numpy.testing`` is for numpy).
 
 Nothing binary is committed: every file is generated here, seeded, so the tests and the faults
 benchmark exercise the same cases. Each generator writes files and says what a user's entry point

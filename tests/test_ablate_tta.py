@@ -1,4 +1,4 @@
-"""jobs/ablate.py (the ablation table of the fast recipe) and jobs/time_to_accuracy.py (plain
+"""benchmarks/ablate.py (the ablation table of the fast recipe) and benchmarks/time_to_accuracy.py (plain
 PyTorch vs the fast recipe): variant configs, epochs/time-to-threshold and ratio logic, and
 smoke runs of both commands."""
 
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _job(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_job", REPO / "jobs" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_job", REPO / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -1,4 +1,4 @@
-"""The generated bad inputs of :mod:`cnn_ray.testing` (the cases ``jobs/faults.py`` reports on)
+"""The generated bad inputs of :mod:`cnn_ray.testing` (the cases ``benchmarks/faults.py`` reports on)
 through the entry points a user hits: decoding, ``prepare_dataset`` under both ``bad_input``
 policies, recipe loading; and checkpoints cut short by SIGKILLs."""
 

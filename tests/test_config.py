@@ -116,7 +116,11 @@ def test_cli_reports_config_error_before_ray(tmp_path, capsys, monkeypatch):
 
 def test_shipped_recipes_parse():
     from pathlib import Path
-    for path in sorted((Path(__file__).parents[1] / "jobs" / "configs").glob("*.yaml")):
+    repo = Path(__file__).parents[1]
+    paths = sorted([*(repo / "jobs" / "configs").glob("*.yaml"),
+                    *(repo / "benchmarks" / "configs").glob("*.yaml")])
+    assert any(p.parent.parent.name == "benchmarks" for p in paths)
+    for path in paths:
         if path.name.startswith("sweep"):
             continue
         cfg = load_train_config(str(path), check_paths=False)

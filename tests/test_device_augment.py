@@ -170,7 +170,7 @@ def test_benchmark_augment_smoke(tmp_path):
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "jobs" / "benchmark_augment.py"
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_augment.py"
     spec = importlib.util.spec_from_file_location("benchmark_augment", path)
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)

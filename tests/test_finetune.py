@@ -272,7 +272,7 @@ def test_resume_of_a_fine_tuning_run_keeps_its_own_weights(tmp_path):
 
 # ------------------------------------------------------------------------------ local trainer
 def test_ray_free_trainer_fine_tunes_from_a_checkpoint(tmp_path):
-    """``train_arrays`` (jobs/gpu_check.py's trainer) goes through the same build: the
+    """``train_arrays`` (benchmarks/gpu_check.py's trainer) goes through the same build: the
     checkpoint's weights and normalisation, the head first, then everything."""
     path, _ = _pretrained_checkpoint(tmp_path)
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""jobs/gpu_check.py: refuses without CUDA; its code paths run on the CPU with --allow-cpu."""
+"""benchmarks/gpu_check.py: refuses without CUDA; its code paths run on the CPU with --allow-cpu."""
 
 import importlib.util
 import json
@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "jobs" / "gpu_check.py")
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -130,12 +130,12 @@ def test_worker_import_does_not_pull_in_torchvision():
 @pytest.mark.ray
 @pytest.mark.slow
 def test_benchmark_sweep_script_end_to_end(ray_session, cifar_root, tmp_path):
-    """jobs/benchmark_sweep.py, tiny: the same configs under ASHA and FIFO, the figures it
+    """benchmarks/benchmark_sweep.py, tiny: the same configs under ASHA and FIFO, the figures it
     prints (ratio, start-ups, hardware) and the replay of its own FIFO run."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("benchmark_sweep_job",
-                                                  REPO / "jobs" / "benchmark_sweep.py")
+                                                  REPO / "benchmarks" / "benchmark_sweep.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     out = tmp_path / "bench.json"

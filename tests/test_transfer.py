@@ -1,4 +1,4 @@
-"""jobs/transfer.py (issue 15 "transfer pays"): the two data sets (classes, counts, seeded
+"""benchmarks/transfer.py (issue 15 "transfer pays"): the two data sets (classes, counts, seeded
 choice, labels), argument and override errors (exit 2, one line), and a smoke run on generated
 CIFAR-like arrays (the `not ray` tier has no archive). No Ray."""
 
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def transfer():
-    spec = importlib.util.spec_from_file_location("transfer_job", REPO / "jobs" / "transfer.py")
+    spec = importlib.util.spec_from_file_location("transfer_job", REPO / "benchmarks" / "transfer.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

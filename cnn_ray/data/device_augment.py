@@ -176,7 +176,7 @@ def batch_crop_flip(images: torch.Tensor, shift_y: torch.Tensor, shift_x: torch.
     where flipped, in two gathers: whole shifted rows (``index_select`` of contiguous
     ``W * C``-element rows), then the shifted/mirrored columns within them (``gather``). On
     CPU that is ~3x faster than one advanced-indexing gather, yet about half as fast as the
-    numpy path's block copies (``jobs/benchmark_augment.py``): the host keeps the numpy path.
+    numpy path's block copies (``benchmarks/benchmark_augment.py``): the host keeps the numpy path.
 
     Args:
         images: ``(M, H, W, C)`` (``layout="nhwc"``) or ``(M, C, H, W)`` (``"nchw"``) tensor,

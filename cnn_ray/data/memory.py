@@ -25,7 +25,7 @@ GPU-resident variant (:class:`DeviceShard`, chosen by :func:`shard_for_device`):
 worker the share is copied to the GPU once (uint8) and every batch is gathered, cropped,
 flipped (and cut out) there by :mod:`cnn_ray.data.device_augment` -- the same rows in the same
 order with the same pixels as the numpy path, no background thread and no per-batch host->device
-copy. On CPU the numpy path stays: it is faster there (``jobs/benchmark_augment.py``).
+copy. On CPU the numpy path stays: it is faster there (``benchmarks/benchmark_augment.py``).
 
 No Ray here: the Train glue (:mod:`cnn_ray.train.launch`, :mod:`cnn_ray.train.worker`) does the
 ``ray.put`` / ``ray.get``.

@@ -116,7 +116,7 @@ class RungAnnealed:
     under a one-cycle or warm-up/stable/decay schedule those epochs catch each trial at its
     peak rate, where a high rate looks worst and ranks invert after the final decay (measured
     here: rank correlation of epoch-1 top-1 with the final one -0.47 under one-cycle, -0.33
-    under wsd; ``jobs/benchmark_sweep.py``). Annealing to the end of every rung compares
+    under wsd; ``benchmarks/benchmark_sweep.py``). Annealing to the end of every rung compares
     trials as their final epoch will. Values that work: rung epochs from the sweep's ASHA
     (``optim.anneal_epochs``, derived by the sweep), ``warmup_frac`` 0.1-0.25, ``end``
     0.05-0.1. Source: Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm

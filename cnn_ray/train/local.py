@@ -4,7 +4,7 @@ The same parts as a Ray Train worker (:func:`cnn_ray.train.parts.build_parts`: t
 model preparation, EMA, optimiser and schedule; :func:`cnn_ray.train.loop.train_one_epoch` with
 the recipe's step hooks; evaluation of the EMA weights with test-time augmentation) and the
 same memory-cache data path (:class:`cnn_ray.data.memory.InMemoryShard`, on the GPU as a
-``DeviceShard`` when there is one). Used by ``jobs/gpu_check.py`` on machines without Ray and by
+``DeviceShard`` when there is one). Used by ``benchmarks/gpu_check.py`` on machines without Ray and by
 recipe probes; ``jobs/train.py`` remains the way to train (Ray Data, Ray Train, checkpoints).
 """
 

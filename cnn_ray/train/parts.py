@@ -3,7 +3,7 @@
 :func:`build_parts` turns a config and a data summary into the model (the recipe's switches
 applied before any DDP wrapping), its EMA, optimiser, LR schedule, grad scaler and step
 settings. The Ray Train worker (:mod:`cnn_ray.train.worker`) calls it with Ray Train's device and
-``prepare_model``; the Ray-free trainer (:mod:`cnn_ray.train.local`, ``jobs/gpu_check.py``) with a
+``prepare_model``; the Ray-free trainer (:mod:`cnn_ray.train.local`, ``benchmarks/gpu_check.py``) with a
 plain device and no wrapping. No Ray here.
 """
 

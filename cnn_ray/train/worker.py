@@ -215,7 +215,7 @@ def run_worker(loop_config: dict[str, Any], session: Session) -> None:
                 save=(epoch + 1) % cfg.run.checkpoint_every == 0 or last, session=session)
         if watch is not None:
             # after the checkpoint is committed: plotting and TensorBoard (~1 s) must not widen
-            # the window in which a fault loses the epoch (jobs/faults.py node_removed)
+            # the window in which a fault loses the epoch (benchmarks/faults.py node_removed)
             watch.epoch(metrics)
         if stop:
             log(f"early stopping: val_top1 has not improved for {progress.stale} epochs")

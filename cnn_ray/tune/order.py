@@ -3,7 +3,7 @@
 A sweep runs its trials on a few slots (``max_concurrent_trials``). When the trials differ in
 cost (an architecture search: a separable ResNet-9 and a full-width airbench differ 2-3x in
 time per epoch here), the order decides how long the end of the sweep runs with idle slots:
-measured on the 2-core Xeon (issue 13, ``jobs/benchmark_sweep.py``, FIFO over 16 drawn
+measured on the 2-core Xeon (issue 13, ``benchmarks/benchmark_sweep.py``, FIFO over 16 drawn
 configurations x 8 epochs), the last trial to start was one of the longest (115 s) and ran
 alone for most of that time: every slot trained for only 81% of the sweep's wall time.
 Starting the longest trials first is Graham's LPT rule (R. L. Graham, "Bounds on

@@ -2,7 +2,7 @@
 # The main-job target, measured as a user runs it: start a local 2-CPU Ray cluster (token auth),
 # `ray job submit` jobs/train.py with jobs/configs/cifar10.yaml (prepare step included), print
 # the wall time from submission and the final top-1 on the 10,000 CIFAR-10 test images.
-# Usage: jobs/run_cifar10_target.sh [key=value overrides...]   (needs the data extracted:
+# Usage: benchmarks/run_cifar10_target.sh [key=value overrides...]   (needs the data extracted:
 #   tar -xzf ../shared/data/cifar10-jpg.tar.gz -C ~/.cache/cnn_ray)
 set -euo pipefail
 cd "$(dirname "$0")/.."

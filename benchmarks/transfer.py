@@ -1,8 +1,8 @@
 """Transfer pays: pretrain on five CIFAR-10 classes, fine-tune on 100 images per class of the other five.
 
-    python jobs/transfer.py                                   # the measurement (README figures)
-    python jobs/transfer.py --epochs 40 --unfreeze-epoch 4 --seed 1   # a longer budget
-    python jobs/transfer.py --smoke                           # tiny subsets, 1-2 epochs, ~1 min
+    python benchmarks/transfer.py                                   # the measurement (README figures)
+    python benchmarks/transfer.py --epochs 40 --unfreeze-epoch 4 --seed 1   # a longer budget
+    python benchmarks/transfer.py --smoke                           # tiny subsets, 1-2 epochs, ~1 min
 
 What it does, one step after the other in this process (no Ray; the Ray-free trainer
 :func:`cnn_ray.train.local.train_arrays`, which builds the model, optimiser, schedule, EMA,
@@ -332,7 +332,7 @@ def summary_doc(args, configs, sets, data_path: Path, pre: dict, ft: dict, sc: d
             "images_per_sec", "tta_views", "precision")
     ft_cfg = configs["finetune"]
     return {
-        "command": "python jobs/transfer.py " + " ".join(args.argv),
+        "command": "python benchmarks/transfer.py " + " ".join(args.argv),
         "config": os.path.relpath(args.config, REPO) if str(args.config).startswith(str(REPO))
         else str(args.config),
         "seed": args.seed,
@@ -439,7 +439,7 @@ def print_report(doc: dict[str, Any], log: Callable = print) -> None:
 
 # ------------------------------------------------------------------------------ CLI
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jobs/transfer.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="benchmarks/transfer.py", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="the recipe (YAML)")
     p.add_argument("--pretrain-epochs", type=int, default=12,
                    help="epochs on the 25,000 pretraining images (default 12)")

@@ -1,6 +1,6 @@
 """Check and measure cnn_ray's CUDA paths on one GPU, without Ray; write a JSON of figures.
 
-    python jobs/gpu_check.py [--out gpu_check.json] [--quick]
+    python benchmarks/gpu_check.py [--out gpu_check.json] [--quick]
 
 Needs torch (+ torchvision for the torchvision models), numpy, pyarrow, PyYAML and pydantic: the
 light dependencies of the numeric core. Ray is optional: where it is installed, a 1-worker

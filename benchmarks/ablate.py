@@ -1,9 +1,9 @@
 """Ablation table of the fast recipe, in the form of airbench's: each technique removed in turn.
 
-    python jobs/ablate.py                                     # every variant, all data, 1 seed
-    python jobs/ablate.py --train-images 10000 --epochs 6 --seeds 0 1 --json ablate.json
-    python jobs/ablate.py --only full no_whitening --set optim.batch_size=512
-    python jobs/ablate.py --list                              # the variants and their overrides
+    python benchmarks/ablate.py                                     # every variant, all data, 1 seed
+    python benchmarks/ablate.py --train-images 10000 --epochs 6 --seeds 0 1 --json ablate.json
+    python benchmarks/ablate.py --only full no_whitening --set optim.batch_size=512
+    python benchmarks/ablate.py --list                              # the variants and their overrides
 
 Trains ``jobs/configs/cifar10.yaml`` (``--config``) and, for each technique, the same recipe with
 that technique removed (``sgd``: no Muon; plus one addition: ``drop_last``, airbench's dropping

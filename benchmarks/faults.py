@@ -1,9 +1,9 @@
 """Faults survived and bad inputs handled: the figures of the cluster/hardening issue.
 
-    python jobs/faults.py                  # every fault + every bad input, ~10 min on 2 cores
-    python jobs/faults.py --only bad_inputs
-    python jobs/faults.py --only faults --json faults.json
-    python jobs/faults.py --only one_node      # the same recipe on one node, for comparison
+    python benchmarks/faults.py                  # every fault + every bad input, ~10 min on 2 cores
+    python benchmarks/faults.py --only bad_inputs
+    python benchmarks/faults.py --only faults --json faults.json
+    python benchmarks/faults.py --only one_node      # the same recipe on one node, for comparison
 
 Faults run on a 2-node local cluster (``ray.cluster_utils.Cluster``: a head and one worker
 node, 2 logical CPUs each, one machine) training a small CNN on a seeded CIFAR-10 subset from

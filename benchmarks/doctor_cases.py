@@ -1,8 +1,8 @@
 """The doctor on four recipes, its first suggestion applied: estimated vs measured gain.
 
-    python jobs/doctor_cases.py                       # the four cases, 20 timed steps each
-    python jobs/doctor_cases.py --json results/doctor_cases.json
-    python jobs/doctor_cases.py --only batch8 --set data.train=... data.val=...
+    python benchmarks/doctor_cases.py                       # the four cases, 20 timed steps each
+    python benchmarks/doctor_cases.py --json results/doctor_cases.json
+    python benchmarks/doctor_cases.py --only batch8 --set data.train=... data.val=...
 
 Each case is the CIFAR-10 fast recipe (``--config``) with overrides that mis-configure it
 (:data:`CASES`): ``starved_streaming`` (JPEGs decoded and augmented every epoch in a Ray Data

@@ -1,9 +1,9 @@
 """Time to accuracy: the plain PyTorch recipe of the seed articles vs the cnn_ray fast recipe.
 
-    python jobs/time_to_accuracy.py --json tta.json                 # both, the full data
-    python jobs/time_to_accuracy.py --only fast                     # the cnn_ray recipe alone
-    python jobs/time_to_accuracy.py --smoke                         # tiny subset, 1 epoch each
-    python jobs/time_to_accuracy.py --plain-from tta.json --set optim.epochs=4 --json tta4.json
+    python benchmarks/time_to_accuracy.py --json tta.json                 # both, the full data
+    python benchmarks/time_to_accuracy.py --only fast                     # the cnn_ray recipe alone
+    python benchmarks/time_to_accuracy.py --smoke                         # tiny subset, 1 epoch each
+    python benchmarks/time_to_accuracy.py --plain-from tta.json --set optim.epochs=4 --json tta4.json
                                    # another fast budget against the plain curve of tta.json
 
 Trains, one after the other on this machine (the fast recipe first; ``--json`` is rewritten

@@ -1,8 +1,8 @@
 """ASHA vs FIFO on the same sampled configurations of a seeded CIFAR-10 subset.
 
-    python jobs/benchmark_sweep.py            # ASHA over 32 configs, FIFO over the first 16,
+    python benchmarks/benchmark_sweep.py            # ASHA over 32 configs, FIFO over the first 16,
                                               # <= 8 epochs each, 10,000 + 2,000 images
-    python jobs/benchmark_sweep.py --quick    # ASHA 8 / FIFO 4 configs x 2 epochs, 1,000 + 200
+    python benchmarks/benchmark_sweep.py --quick    # ASHA 8 / FIFO 4 configs x 2 epochs, 1,000 + 200
 
 The configurations (learning rate, weight decay, and the architecture: airbench or resnet9 with
 their own knobs) are drawn ONCE with a seeded searcher; ASHA runs all ``--trials`` of them and

@@ -1,8 +1,8 @@
 """Crop + flip throughput: the numpy path against the torch (device) path, in images/s.
 
-    python jobs/benchmark_augment.py                  # CPU, 1 torch thread, 512x32x32x3 batches
-    python jobs/benchmark_augment.py --device cuda    # the torch path on a GPU (numpy on CPU)
-    python jobs/benchmark_augment.py --smoke          # tiny, for CI
+    python benchmarks/benchmark_augment.py                  # CPU, 1 torch thread, 512x32x32x3 batches
+    python benchmarks/benchmark_augment.py --device cuda    # the torch path on a GPU (numpy on CPU)
+    python benchmarks/benchmark_augment.py --smoke          # tiny, for CI
 
 Two levels, each the median of ``--repeats`` (5) timings, printed as images/s:
 

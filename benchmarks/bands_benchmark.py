@@ -1,9 +1,9 @@
 """Multi-band data with and without PCA: the same recipe on all bands and on k components.
 
-    python jobs/bands_benchmark.py                          # 32 bands vs PCA-4, 10 epochs
-    python jobs/bands_benchmark.py --per-class 1000 --val-per-class 200 --epochs 10 \\
+    python benchmarks/bands_benchmark.py                          # 32 bands vs PCA-4, 10 epochs
+    python benchmarks/bands_benchmark.py --per-class 1000 --val-per-class 200 --epochs 10 \\
         --bands 32 --components 4 --json results/bands.json
-    python jobs/bands_benchmark.py --smoke                  # a minute: 30/10 per class, 1 epoch
+    python benchmarks/bands_benchmark.py --smoke                  # a minute: 30/10 per class, 1 epoch
 
 Builds a hyperspectral-style tile set offline (:func:`cnn_ray.datasets.write_hyperspectral`):
 a seeded subset of the CIFAR-10 JPEGs (``--per-class`` training images per class from the
