@@ -1,6 +1,9 @@
 """Command line: ``cnn-ray {train,prepare,evaluate,benchmark,doctor,tune} --config FILE [a.b=value ...]``,
 ``cnn-ray export --checkpoint DIR --format torchscript|onnx`` and ``cnn-ray predict --checkpoint
-DIR --data PATH [a.b=value ...]`` (these two read the config saved in the checkpoint).
+DIR --data PATH [a.b=value ...]`` (these two read the config saved in the checkpoint), and
+``cnn-ray config-reference [--out docs/config.md] [--check]`` (writes the configuration
+reference generated from the config models, :mod:`cnn_ray.config_reference`; ``--check`` exits
+with status 1 when the file differs).
 
 The only place (with ``jobs/``) that parses argv; config files and overrides are read by
 :mod:`cnn_ray.config_io`, and the rest of the library takes typed configs. Nothing in
@@ -74,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
                     "optim.eval_batch_size)")
     sp.add_argument("overrides", nargs="*", help="key.path=value overrides of the checkpoint's "
                     "config (eval.tta, data.bad_input, data.data_cpus, scaling.torch_threads, ...)")
+    sp = sub.add_parser("config-reference", help="write the configuration reference "
+                        "(every config and sweep key) generated from the config models")
+    sp.add_argument("--out", default="docs/config.md", help="Markdown file to write "
+                    "(default: docs/config.md)")
+    sp.add_argument("--check", action="store_true", help="write nothing; exit 1 when the "
+                    "file differs from the generated text")
     return p
 
 
@@ -93,6 +102,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _dispatch(args) -> int:
+    if args.command == "config-reference":
+        from cnn_ray.config_reference import reference_main  # noqa: PLC0415 (no Ray needed)
+
+        return reference_main(args.out, check=args.check)
     if args.command == "export":
         from cnn_ray.export import export_main  # noqa: PLC0415 (no Ray needed)
 

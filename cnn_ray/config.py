@@ -59,7 +59,10 @@ class DataConfig(_Strict):
 
     train: str = Field(..., description="training data: folder, Parquet shards, or manifest")
     val: Optional[str] = Field(None, description="validation data; None = seeded held-out fraction")
-    format: Literal["auto", "folder", "parquet", "manifest"] = "auto"
+    format: Literal["auto", "folder", "parquet", "manifest"] = Field(
+        "auto", description="how train/val are read: folder (ImageFolder tree), parquet "
+        "(directory or glob of shards), manifest (CSV/TSV/JSON-lines/Parquet table); auto "
+        "detects which")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held-out share when val is None")
     image_size: int = Field(32, ge=8, le=4096, description="training resolution (pixels, square)")
     channels: int = Field(3, ge=1, le=64, description="image channels after decoding; for "
@@ -124,16 +127,21 @@ class DataConfig(_Strict):
 class RandomCrop(_Strict):
     """Pad by ``padding`` pixels (reflect) and crop back to size at a random offset."""
 
-    enabled: bool = True
-    padding: int = Field(4, ge=0)
+    enabled: bool = Field(True, description="apply random_crop")
+    padding: int = Field(4, ge=0, description="reflect padding and largest shift (pixels); "
+                         "0: no crop")
 
 
 class RandomResizedCrop(_Strict):
     """Crop a random area/aspect ratio and resize back (Inception-style zoom)."""
 
-    enabled: bool = False
-    scale: tuple[float, float] = (0.35, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    enabled: bool = Field(False, description="apply random_resized_crop")
+    scale: tuple[float, float] = Field(
+        (0.35, 1.0), description="[low, high] of the crop's area as a share of the image "
+        "(uniform); 0 < low <= high")
+    ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3), description="[low, high] of the crop's aspect ratio width/height "
+        "(log-uniform); 0 < low <= high")
 
     @field_validator("scale", "ratio")
     @classmethod
@@ -148,70 +156,98 @@ class HFlip(_Strict):
     ``alternating`` (airbench): random on the first epoch, then each image flipped on exactly
     alternate epochs (``p`` unused), so every image is seen both ways every two epochs."""
 
-    enabled: bool = True
-    p: float = Field(0.5, ge=0.0, le=1.0)
-    mode: Literal["random", "alternating"] = "random"
+    enabled: bool = Field(True, description="apply hflip")
+    p: float = Field(0.5, ge=0.0, le=1.0, description="mode random: probability that an "
+                     "image is flipped, drawn per image and epoch")
+    mode: Literal["random", "alternating"] = Field(
+        "random", description="random: a fresh coin per image and epoch; alternating: each "
+        "image flipped on alternate epochs (airbench)")
 
 
 class Rotation(_Strict):
-    enabled: bool = False
-    degrees: float = Field(15.0, ge=0.0, le=180.0)
+    """Rotate about the centre by an angle drawn uniformly from ``[-degrees, degrees]``
+    (resampled bilinearly, composed with random_resized_crop and affine)."""
+
+    enabled: bool = Field(False, description="apply rotation")
+    degrees: float = Field(15.0, ge=0.0, le=180.0, description="largest rotation angle "
+                           "(degrees)")
 
 
 class Affine(_Strict):
     """Random shift (fraction of the image side) and shear (degrees)."""
 
-    enabled: bool = False
-    translate: float = Field(0.1, ge=0.0, le=0.5)
-    shear: float = Field(10.0, ge=0.0, le=45.0)
+    enabled: bool = Field(False, description="apply affine")
+    translate: float = Field(0.1, ge=0.0, le=0.5, description="largest shift along each "
+                             "axis, as a share of that side (uniform in [-t, t])")
+    shear: float = Field(10.0, ge=0.0, le=45.0, description="largest shear angle along x "
+                         "(degrees, uniform in [-shear, shear])")
 
 
 class ColorJitter(_Strict):
     """Random brightness/contrast/saturation factors in ``[1 - s, 1 + s]``."""
 
-    enabled: bool = False
-    brightness: float = Field(0.2, ge=0.0, le=1.0)
-    contrast: float = Field(0.2, ge=0.0, le=1.0)
-    saturation: float = Field(0.2, ge=0.0, le=1.0)
+    enabled: bool = Field(False, description="apply color_jitter (3-band RGB images)")
+    brightness: float = Field(0.2, ge=0.0, le=1.0, description="brightness factor drawn from "
+                              "[1 - s, 1 + s]; 0: off")
+    contrast: float = Field(0.2, ge=0.0, le=1.0, description="contrast factor drawn from "
+                            "[1 - s, 1 + s] (blend with the mean grey level); 0: off")
+    saturation: float = Field(0.2, ge=0.0, le=1.0, description="saturation factor drawn from "
+                              "[1 - s, 1 + s] (blend with the grey image; 3 channels only); "
+                              "0: off")
 
 
 class Cutout(_Strict):
     """Zero a random ``size`` x ``size`` square (DeVries & Taylor, 2017)."""
 
-    enabled: bool = False
-    size: int = Field(8, ge=1)
-    p: float = Field(1.0, ge=0.0, le=1.0)
+    enabled: bool = Field(False, description="apply cutout")
+    size: int = Field(8, ge=1, description="side of the zeroed square (pixels); its centre is "
+                      "uniform over the image, clipped at the borders")
+    p: float = Field(1.0, ge=0.0, le=1.0, description="probability per image and epoch")
 
 
 class AugmentConfig(_Strict):
     """Training-time augmentation; each technique has ``enabled`` and its strength."""
 
-    random_crop: RandomCrop = Field(default_factory=RandomCrop)
-    random_resized_crop: RandomResizedCrop = Field(default_factory=RandomResizedCrop)
-    hflip: HFlip = Field(default_factory=HFlip)
-    rotation: Rotation = Field(default_factory=Rotation)
-    affine: Affine = Field(default_factory=Affine)
-    color_jitter: ColorJitter = Field(default_factory=ColorJitter)
-    cutout: Cutout = Field(default_factory=Cutout)
-    mixup: MixUp = Field(default_factory=MixUp)
-    cutmix: CutMix = Field(default_factory=CutMix)
+    random_crop: RandomCrop = Field(default_factory=RandomCrop, description="pad and crop "
+                                    "back at a random offset (a shift)")
+    random_resized_crop: RandomResizedCrop = Field(
+        default_factory=RandomResizedCrop, description="random-area crop resized back")
+    hflip: HFlip = Field(default_factory=HFlip, description="horizontal flip")
+    rotation: Rotation = Field(default_factory=Rotation, description="random rotation")
+    affine: Affine = Field(default_factory=Affine, description="random shift and shear")
+    color_jitter: ColorJitter = Field(default_factory=ColorJitter, description="random "
+                                      "brightness, contrast and saturation")
+    cutout: Cutout = Field(default_factory=Cutout, description="zero a random square")
+    mixup: MixUp = Field(default_factory=MixUp, description="MixUp of batch pairs (in the "
+                         "training step)")
+    cutmix: CutMix = Field(default_factory=CutMix, description="CutMix of batch pairs (in "
+                           "the training step)")
 
 
 # ----------------------------------------------------------------------------------- model
 class ModelConfig(_Strict):
     """A registered model name plus its knobs (``None`` knobs are left at the model default)."""
 
-    name: str = "resnet9"
-    width_mult: Optional[float] = Field(None, gt=0.0, le=8.0)
+    name: str = Field("resnet9", description="registered model family "
+                      "(cnn_ray.models.list_models(); see Model families)")
+    width_mult: Optional[float] = Field(None, gt=0.0, le=8.0, description="multiplier of the "
+                                        "family's channel widths; None = family default")
     depth: Optional[int] = Field(None, ge=1, le=64, description="blocks per stage (family-specific)")
-    kernel_size: Optional[int] = Field(None, ge=1, le=11)
-    separable: Optional[bool] = None
-    dropout: Optional[float] = Field(None, ge=0.0, lt=1.0)
+    kernel_size: Optional[int] = Field(None, ge=1, le=11, description="conv kernel side "
+                                       "(pixels, family-specific); None = family default")
+    separable: Optional[bool] = Field(None, description="depthwise-separable convs "
+                                      "(family-specific); None = family default")
+    dropout: Optional[float] = Field(None, ge=0.0, lt=1.0, description="dropout probability "
+                                     "before the classifier (family-specific); None = family "
+                                     "default")
     widths: Optional[tuple[int, int, int]] = Field(
         None, description="airbench: the three group widths (overrides width_mult)")
-    channels_last: bool = True
-    whitening: Whitening = Field(default_factory=Whitening)
-    batchnorm: BatchNormSettings = Field(default_factory=BatchNormSettings)
+    channels_last: bool = Field(True, description="feed the inputs in channels-last (NHWC) "
+                                "memory format")
+    whitening: Whitening = Field(default_factory=Whitening, description="patch-whitening "
+                                 "initialisation of the first conv")
+    batchnorm: BatchNormSettings = Field(default_factory=BatchNormSettings,
+                                         description="BatchNorm settings of the whole model")
     compile: bool = Field(False, description="torch.compile the model")
     pretrained: Optional[str] = Field(
         None, description="fine-tune from local weights: a state dict file (.pt/.pth, read with "
@@ -250,23 +286,31 @@ class OptimConfig(_Strict):
     (the global batch); it is not rescaled automatically.
     """
 
-    optimizer: Literal["sgd", "adamw", "adam", "muon"] = "sgd"
-    lr: float = Field(0.1, gt=0.0, le=100.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = True
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(5e-4, ge=0.0)
+    optimizer: Literal["sgd", "adamw", "adam", "muon"] = Field(
+        "sgd", description="torch SGD, AdamW or Adam; muon: Muon on the conv filters "
+        "(muon_lr, muon_momentum), SGD on the other parameters")
+    lr: float = Field(0.1, gt=0.0, le=100.0, description="peak learning rate for the global "
+                      "batch (per 1024 examples with decoupled)")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (sgd; muon: the "
+                            "non-filter parameters)")
+    nesterov: bool = Field(True, description="Nesterov momentum (sgd, muon; when momentum > 0)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam, adamw: (beta1, beta2)")
+    weight_decay: float = Field(5e-4, ge=0.0, description="weight decay of the weights "
+                                "(per 1024 examples with decoupled; none on muon's filters)")
     decay_norm_and_bias: bool = Field(
         False, description="also apply weight_decay to 1-D parameters (biases, norm affine "
         "parameters; BN biases at weight_decay / model.batchnorm.bias_lr_mult, so their decay "
         "per step is the weights'), as airbench decays every parameter; false: weights only")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="cross-entropy label "
+                                   "smoothing: targets (1 - s) * one-hot + s / classes")
     backbone_lr_mult: float = Field(
         1.0, gt=0.0, le=1.0, description="learning rate of the non-head parameters relative to "
         "the classifier head's (discriminative fine-tuning; after model.unfreeze_epoch)")
     schedule: Literal["onecycle", "cosine", "step", "plateau", "constant", "linear_decay",
-                      "wsd", "rung_anneal"] = \
-        "onecycle"
+                      "wsd", "rung_anneal"] = Field(
+        "onecycle", description="learning-rate schedule (cnn_ray.train.optim."
+        "build_lr_scheduler): onecycle, linear_decay, wsd, rung_anneal warm up over pct_start; "
+        "cosine, step, constant over warmup_epochs; plateau: gamma on a val-loss plateau")
     initial_lr_frac: float = Field(0.2, ge=0.0, le=1.0, description="linear_decay: lr at step 0")
     final_lr_frac: float = Field(0.07, ge=0.0, le=1.0, description="linear_decay, wsd: lr at "
                                  "the end")
@@ -279,20 +323,27 @@ class OptimConfig(_Strict):
     decoupled: bool = Field(False, description="lr and weight_decay per 1024 examples, "
                             "momentum-corrected (airbench); sgd/muon only")
     muon_lr: float = Field(0.24, gt=0.0, description="optimizer muon: lr of the conv filters")
-    muon_momentum: float = Field(0.6, ge=0.0, lt=1.0)
-    ema: EMA = Field(default_factory=EMA)
-    warmup_epochs: float = Field(0.0, ge=0.0)
+    muon_momentum: float = Field(0.6, ge=0.0, lt=1.0, description="optimizer muon: momentum "
+                                 "of the conv filters")
+    ema: EMA = Field(default_factory=EMA, description="exponential moving average of the "
+                     "weights")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="cosine, step, constant: linear "
+                                 "warm-up from 0.001 * lr over these epochs")
     pct_start: float = Field(0.25, gt=0.0, lt=1.0, description="OneCycle warm-up share")
     step_size: int = Field(30, ge=1, description="epochs between decays (schedule=step)")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="decay factor (step, plateau)")
-    plateau_patience: int = Field(2, ge=0)
+    plateau_patience: int = Field(2, ge=0, description="plateau: epochs without a lower "
+                                  "val loss before the lr is multiplied by gamma")
     batch_size: int = Field(512, ge=1, description="global images per optimiser step")
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimiser step")
-    grad_clip_norm: Optional[float] = Field(None, gt=0.0)
-    epochs: int = Field(10, ge=1)
+    grad_clip_norm: Optional[float] = Field(None, gt=0.0, description="clip the gradients' "
+                                            "global L2 norm to this before each step; None = "
+                                            "no clipping")
+    epochs: int = Field(10, ge=1, description="training epochs")
     early_stopping_patience: Optional[int] = Field(None, ge=1, description="epochs without val gain")
     max_bad_steps: int = Field(3, ge=0, description="non-finite losses tolerated before failing")
-    eval_batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int = Field(1024, ge=1, description="images per evaluation batch on "
+                                 "each worker (also cnn-ray predict's default)")
 
 
 class PrecisionConfig(_Strict):
@@ -304,17 +355,21 @@ class PrecisionConfig(_Strict):
     bf16 convolutions fall back to slow reference kernels, ~20x slower than fp32).
     """
 
-    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="training precision: fp32, bf16 autocast, fp16 autocast + "
+        "GradScaler (CUDA only), or auto (chosen per worker device, see above)")
 
 
 class ScalingConfig(_Strict):
     """How many Train workers, with what resources (mirrors ``ray.train.ScalingConfig``)."""
 
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0.0)
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
+    use_gpu: bool = Field(False, description="one GPU per worker")
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="logical CPUs each worker reserves "
+                                   "(also its torch threads when torch_threads is None)")
     torch_threads: Optional[int] = Field(None, ge=1, description="intra-op threads per worker")
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy of the worker bundles")
     autoscale_timeout_s: float = Field(
         600.0, ge=0.0, description="on a cluster that can grow (an autoscaler is configured): "
         "how long the up-front check waits for the nodes it asked for before stopping")
@@ -323,12 +378,16 @@ class ScalingConfig(_Strict):
 class RunConfig(_Strict):
     """Naming, storage, checkpoints and fault tolerance."""
 
-    name: str = "cnn_ray_run"
-    storage_path: str = "~/cnn_ray_runs"
+    name: str = Field("cnn_ray_run", description="the run's directory under storage_path "
+                      "(non-empty, no '/')")
+    storage_path: str = Field("~/cnn_ray_runs", description="where runs keep checkpoints, "
+                              "metrics and prepared data: a local path (~ expanded) or a "
+                              "storage URI")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (the newest)")
     max_failures: int = Field(0, ge=-1, description="worker-group restarts; -1 = unlimited")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seed of the held-out split, shuffles, "
+                      "augmentation draws and model init (rank r: seed + r)")
     smoke: bool = Field(False, description="tiny run on a few batches (same code path)")
     log_every: int = Field(50, ge=1, description="steps between rank-0 progress lines")
     progress_every_s: float = Field(
@@ -346,14 +405,21 @@ class RunConfig(_Strict):
 class TrainConfig(_Strict):
     """The whole run. Build with :meth:`from_dict`; never mutate after validation."""
 
-    data: DataConfig
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
-    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    data: DataConfig = Field(..., description="the images and how they are read and "
+                             "streamed")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig,
+                                   description="training-time augmentation")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the network")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimiser, schedule "
+                               "and regularisation")
+    precision: PrecisionConfig = Field(default_factory=PrecisionConfig,
+                                       description="numeric precision of training")
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Train workers "
+                                   "and their resources")
+    run: RunConfig = Field(default_factory=RunConfig, description="naming, storage, "
+                           "checkpoints and fault tolerance")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation "
+                             "(test-time augmentation)")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "TrainConfig":

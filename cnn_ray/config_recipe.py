@@ -21,15 +21,19 @@ class MixUp(_Strict):
     """MixUp (Zhang et al., 2018): convex combinations of image pairs and their labels, with
     ``lambda ~ Beta(alpha, alpha)``; for longer runs on harder data."""
 
-    enabled: bool = False
-    alpha: float = Field(0.2, gt=0.0)
+    enabled: bool = Field(False, description="mix training batches with MixUp (with cutmix "
+                          "also on: one of the two per batch, probability 0.5 each)")
+    alpha: float = Field(0.2, gt=0.0, description="Beta(alpha, alpha) parameter of the mixing "
+                         "weight lambda")
 
 
 class CutMix(_Strict):
     """CutMix (Yun et al., 2019): paste a box of another image, mix labels by its area."""
 
-    enabled: bool = False
-    alpha: float = Field(1.0, gt=0.0)
+    enabled: bool = Field(False, description="mix training batches with CutMix (with mixup "
+                          "also on: one of the two per batch, probability 0.5 each)")
+    alpha: float = Field(1.0, gt=0.0, description="Beta(alpha, alpha) parameter of lambda, "
+                         "the share of the image's area kept (the pasted box: 1 - lambda)")
 
 
 class Whitening(_Strict):
@@ -40,7 +44,8 @@ class Whitening(_Strict):
     files).
     """
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="initialise the first conv by patch whitening "
+                          "(needs data.use_raw=false)")
     eps: float = Field(5e-4, gt=0.0, description="added to the patch-covariance eigenvalues")
     samples: int = Field(5000, ge=16, description="training images the patches come from")
     bias_epochs: float = Field(3.0, ge=0.0, description="epochs the first conv's bias trains")
@@ -51,7 +56,7 @@ class BatchNormSettings(_Strict):
     1e-12, frozen scales, BN biases at 64x the learning rate). ``None`` keeps the model's."""
 
     momentum: Optional[float] = Field(None, gt=0.0, le=1.0, description="torch convention")
-    eps: Optional[float] = Field(None, gt=0.0)
+    eps: Optional[float] = Field(None, gt=0.0, description="added to the batch variance")
     freeze_scale: bool = Field(False, description="BN weights fixed at 1, not trained")
     bias_lr_mult: float = Field(1.0, gt=0.0, description="learning-rate multiplier of BN biases")
 
@@ -62,7 +67,8 @@ class EMA(_Strict):
     ``lookahead`` the average is also copied back into the trained weights after each update
     (airbench's Lookahead: decay 0.95**5 every 5 steps from epoch 3, ``power`` 3)."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="keep an EMA of the weights, evaluated and "
+                          "checkpointed instead of the raw weights")
     decay: float = Field(0.99, gt=0.0, lt=1.0, description="per update")
     every_steps: int = Field(5, ge=1, description="optimiser steps between updates")
     warmup: bool = Field(True, description="decay ramps up as (1+n)/(10+n) early on")
@@ -78,8 +84,11 @@ class EvalConfig(_Strict):
     per image), on the last epoch only (``tta_epochs: last``, airbench's choice: the earlier
     epochs' figures only track progress) or on every epoch (``all``)."""
 
-    tta: Literal["none", "flip", "flip_translate"] = "none"
-    tta_epochs: Literal["last", "all"] = "last"
+    tta: Literal["none", "flip", "flip_translate"] = Field(
+        "none", description="test-time augmentation: none (1 forward pass per image), flip "
+        "(2), flip_translate (6)")
+    tta_epochs: Literal["last", "all"] = Field(
+        "last", description="evaluations that use tta: the last epoch's only, or every epoch's")
 
     def tta_at(self, epoch: int, epochs: int) -> str:
         """The TTA mode of the evaluation after 0-based ``epoch`` of ``epochs``."""

@@ -40,11 +40,18 @@ class SweepFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    base: TrainConfig
-    space: dict[str, Any]
-    sweep: SweepSettings = Field(default_factory=SweepSettings)
-    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
-    searcher: SearcherSettings = Field(default_factory=SearcherSettings)
+    base: TrainConfig = Field(..., description="the configuration every trial starts from: "
+                              "a recipe path (relative to the sweep file) or a mapping",
+                              json_schema_extra={"doc_type": "str | mapping"})
+    space: dict[str, Any] = Field(..., description="config keys -> distributions or "
+                                  "constants (cnn_ray.tune.space; docs/config.md, Search "
+                                  "space)", json_schema_extra={"doc_type": "mapping"})
+    sweep: SweepSettings = Field(default_factory=SweepSettings, description="size, metric "
+                                 "and resources per trial")
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings,
+                                         description="the trial scheduler")
+    searcher: SearcherSettings = Field(default_factory=SearcherSettings,
+                                       description="how configurations are drawn")
 
 
 def read_sweep_file(path: str | os.PathLike) -> dict[str, Any]:

@@ -28,8 +28,9 @@ class SweepSettings(_Strict):
     name: Optional[str] = Field(None, description="Tune experiment name; default <base run.name>_sweep")
     num_samples: int = Field(8, ge=1, description="random/grid: configurations drawn (each "
                              "crossed with every grid value); optuna: trials")
-    metric: str = Field("val_top1", description="the reported metric to optimise")
-    mode: Literal["max", "min"] = "max"
+    metric: str = Field("val_top1", description="the reported metric to optimise: one of "
+                        + ", ".join(KNOWN_METRICS))
+    mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
     workers_per_trial: Optional[int] = Field(None, ge=1, description="Train workers per trial; "
                                              "default base scaling.num_workers")
     max_concurrent_trials: Optional[int] = Field(None, ge=1, description="default: as many as "
@@ -70,7 +71,8 @@ class SchedulerSettings(_Strict):
     each rung and resume once in the rung's top ``1/reduction_factor``;
     :mod:`cnn_ray.tune.promotion`), random/grid searchers only."""
 
-    kind: Literal["asha", "asha_promotion", "fifo", "median", "hyperband"] = "asha"
+    kind: Literal["asha", "asha_promotion", "fifo", "median", "hyperband"] = Field(
+        "asha", description="the scheduler (see above)")
     time_attr: str = Field("epoch", description="epoch survives a resumed trial; "
                            "training_iteration restarts at 1")
     max_t: Optional[int] = Field(None, ge=1, description="epochs a trial may reach; default "
@@ -88,8 +90,10 @@ class SearcherSettings(_Strict):
     through ``OptunaSearch`` behind a ``ConcurrencyLimiter`` (extra ``cnn_ray[optuna]``).
     All seeded with ``seed``."""
 
-    kind: Literal["random", "grid", "optuna"] = "random"
-    seed: int = Field(0, ge=0)
+    kind: Literal["random", "grid", "optuna"] = Field("random", description="the searcher "
+                                                      "(see above)")
+    seed: int = Field(0, ge=0, description="seed of the random/grid draws and of Optuna's "
+                      "TPE sampler")
     max_concurrent: Optional[int] = Field(None, ge=1, description="optuna: trials suggested "
                                           "before results come back; default the trial concurrency")
     n_startup_trials: Optional[int] = Field(None, ge=1, description="optuna: random trials "

@@ -52,7 +52,49 @@ import numpy as np
 from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.config_io import merge_dotted
 
-KINDS = ("loguniform", "uniform", "quniform", "randint", "choice", "grid")
+
+@dataclass(frozen=True)
+class Distribution:
+    """One distribution kind of a search space: how it is written and what it draws.
+
+    ``n_args`` is the number of numbers in ``[..]`` (None: a non-empty list of values);
+    ``optuna`` whether Optuna TPE accepts it, ``optuna_note`` how (or what to use instead).
+    :func:`cnn_ray.tune.space_parse.parse_space` checks arguments and the Optuna restriction
+    from this table, and :mod:`cnn_ray.config_reference` renders it in ``docs/config.md``.
+    """
+
+    kind: str
+    args: str
+    n_args: Optional[int]
+    meaning: str
+    example: str
+    optuna: bool
+    optuna_note: str
+
+
+DISTRIBUTIONS: tuple[Distribution, ...] = (
+    Distribution("loguniform", "[low, high]", 2, "a float, log-uniform in [low, high]; "
+                 "0 < low < high", "optim.lr: {loguniform: [1.0e-3, 1.0]}", True,
+                 "suggest_float(log=True)"),
+    Distribution("uniform", "[low, high]", 2, "a float, uniform in [low, high]; low < high",
+                 "optim.momentum: {uniform: [0.8, 0.95]}", True, "suggest_float"),
+    Distribution("quniform", "[low, high, q]", 3, "uniform in [low, high], rounded to a "
+                 "multiple of q and kept in [low, high]; an int when all three are ints; "
+                 "low < high, q > 0", "optim.warmup_epochs: {quniform: [0, 2, 0.5]}", True,
+                 "suggest_int / suggest_float with step=q (values low + k * q)"),
+    Distribution("randint", "[low, high]", 2, "an integer in [low, high], both ends included; "
+                 "integers, low <= high", "model.depth: {randint: [1, 3]}", True,
+                 "suggest_int"),
+    Distribution("choice", "[v1, v2, ...]", None, "one of the values (any YAML values, lists "
+                 "too), uniformly; searcher grid: every value, crossed", "optim.batch_size: {choice: [64, 128, 256]}",
+                 True, "suggest_categorical; scalar values only (bool, int, float, str, null)"),
+    Distribution("grid", "[v1, v2, ...]", None, "every value, each crossed with every "
+                 "sampled configuration (num_samples x the grid sizes trials)",
+                 "optim.optimizer: {grid: [sgd, adamw]}", False,
+                 "no Optuna (TPE) form; use choice, or searcher.kind random/grid"),
+)
+DISTRIBUTION = {d.kind: d for d in DISTRIBUTIONS}
+KINDS = tuple(DISTRIBUTION)  # the kinds a space accepts, in the table's order
 FAMILY_KEY = "model.family"
 # The ModelConfig fields that are architecture knobs (ModelConfig.knobs()); each family accepts
 # a subset (cnn_ray.models.model_knobs).
@@ -283,5 +325,5 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-__all__ = ["KINDS", "Param", "SearchSpace", "OptunaDefineByRun", "trial_config",
+__all__ = ["DISTRIBUTION", "DISTRIBUTIONS", "Distribution", "KINDS", "Param", "SearchSpace", "OptunaDefineByRun", "trial_config",
            "check_model_knobs", "validate_variants", "canonical_config", "format_value"]

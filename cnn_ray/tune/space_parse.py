@@ -17,13 +17,16 @@ from pydantic import BaseModel
 
 from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.config_io import merge_dotted
-from cnn_ray.tune.space import FAMILY_KEY, KINDS, MODEL_KNOBS, Param, SearchSpace
+from cnn_ray.tune.space import (DISTRIBUTION, FAMILY_KEY, KINDS, MODEL_KNOBS, Param,
+                                SearchSpace)
 
 # Keys a trial may not change: the data is prepared once for the whole sweep, the trial
 # resources are fixed by the sweep (they bound how many trials run at once), and the run name
-# and storage are the trial's id and the sweep's directory.
-_DATA_SAMPLABLE = {"data.shuffle", "data.shuffle_buffer", "data.prefetch_batches"}
-_FIXED_REASONS = {
+# and storage are the trial's id and the sweep's directory. A key ending in "." is a prefix
+# (every key of that section); SEARCHABLE_DATA_KEYS are the data keys a trial may still change
+# (they act after the shared prepare step). docs/config.md renders both.
+SEARCHABLE_DATA_KEYS = ("data.shuffle", "data.shuffle_buffer", "data.prefetch_batches")
+FIXED_KEYS = {
     "data.": "the data is prepared once and shared by every trial",
     "scaling.": "trial resources are fixed for the whole sweep (set sweep.workers_per_trial)",
     "run.name": "each trial's run is named after its trial id",
@@ -148,12 +151,12 @@ def _parse_param(key: str, value: Any, prefix: str, errors: list[str]) -> Option
 
 
 def _check_args(kind: str, args: Any) -> tuple:
-    if kind in ("choice", "grid"):
+    spec = DISTRIBUTION[kind]
+    if spec.n_args is None:  # choice, grid
         if not isinstance(args, list) or not args:
             raise ValueError(f"expected a non-empty list of values, got {args!r}")
         return tuple(tuple(a) if isinstance(a, list) else a for a in args)
-    n = 3 if kind == "quniform" else 2
-    shape = "[low, high, q]" if n == 3 else "[low, high]"
+    n, shape = spec.n_args, spec.args
     if (not isinstance(args, list) or len(args) != n
             or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
         raise ValueError(f"expected {shape} numbers, got {args!r}")
@@ -195,9 +198,9 @@ def _key_problem(key: str) -> Optional[str]:
             node = ann
         elif i != len(parts) - 1:
             return f"unknown key ({'.'.join(parts[: i + 1])} is a value, not a section)"
-    if key in _DATA_SAMPLABLE:
+    if key in SEARCHABLE_DATA_KEYS:
         return None
-    for prefix, reason in _FIXED_REASONS.items():
+    for prefix, reason in FIXED_KEYS.items():
         if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
             return f"cannot be searched: {reason}"
     return None
@@ -248,9 +251,8 @@ def _check_semantics(space: SearchSpace, base: TrainConfig, searcher: str, error
                               f"as space.{p.key}; keep one")
     if searcher == "optuna":
         for p in space.all_params():
-            if p.kind == "grid":
-                errors.append(f"space.{p.key}: grid has no Optuna (TPE) form; use choice, or "
-                              "searcher.kind random/grid")
+            if p.kind in DISTRIBUTION and not DISTRIBUTION[p.kind].optuna:
+                errors.append(f"space.{p.key}: {p.kind} has {DISTRIBUTION[p.kind].optuna_note}")
             if p.kind == "choice" and not all(
                     v is None or isinstance(v, (bool, int, float, str)) for v in p.args):
                 errors.append(f"space.{p.key}: Optuna choices must be scalars, got {list(p.args)}")
@@ -280,4 +282,4 @@ def _first_reason(message: str) -> str:
     return "; ".join(ln.removeprefix("x: ") for ln in lines) or message
 
 
-__all__ = ["parse_space"]
+__all__ = ["FIXED_KEYS", "SEARCHABLE_DATA_KEYS", "parse_space"]
