@@ -85,7 +85,9 @@ def run_variant(name: str, base: list[str], extra: list[str], args, log=print) -
 
     from cnn_ray.config_io import load_train_config
     from cnn_ray.io import read_jsonl_at
-    from cnn_ray.train.launch import prepare_data, run_dir, run_training
+    from cnn_ray.data.prepare import prepare_data
+    from cnn_ray.runs import run_dir
+    from cnn_ray.train.launch import run_training
 
     cfg = load_train_config(args.config, base + extra + [f"run.name=bands_{name}"])
     t0 = time.perf_counter()

@@ -459,7 +459,7 @@ def main(argv=None) -> int:
         return run_startup_probe(args)
 
     from cnn_ray.io import atomic_write_json
-    from cnn_ray.train.launch import prepare_data
+    from cnn_ray.data.prepare import prepare_data
 
     data = make_data(args)
     cpus = init_ray(args)

@@ -174,7 +174,7 @@ def fault_scenarios(args) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
-    from cnn_ray.train.launch import prepare_data
+    from cnn_ray.data.prepare import prepare_data
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     storage = Path(tempfile.mkdtemp(prefix="cnn_ray_faults_"))

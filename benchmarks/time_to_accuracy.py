@@ -205,7 +205,9 @@ def run_fast(cfg, *, force_prepare: bool = False,
     import ray
 
     from cnn_ray.io import read_jsonl_at
-    from cnn_ray.train.launch import prepare_data, run_dir, run_training
+    from cnn_ray.data.prepare import prepare_data
+    from cnn_ray.runs import run_dir
+    from cnn_ray.train.launch import run_training
 
     start_unix, start = time.time(), time.perf_counter()
     if not ray.is_initialized():

@@ -246,7 +246,7 @@ def benchmark_main(cfg: TrainConfig, *, steps: int = 20, json_path: Optional[str
         if json_path:
             atomic_write_json(json_path, {"hardware": hw, "a_synthetic_images_per_sec": a})
         return 0
-    from cnn_ray.train.launch import prepare_data
+    from cnn_ray.data.prepare import prepare_data
 
     num_classes = len(prepare_data(cfg).class_names)
     a = synthetic_images_per_sec(cfg, num_classes, steps=steps)

@@ -126,7 +126,8 @@ def _dispatch(args) -> int:
     if not ray.is_initialized():
         ray.init()  # RAY_ADDRESS (set by `ray job submit`) or local Ray
     if args.command == "prepare":
-        from cnn_ray.train.launch import prepare_data, prepared_summary
+        from cnn_ray.data.prepare import prepare_data
+        from cnn_ray.train.launch import prepared_summary
 
         prepared = prepare_data(cfg, force=args.force)
         print(json.dumps(prepared_summary(prepared), indent=2, default=str))

@@ -28,7 +28,8 @@ import torch
 from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.io import atomic_write_json
 from cnn_ray.inference import load_inference_model
-from cnn_ray.train.checkpoint import CheckpointError, load_checkpoint
+from cnn_ray.runs import run_dir
+from cnn_ray.train.checkpoint import latest_checkpoint, load_checkpoint
 from cnn_ray.train.loop import evaluate
 
 
@@ -46,15 +47,6 @@ class EvalResult:
     confusion: np.ndarray
     weights: str = "raw"
     tta_views: int = 1
-
-
-def latest_checkpoint(run_directory: str | os.PathLike) -> Path:
-    """The newest complete ``checkpoint_*`` directory of a run. Raises CheckpointError if none."""
-    run_directory = Path(run_directory)
-    found = sorted(p for p in run_directory.glob("checkpoint_*") if (p / "meta.json").exists())
-    if not found:
-        raise CheckpointError(f"{run_directory}: no checkpoint found (expected checkpoint_*/meta.json)")
-    return found[-1]
 
 
 def confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
@@ -140,8 +132,8 @@ def evaluate_main(cfg: TrainConfig, *, checkpoint: Optional[str] = None, data: O
                   out: Optional[str] = None) -> int:
     """CLI entry (Ray glue): pick checkpoint and data, stream batches with Ray Data, report."""
     from cnn_ray.data.pipeline import build_eval_dataset, build_raw_dataset
+    from cnn_ray.data.prepare import prepare_data
     from cnn_ray.data.sources import ManifestSpec, discover
-    from cnn_ray.train.launch import prepare_data, run_dir
 
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir(cfg))
     meta = load_checkpoint(ckpt).meta

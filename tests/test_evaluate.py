@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from cnn_ray.config import TrainConfig
-from cnn_ray.evaluate import confusion_matrix, evaluate_batches, latest_checkpoint, write_report
+from cnn_ray.evaluate import confusion_matrix, evaluate_batches, write_report
 from cnn_ray.models import create_model
-from cnn_ray.train.checkpoint import save_checkpoint
+from cnn_ray.train.checkpoint import latest_checkpoint, save_checkpoint
 
 
 def test_confusion_matrix_counts():

@@ -65,7 +65,7 @@ def test_decode_task_tells_a_missing_file_from_a_bad_one(tmp_path):
     path then stops naming the node and the file."""
     from cnn_ray.config import AugmentConfig
     from cnn_ray.data.pipeline import _RawBatches
-    from cnn_ray.data.prepare import decode_block, node_name
+    from cnn_ray.data.decode_tasks import decode_block, node_name
 
     (tmp_path / "a.jpg").write_bytes(good_jpeg())
     (tmp_path / "b.jpg").write_bytes(b"junk")
@@ -120,19 +120,19 @@ def test_mostly_missing_manifest_stops_prepare_unless_allowed(ray_session, tmp_p
 @pytest.mark.ray
 def test_file_vanished_after_listing_stops_prepare_naming_node_and_file(ray_session, tmp_path,
                                                                         monkeypatch, capsys):
-    import cnn_ray.data.prepare as prepare_mod
+    import cnn_ray.data.prepare_build as build_mod
     from cnn_ray.cli import main
 
     root = tmp_path / "src"
     write_mostly_missing_manifest(root, present=8, missing=0)
     victim = root / "img" / "0003.jpg"
-    listed_then_decoded = prepare_mod._decoded_blocks
+    listed_then_decoded = build_mod.decoded_blocks
 
     def vanish_then_decode(*args, **kwargs):  # the driver has listed it; now it is gone
         victim.unlink()
         yield from listed_then_decoded(*args, **kwargs)
 
-    monkeypatch.setattr(prepare_mod, "_decoded_blocks", vanish_then_decode)
+    monkeypatch.setattr(build_mod, "decoded_blocks", vanish_then_decode)
     assert main(["prepare", "--config", _config(tmp_path, {"train": str(root / "list.csv")})]) == 2
     err = capsys.readouterr().err
     node = ray_session.get_runtime_context().get_node_id()
@@ -182,7 +182,8 @@ def _run_with_checkpoint(tmp_path, **changes):
 
 def test_resume_of_the_same_run_passes_and_a_different_one_names_the_keys(tmp_path):
     from cnn_ray.config import ConfigError
-    from cnn_ray.train.launch import check_resume, run_dir
+    from cnn_ray.runs import run_dir
+    from cnn_ray.train.launch import check_resume
 
     same, ckpt = _run_with_checkpoint(tmp_path, optim__epochs=40)  # schedule changes are fine
     assert check_resume(same, run_dir(same), ["a", "b"]) == ckpt

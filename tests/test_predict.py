@@ -12,7 +12,7 @@ import torch
 
 from cnn_ray.config import TrainConfig
 from cnn_ray.data.decode import BadInputError
-from cnn_ray.data.prepare import decode_block
+from cnn_ray.data.decode_tasks import decode_block
 from cnn_ray.data.shards import read_shard_images
 from cnn_ray.evaluate import evaluate_batches
 from cnn_ray.models import create_model

@@ -286,7 +286,7 @@ def test_decode_block_marks_bad_files_and_fail_raises(tmp_path):
     reason; the raw path's ``fail`` policy then raises naming it."""
     from cnn_ray.config import AugmentConfig
     from cnn_ray.data.pipeline import _RawBatches
-    from cnn_ray.data.prepare import decode_block
+    from cnn_ray.data.decode_tasks import decode_block
 
     ok = _png(Image.new("RGB", (8, 8), (9, 9, 9)))
     for name, blob in (("a.png", ok), ("b.png", b""), ("c.png", ok)):

@@ -51,6 +51,7 @@ def test_folder_and_manifest_at_a_uri(tmp_path):
 @pytest.mark.ray
 def test_prepare_reads_a_uri_and_a_vanished_file_names_the_node(ray_session, tmp_path, monkeypatch):
     import cnn_ray.data.prepare as prepare_mod
+    import cnn_ray.data.prepare_build as build_mod
 
     uri = _tree(tmp_path / "imgs", per_class=6)
     cfg = TrainConfig.from_dict({"data": {"train": uri, "image_size": 16}})
@@ -58,13 +59,13 @@ def test_prepare_reads_a_uri_and_a_vanished_file_names_the_node(ray_session, tmp
     assert data.num_train + data.num_val == 12 and data.bad_count == 0 and data.class_names == ["cat", "dog"]
 
     victim = tmp_path / "imgs" / "dog" / "3.jpg"
-    listed_then_decoded = prepare_mod._decoded_blocks
+    listed_then_decoded = build_mod.decoded_blocks
 
     def vanish_then_decode(*args, **kwargs):  # listed at the URI; gone when a task reads it
         victim.unlink()
         yield from listed_then_decoded(*args, **kwargs)
 
-    monkeypatch.setattr(prepare_mod, "_decoded_blocks", vanish_then_decode)
+    monkeypatch.setattr(build_mod, "decoded_blocks", vanish_then_decode)
     node = ray_session.get_runtime_context().get_node_id()
     with pytest.raises(InputNotVisibleError, match=rf"3.jpg: listed on the driver but not found on node {node}"):
         prepare_mod.prepare_dataset(cfg.data, str(tmp_path / "prep2"), progress=False)

@@ -3,7 +3,7 @@
 :func:`decode_image` turns one file's bytes into a ``(size, size, C)`` array (a bad one raises
 :class:`BadInputError`); :func:`resize_array` brings an already-decoded ``(H, W, C)`` array (any
 ``C``) to the same geometry. The prepare step and the raw-data path call them per row
-(:func:`cnn_ray.data.prepare.decode_block`) and apply the bad-input policy.
+(:func:`cnn_ray.data.decode_tasks.decode_block`) and apply the bad-input policy.
 
 Geometry (the torchvision ``Resize(size)`` + ``CenterCrop(size)`` recipe, done in one Pillow call):
 the shorter side is scaled to ``size`` with antialiased bilinear resampling and the centre

@@ -164,7 +164,7 @@ def decode_raw_dataset(source, data: DataConfig, *, seed: int = 0, train: bool =
                        rows_per_block: int = 256, bands: Optional[dict] = None) -> Dataset:
     """Raw folder/manifest/Parquet :class:`~cnn_ray.data.sources.Source` -> decoded rows.
 
-    Decoding (:func:`cnn_ray.data.prepare.decode_block`: Pillow, odd modes converted, resized
+    Decoding (:func:`cnn_ray.data.decode_tasks.decode_block`: Pillow, odd modes converted, resized
     to ``data.image_size`` and centre-cropped) runs in Ray Data tasks of ``data.data_cpus``.
     Rows: ``image`` (fixed-size binary, HWC uint8), ``label``, ``rid`` (row id in the source),
     ``reason`` (None, or why the file is unusable: its image is then zeros), ``path`` (set on
@@ -175,7 +175,7 @@ def decode_raw_dataset(source, data: DataConfig, *, seed: int = 0, train: bool =
     Raises:
         ValueError: the source holds no images.
     """
-    from cnn_ray.data.prepare import decode_block, parquet_work_items
+    from cnn_ray.data.decode_tasks import decode_block, parquet_work_items
 
     if source.kind == "parquet":
         items = parquet_work_items(source)

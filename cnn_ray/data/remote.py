@@ -3,7 +3,7 @@ filesystems (:func:`pyarrow.fs.FileSystem.from_uri`: S3, GCS, HDFS and local are
 credentials come from the environment as for Ray Train's own storage). No Ray here.
 
 Used by :mod:`cnn_ray.data.sources` to list an ImageFolder tree or read a manifest at a URI, and
-by the decoding tasks (:func:`cnn_ray.data.prepare.decode_block`) to read each file's bytes on
+by the decoding tasks (:func:`cnn_ray.data.decode_tasks.decode_block`) to read each file's bytes on
 whichever node decodes it, so raw data in a bucket needs no shared mount.
 """
 

@@ -21,7 +21,7 @@ Layouts:
   (integer labels without names get ``"0".."K-1"``). A row with a missing file, an empty path,
   or an unknown label is a bad record (``Source.problems``: row, path, reason, kind), not an
   error. ``kind`` is ``missing`` (no such file) or ``bad_record`` (empty path/label, unknown
-  label); decoding adds ``undecodable`` (:mod:`cnn_ray.data.prepare`).
+  label); decoding adds ``undecodable`` (:mod:`cnn_ray.data.prepare_build`).
 * ``parquet`` — a directory or glob of ``.parquet`` files with an ``image`` column and an integer
   ``label`` column. ``image`` holds encoded bytes (``binary``) or raw pixels
   (``fixed_size_binary`` of uint8, ``fixed_size_list`` / ``list`` of uint8, uint16 or float32;

@@ -115,7 +115,8 @@ def measure(cfg: TrainConfig, *, steps: int = 20, warmup: int = 3,
     extra figures for the JSON (``ray_data_stats``, ``first_step_s``, ``prepare_s``, ...).
     Every timed window (the training steps, each pure-compute figure) runs at least ``steps``
     (:data:`SYNTHETIC_STEPS` for pure compute) steps and ``min_images`` images."""
-    from cnn_ray.train.launch import prepare_data, resolve_group_precision
+    from cnn_ray.data.prepare import prepare_data
+    from cnn_ray.train.launch import resolve_group_precision
 
     t0 = time.perf_counter()
     prepared = prepare_data(cfg, progress=False)

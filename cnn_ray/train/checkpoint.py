@@ -1,6 +1,7 @@
 """Checkpoints: a directory of safe-to-load files, written atomically.
 
-Layout of a checkpoint directory::
+Layout of a checkpoint directory (a run dir holds one per kept epoch, ``checkpoint_*``; the
+newest complete one is :func:`latest_checkpoint`)::
 
     model.pt        state_dict of the unwrapped model (tensors only)
     train_state.pt  {"optimizer", "scheduler", "scaler", "epoch", "best"} (tensors + primitives)
@@ -119,6 +120,16 @@ def read_meta(directory: str | os.PathLike) -> dict:
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
     return meta
+
+
+def latest_checkpoint(run_directory: str | os.PathLike) -> Path:
+    """The newest complete ``checkpoint_*`` directory of a run dir (complete: it holds
+    ``meta.json``; newest: last by name). Raises CheckpointError if there is none."""
+    run_directory = Path(run_directory)
+    found = sorted(p for p in run_directory.glob("checkpoint_*") if (p / "meta.json").exists())
+    if not found:
+        raise CheckpointError(f"{run_directory}: no checkpoint found (expected checkpoint_*/meta.json)")
+    return found[-1]
 
 
 def load_checkpoint(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> TrainingState:

@@ -2,7 +2,7 @@
 
 Two implementations of :class:`cnn_ray.train.inputs.TrainingData`:
 
-* :class:`ShardData`: prepared Parquet shards (:class:`~cnn_ray.data.prepare.PreparedData`),
+* :class:`ShardData`: prepared Parquet shards (:class:`~cnn_ray.data.shards.PreparedData`),
   streamed through Ray Data (``data.cache: none``) or read once into the object store
   (``data.cache: memory``);
 * :class:`RawFiles`: raw files decoded every epoch (``data.use_raw``,
@@ -27,13 +27,13 @@ from cnn_ray.train.inputs import DataSummary, TrainingData
 
 if TYPE_CHECKING:
     from cnn_ray.data.pipeline import RawData
-    from cnn_ray.data.prepare import PreparedData
+    from cnn_ray.data.shards import PreparedData
 
 MATERIALIZE_VAL_BYTES = 256 * 2**20  # validation sets up to this size are decoded once
 
 
 def training_data(cfg: TrainConfig, prepared: Union["PreparedData", "RawData"]) -> TrainingData:
-    """``prepared`` (what :func:`cnn_ray.train.launch.prepare_data` returned for ``cfg``) as
+    """``prepared`` (what :func:`cnn_ray.data.prepare.prepare_data` returned for ``cfg``) as
     :class:`TrainingData`: :class:`RawFiles` with ``data.use_raw``, else :class:`ShardData`."""
     return RawFiles(prepared) if cfg.data.use_raw else ShardData(prepared)
 

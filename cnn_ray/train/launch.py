@@ -1,18 +1,20 @@
 """Driver side of a training run (Ray glue): prepare data, build the ``TorchTrainer``, fit.
 
+The data comes from :func:`cnn_ray.data.prepare.prepare_data`; the run's directories from
+:mod:`cnn_ray.runs`; its checkpoints are found by
+:func:`cnn_ray.train.checkpoint.latest_checkpoint`.
+
 :func:`run_training` is what ``jobs/train.py`` and every Tune trial call, so a sweep's winning
 trial is a recipe that ``jobs/train.py`` re-runs as is.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from dataclasses import asdict
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import yaml
 
@@ -23,17 +25,16 @@ from ray.train.torch import TorchTrainer
 from cnn_ray import compat
 from cnn_ray.compat import resolve_execution_options
 from cnn_ray.config import ConfigError, TrainConfig
-from cnn_ray.data.bad_inputs import check_bad_fraction
 from cnn_ray.data.pipeline import AUGMENT_START_EPOCH, RAW_BAD_DIR, RawData
-from cnn_ray.data.shards import BAD_INPUTS_FILE
+from cnn_ray.data.prepare import prepare_data
+from cnn_ray.data.shards import PreparedData
 from cnn_ray.io import is_uri, write_text
+from cnn_ray.runs import run_dir, storage_root
+from cnn_ray.train.checkpoint import CheckpointError, latest_checkpoint, read_meta
 from cnn_ray.train.data_modes import training_data
 from cnn_ray.train.inputs import FaultInjection, TrainingData, WorkerInputs
 from cnn_ray.train.finetune import check_finetune, keep_pretrained_normalization
 from cnn_ray.train.worker import train_loop_per_worker
-
-if TYPE_CHECKING:
-    from cnn_ray.data.prepare import PreparedData
 
 
 class SplitValDataConfig(ray.train.DataConfig):
@@ -71,32 +72,6 @@ class SplitValDataConfig(ray.train.DataConfig):
             for i, split in enumerate(splits):
                 output[i][name] = split
         return output
-
-
-def storage_root(cfg: TrainConfig) -> str:
-    """``run.storage_path`` with ``~`` expanded (URIs such as ``s3://`` are kept)."""
-    p = cfg.run.storage_path
-    return p if "://" in p else str(Path(os.path.expanduser(p)).resolve())
-
-
-def run_dir(cfg: TrainConfig, name: Optional[str] = None) -> str:
-    """``<storage_path>/<run.name>``: where Ray Train keeps checkpoints and we keep metrics."""
-    return os.path.join(storage_root(cfg), name or cfg.run.name)
-
-
-def default_prepared_dir(cfg: TrainConfig) -> str:
-    """``data.prepared_dir``, else ``<storage_path>/prepared/<hash of the data settings>``."""
-    if cfg.data.prepared_dir:
-        return os.path.expanduser(cfg.data.prepared_dir)
-    d = cfg.data
-    key = json.dumps(
-        [os.path.abspath(os.path.expanduser(d.train)),
-         os.path.abspath(os.path.expanduser(d.val)) if d.val else None,
-         d.format, d.image_size, d.channels, d.val_fraction, d.shard_size, cfg.run.seed]
-        + ([d.pca.model_dump(), d.band_sample_images] if d.pca else []),  # no pca: old names
-    )
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return os.path.join(storage_root(cfg), "prepared", f"{Path(d.train).name}-{d.image_size}px-{digest}")
 
 
 def resolve_group_precision(cfg: TrainConfig) -> str:
@@ -210,33 +185,8 @@ def _brief(resources: dict[str, float]) -> str:
                      or k == "CPU")
 
 
-def prepare_data(cfg: TrainConfig, *, force: bool = False,
-                 progress: bool = True) -> Union["PreparedData", RawData]:
-    """Run (or reuse) the prepare step for ``cfg.data``; returns ``PreparedData``.
-
-    With ``data.use_raw`` nothing is written: returns a ``RawData`` that decodes every epoch.
-    Either way ``data.max_bad_fraction`` is applied to the rows left out (raw: at listing).
-
-    Raises:
-        TooManyBadInputsError: a split has more bad inputs than ``data.max_bad_fraction``.
-    Either goes to :func:`write_run_files`, :func:`put_in_memory` and :func:`build_trainer`
-    (which see it as :class:`~cnn_ray.train.inputs.TrainingData`).
-    """
-    from cnn_ray.data.prepare import prepare_dataset
-
-    if cfg.data.use_raw:
-        raw = RawData(cfg.data, seed=cfg.run.seed)
-        if cfg.data.bad_input == "skip":
-            check_bad_fraction(raw.bad_by_split, cfg.data.max_bad_fraction,
-                               f"{run_dir(cfg)}/{BAD_INPUTS_FILE}",
-                               source={"train": cfg.data.train, "val": cfg.data.val or ""})
-        return raw
-    return prepare_dataset(cfg.data, default_prepared_dir(cfg), seed=cfg.run.seed, force=force,
-                           progress=progress)
-
-
 def write_run_files(cfg: TrainConfig, directory: str,
-                    prepared: Union["PreparedData", RawData]) -> None:
+                    prepared: Union[PreparedData, RawData]) -> None:
     """Save the resolved config, the class mapping and the bad-input list in the run dir (a
     local path or a storage URI, see :mod:`cnn_ray.io`)."""
     data = training_data(cfg, prepared)
@@ -249,7 +199,7 @@ def write_run_files(cfg: TrainConfig, directory: str,
         write_text(directory, name, text)
 
 
-def put_in_memory(cfg: TrainConfig, prepared: Union["PreparedData", RawData]) -> dict[str, Any]:
+def put_in_memory(cfg: TrainConfig, prepared: Union[PreparedData, RawData]) -> dict[str, Any]:
     """``data.cache: memory``: read the prepared shards once and ``ray.put`` them.
 
     Returns ``{"train": ObjectRef, "val": ObjectRef}`` of :func:`read_prepared_arrays` dicts
@@ -281,9 +231,6 @@ class CheckpointEpoch:
         self.directory = directory
 
     def __call__(self) -> int:
-        from cnn_ray.evaluate import latest_checkpoint
-        from cnn_ray.train.checkpoint import CheckpointError, read_meta
-
         if is_uri(self.directory) or not os.path.isdir(self.directory):
             return 0
         try:
@@ -303,7 +250,7 @@ def trains_in_trial(cfg: TrainConfig) -> bool:
             and not is_uri(storage_root(cfg)))
 
 
-def worker_inputs(cfg: TrainConfig, prepared: Union["PreparedData", RawData], *,
+def worker_inputs(cfg: TrainConfig, prepared: Union[PreparedData, RawData], *,
                   name: Optional[str] = None, memory: Optional[dict[str, Any]] = None,
                   fault_injection: Optional[dict] = None):
     """``(WorkerInputs, datasets, dataset_config)`` of a run of ``cfg`` named ``name``: what
@@ -332,7 +279,7 @@ def worker_inputs(cfg: TrainConfig, prepared: Union["PreparedData", RawData], *,
 
 def build_trainer(
     cfg: TrainConfig,
-    prepared: Union["PreparedData", RawData],
+    prepared: Union[PreparedData, RawData],
     *,
     name: Optional[str] = None,
     callbacks: Optional[list] = None,
@@ -407,9 +354,6 @@ def check_resume(cfg: TrainConfig, directory: str, class_names: list[str]) -> Op
         ConfigError: a key or the class names differ; the message names each (checkpoint
             value -> new value) and says how to start a new run instead (another run.name).
     """
-    from cnn_ray.evaluate import latest_checkpoint
-    from cnn_ray.train.checkpoint import CheckpointError, read_meta
-
     if is_uri(directory) or not os.path.isdir(directory):
         return None
     try:
@@ -445,14 +389,14 @@ def run_training(
     name: Optional[str] = None,
     callbacks: Optional[list] = None,
     fault_injection: Optional[dict] = None,
-    prepared: Union["PreparedData", RawData, None] = None,
+    prepared: Union[PreparedData, RawData, None] = None,
 ) -> ray.train.Result:
     """Prepare data (a no-op when already prepared), then train with Ray Train.
 
     Re-running with the same ``run.name`` and ``run.storage_path`` resumes from the last
     checkpoint. Connects to the cluster in ``RAY_ADDRESS`` or starts local Ray if none is
     initialised. Returns the ``ray.train.Result`` (``metrics``, ``checkpoint``, ``path``).
-    ``prepared``: what :func:`prepare_data` returned for ``cfg`` (None: call it now);
+    ``prepared``: what :func:`cnn_ray.data.prepare.prepare_data` returned for ``cfg`` (None: call it now);
     ``fault_injection``: see :func:`build_trainer`.
 
     Raises:
@@ -472,7 +416,7 @@ def run_training(
     return trainer.fit()
 
 
-def prepared_summary(prepared: Union["PreparedData", RawData]) -> dict:
+def prepared_summary(prepared: Union[PreparedData, RawData]) -> dict:
     """JSON-safe summary of a ``PreparedData`` (for logs)."""
     try:
         d = asdict(prepared)

@@ -18,6 +18,7 @@ import json
 from typing import Optional, Sequence
 
 from cnn_ray.config import ConfigError, TrainConfig
+from cnn_ray.runs import storage_root
 from cnn_ray.tune.settings import SchedulerSettings, SearcherSettings, SweepSettings
 from cnn_ray.tune.space import SearchSpace, validate_variants
 from cnn_ray.tune.space_parse import parse_space
@@ -86,8 +87,6 @@ class SweepPlan:
     def __init__(self, base: TrainConfig, space_raw: dict, settings: SweepSettings,
                  scheduler: SchedulerSettings, searcher: SearcherSettings,
                  points: Optional[Sequence[dict]] = None):
-        from cnn_ray.train.launch import storage_root
-
         if settings.workers_per_trial is not None:
             raw = base.to_dict()
             raw["scaling"]["num_workers"] = settings.workers_per_trial

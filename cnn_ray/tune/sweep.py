@@ -125,7 +125,8 @@ def _start(plan: SweepPlan, *, restoring: bool = False) -> tuple[int, Any]:
     Tune saved). Returns ``(concurrency, trainable)``."""
     import ray
 
-    from cnn_ray.train.launch import check_cluster_fits, prepare_data
+    from cnn_ray.data.prepare import prepare_data
+    from cnn_ray.train.launch import check_cluster_fits
     from cnn_ray.tune.order import measured_rate, order_points
 
     if not ray.is_initialized():

@@ -46,8 +46,8 @@ def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: 
     import ray.tune
     started = time.time()  # before the imports: a fresh trial actor pays for them too
 
-    from cnn_ray.train.launch import (build_trainer, run_dir, trains_in_trial, worker_inputs,
-                                      write_run_files)
+    from cnn_ray.runs import run_dir
+    from cnn_ray.train.launch import build_trainer, trains_in_trial, worker_inputs, write_run_files
 
     trial_id = ray.tune.get_context().get_trial_id()
     if starts_log:
