@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from cnn_ray.config_reference import _anchor, _escape
+from cnn_ray.config_reference_text import github_anchor, md_escape
 
 
 def _families() -> list[tuple[str, dict]]:
@@ -35,8 +35,8 @@ def _distribution_table() -> list[str]:
     lines = ["| Kind | Arguments | Meaning | Example | Optuna |", "|---|---|---|---|---|"]
     for d in DISTRIBUTIONS:
         optuna = ("yes: " if d.optuna else "no: ") + d.optuna_note
-        lines.append(f"| `{d.kind}` | `{d.args}` | {_escape(d.meaning, cell=True)} | "
-                     f"`{_escape(d.example, cell=True)}` | {_escape(optuna, cell=True)} |")
+        lines.append(f"| `{d.kind}` | `{d.args}` | {md_escape(d.meaning, cell=True)} | "
+                     f"`{md_escape(d.example, cell=True)}` | {md_escape(optuna, cell=True)} |")
     return lines
 
 
@@ -52,7 +52,7 @@ def _fixed_table() -> list[str]:
                                     else "")
         else:
             key = f"`{prefix}`"
-        lines.append(f"| {key} | {_escape(reason, cell=True)} |")
+        lines.append(f"| {key} | {md_escape(reason, cell=True)} |")
     lines += [
         "| a section (`optim.ema`, `augment.hflip`, ...) | it is a config section, not a "
         "value: search its keys (`optim.ema.decay`) |",
@@ -124,7 +124,7 @@ def search_space_section() -> list[str]:
         "### Model families",
         "",
         f"The families a space (or `model.name`) can use and the `model.*` knobs each accepts "
-        f"(see [{family}](#{_anchor(family)})); a knob a family does not accept is an error "
+        f"(see [{family}](#{github_anchor(family)})); a knob a family does not accept is an error "
         "naming it.",
         "",
         *fam_rows,
