@@ -1,6 +1,6 @@
 """Transfer pays: pretrain on five CIFAR-10 classes, fine-tune on 100 images per class of the other five.
 
-    python benchmarks/transfer.py                                   # the measurement (README figures)
+    python benchmarks/transfer.py                                   # the measurement (docs/results.md figures)
     python benchmarks/transfer.py --epochs 40 --unfreeze-epoch 4 --seed 1   # a longer budget
     python benchmarks/transfer.py --smoke                           # tiny subsets, 1-2 epochs, ~1 min
 
@@ -445,7 +445,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="epochs on the 25,000 pretraining images (default 12)")
     p.add_argument("--epochs", type=int, default=10,
                    help="epochs of both the fine-tuned and the from-scratch run (default 10: "
-                   "fine-tuning is at its plateau by then; README: 10, 20 and 40 measured)")
+                   "fine-tuning is at its plateau by then; docs/results.md: 10, 20 and 40 measured)")
     p.add_argument("--per-class", type=int, default=100,
                    help="training images per target class (default 100)")
     p.add_argument("--batch-size", type=int, default=100,

@@ -1,7 +1,7 @@
 """Shared fixtures (one Ray instance per test session, the real CIFAR-10 JPEGs, tiny seeded
 data) and the guards that keep the test tiers honest.
 
-Tiers (README, Development): ``-m "not ray"`` runs every test that starts no Ray and needs no
+Tiers (docs/development.md): ``-m "not ray"`` runs every test that starts no Ray and needs no
 data archive (the numeric core); ``-m "not slow"`` the quick tests (the numeric core and the Ray
 tests on tiny generated data); a plain run everything, with the end-to-end tests (real CIFAR-10
 subsets, clusters, job submission). The guards:

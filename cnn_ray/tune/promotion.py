@@ -18,7 +18,7 @@ more than synchronous SHA would from the results it has, so the sweep trains at 
 budget, and slots never wait for a rung to fill (a new configuration starts instead).
 Values that work: ``grace_period=1``, ``reduction_factor=4`` for an 8-epoch budget with 32
 configurations (``benchmarks/benchmark_sweep.py``: 64 epochs, 0.59-0.60 of FIFO's time over 16 of
-them, same best; README "Sweep: ASHA vs FIFO").
+them, same best; docs/results.md "Sweep: ASHA vs FIFO").
 Cost: a promoted trial restarts from its last checkpoint (its process is reused: 0.03 s median
 start-up measured).
 A promotion can still go to a trial that later falls out of the top share (decided with fewer
