@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             sp.add_argument("--checkpoint", help="checkpoint dir (default: the run's latest)")
             sp.add_argument("--data", help="data to evaluate (default: the config's validation data)")
-            sp.add_argument("--out", help="output directory (default: <checkpoint>/eval)")
+            sp.add_argument("--out", help="output directory (default: <run dir>/eval/<checkpoint name>)")
         if name == "benchmark":
             sp.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
             sp.add_argument("--json", help="write the figures to this JSON file")
