@@ -61,12 +61,14 @@ def _parser() -> argparse.ArgumentParser:
         if name == "tune":
             sp.add_argument("--resume", action="store_true", help="restore an interrupted sweep")
     sp = sub.add_parser("export", help="TorchScript/ONNX file + preprocessing contract + parity check")
-    sp.add_argument("--checkpoint", required=True, help="checkpoint dir (checkpoint_*/)")
+    sp.add_argument("--checkpoint", required=True, help="checkpoint dir (checkpoint_*/) or a run "
+                    "dir (its newest complete checkpoint)")
     sp.add_argument("--format", required=True, help="torchscript or onnx")
     sp.add_argument("--out", help="output directory (default: <checkpoint>/export)")
     sp.add_argument("--no-ema", action="store_true", help="export the raw weights, not the EMA")
     sp = sub.add_parser("predict", help="batch prediction over images with Ray Data")
-    sp.add_argument("--checkpoint", required=True, help="checkpoint dir (checkpoint_*/)")
+    sp.add_argument("--checkpoint", required=True, help="checkpoint dir (checkpoint_*/) or a run "
+                    "dir (its newest complete checkpoint)")
     sp.add_argument("--data", required=True, help="ImageFolder tree, folder of images, glob of "
                     "image files, CSV/Parquet manifest (path[,label]) or Parquet shards")
     sp.add_argument("--out", help="predictions file, .parquet or .csv (default: "
@@ -101,6 +103,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
+def _checkpoint_arg(path: str) -> str:
+    """``--checkpoint``: a checkpoint dir, or a run dir standing for its newest checkpoint."""
+    from cnn_ray.train.checkpoint import CheckpointError, resolve_checkpoint  # noqa: PLC0415
+
+    try:
+        return str(resolve_checkpoint(path))
+    except CheckpointError as exc:
+        raise ConfigError(f"--checkpoint: {exc}") from None
+
+
 def _dispatch(args) -> int:
     if args.command == "config-reference":
         from cnn_ray.config_reference import reference_main  # noqa: PLC0415 (no Ray needed)
@@ -109,11 +121,13 @@ def _dispatch(args) -> int:
     if args.command == "export":
         from cnn_ray.export import export_main  # noqa: PLC0415 (no Ray needed)
 
-        return export_main(args.checkpoint, args.format, out=args.out, use_ema=not args.no_ema)
+        return export_main(_checkpoint_arg(args.checkpoint), args.format, out=args.out,
+                           use_ema=not args.no_ema)
     if args.command == "predict":
         from cnn_ray.predict import predict_main  # noqa: PLC0415
 
-        return predict_main(args.checkpoint, args.data, overrides=args.overrides, out=args.out,
+        return predict_main(_checkpoint_arg(args.checkpoint), args.data,
+                            overrides=args.overrides, out=args.out,
                             top_k=args.top_k, concurrency=args.concurrency,
                             batch_size=args.batch_size)
     if args.command == "tune":

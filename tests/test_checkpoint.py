@@ -13,6 +13,7 @@ from cnn_ray.config import OptimConfig
 from cnn_ray.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
+    resolve_checkpoint,
     restore_training_state,
     save_checkpoint,
 )
@@ -170,3 +171,32 @@ def test_an_optimizer_state_of_other_groups_is_a_named_checkpoint_error(tmp_path
         restore_training_state(load_checkpoint(path), model=model, optimizer=muon)
     assert "another run.name" in str(info.value)
     assert str([len(g["params"]) for g in opt.param_groups]) in str(info.value)
+
+
+def test_resolve_checkpoint_takes_a_checkpoint_or_its_run_directory(tmp_path):
+    """``--checkpoint`` of predict/export: a checkpoint as given; a run dir -> its newest complete
+    checkpoint (Ray Train's ``checkpoint_manager_snapshot.json`` and a half-written folder
+    beside them are not checkpoints); anything else is a CheckpointError naming the path."""
+    model, *_ = _trained()
+    run = tmp_path / "run"
+    for stamp in ("2026-12-04_10-00-00.000001", "2026-12-04_11-00-00.000001"):
+        save_checkpoint(run / f"checkpoint_{stamp}", model=model, epoch=1, config={},
+                        class_names=["a"], mean=[0], std=[1])
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+    (run / "checkpoint_2026-12-04_12-00-00.000001").mkdir()          # no meta.json yet
+    newest = run / "checkpoint_2026-12-04_11-00-00.000001"
+    assert resolve_checkpoint(run) == newest
+    assert resolve_checkpoint(newest) == newest
+    with pytest.raises(CheckpointError, match="no such checkpoint directory"):
+        resolve_checkpoint(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="no checkpoint_\\*/meta.json below it"):
+        resolve_checkpoint(tmp_path)
+
+
+def test_predict_and_export_name_a_bad_checkpoint_flag(tmp_path, capsys):
+    from cnn_ray.cli import main
+
+    assert main(["export", "--checkpoint", str(tmp_path), "--format", "torchscript"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnn-ray export: --checkpoint: ") and str(tmp_path) in err
+    assert "Traceback" not in err

@@ -132,6 +132,27 @@ def latest_checkpoint(run_directory: str | os.PathLike) -> Path:
     return found[-1]
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory (it holds ``meta.json``) as given, or a run directory's newest
+    complete checkpoint (:func:`latest_checkpoint`), so ``--checkpoint ~/cnn_ray_runs/my_run``
+    works as well as ``--checkpoint .../checkpoint_<time>``.
+
+    Raises:
+        CheckpointError: ``path`` does not exist, or is neither a checkpoint nor a run directory
+            holding one (the message names the path and what was expected).
+    """
+    path = Path(path).expanduser()
+    if (path / "meta.json").exists():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory (expected a checkpoint_*/ "
+                              "directory holding meta.json, or the run directory above it)")
+    if any(path.glob("checkpoint_*/meta.json")):
+        return latest_checkpoint(path)
+    raise CheckpointError(f"{path}: not a cnn_ray checkpoint (no meta.json) and no "
+                          "checkpoint_*/meta.json below it (expected a checkpoint or its run directory)")
+
+
 def load_checkpoint(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> TrainingState:
     """Read a checkpoint written by :func:`save_checkpoint` with ``weights_only=True``.
 
