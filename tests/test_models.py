@@ -1,6 +1,8 @@
 """The model registry: every registered model builds, runs forward/backward in fp32 and in
-channels-last + bf16 autocast on CPU; knobs, errors, FLOP counting, local pretrained loading.
-No Ray. Small inputs (batch 2, 32x32) keep the file fast."""
+channels-last + bf16 autocast on CPU; knobs, errors, FLOP counting, local pretrained loading;
+torchvision's networks at torchvision's size (issue 25), the small-input stems and their
+``auto`` switch, timm models, the model table. No Ray. Small inputs (batch 2, 32x32) keep the
+file fast."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnn_ray.models import (count_flops, create_model, list_models, load_pretrained, model_knobs,
-                            register_model)
+from cnn_ray.models import (classifier_head, count_flops, create_model, list_models,
+                            load_pretrained, min_input_size, model_knobs, register_model)
 
 NUM_CLASSES = 7
 
@@ -69,10 +71,12 @@ def test_channels_last_bf16_autocast_one_channel(name):
 
 @pytest.mark.parametrize("name", list_models())
 def test_eval_on_other_sizes(name):
-    """Adaptive pooling: the smallest supported size (16) and a non-square larger one work."""
+    """Adaptive pooling: the smallest supported size (16; ConvNeXt 32) and a non-square larger
+    one work."""
     model = create_model(name, num_classes=NUM_CLASSES).eval()
+    low = min_input_size(name)
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 16, 16)).shape == (1, NUM_CLASSES)
+        assert model(torch.randn(1, 3, low, low)).shape == (1, NUM_CLASSES)
         assert model(torch.randn(1, 3, 48, 40)).shape == (1, NUM_CLASSES)
 
 
@@ -119,6 +123,62 @@ def test_separable_knob(name):
     assert _params(sep) < _params(plain)
 
 
+def _gmac(model, size: int) -> float:
+    return count_flops(model, (1, 3, size, size)) / 2e9  # count_flops: 2 FLOPs per multiply-add
+
+
+def test_torchvision_resnets_have_torchvision_params_and_gmac():
+    """Issue 25's targets: ResNet-50 25.6 M parameters and 4.1 GMAC at 224 px, ResNet-18 1.8
+    (torchvision's weights.meta: 25,557,032 params, _ops 4.089 and 1.814)."""
+    resnet50 = create_model("resnet50", 1000)
+    assert _params(resnet50) == 25_557_032
+    assert _gmac(resnet50, 224) == pytest.approx(4.089, abs=0.005)
+    assert _gmac(create_model("resnet18", 1000), 224) == pytest.approx(1.814, abs=0.005)
+    cifar = create_model("resnet18_cifar", 1000)  # ours keeps its name and its 27 GMAC
+    assert _gmac(cifar, 224) == pytest.approx(27.2, abs=0.1)
+
+
+def test_small_input_stems():
+    """resnets: 3x3 stride-1 first conv, no max-pool (16x the compute); MobileNetV2: stride-1
+    first conv (4x: 1.20 vs 0.30 GMAC at 224 px); ShuffleNet: both. False is the ImageNet stem."""
+    imagenet, small = create_model("resnet50", 10), create_model("resnet50", 10, small_input=True)
+    assert (imagenet.conv1.kernel_size, imagenet.conv1.stride) == ((7, 7), (2, 2))
+    assert (small.conv1.kernel_size, small.conv1.stride) == ((3, 3), (1, 1))
+    assert isinstance(small.maxpool, nn.Identity) and isinstance(imagenet.maxpool, nn.MaxPool2d)
+    assert _gmac(small, 32) / _gmac(imagenet, 32) == pytest.approx(16, rel=0.1)
+    mobile = create_model("mobilenet_v2", 1000, small_input=True)
+    assert mobile.features[0][0].stride == (1, 1)
+    assert _gmac(mobile, 224) == pytest.approx(1.20, abs=0.01)
+    assert _gmac(create_model("mobilenet_v2", 1000), 224) == pytest.approx(0.30, abs=0.01)
+    assert isinstance(create_model("shufflenet_v2", 10, small_input=True).maxpool, nn.Identity)
+    assert "small_input" not in model_knobs("convnext_tiny")  # no small form of the patchify stem
+
+
+def test_torchvision_families_keep_torchvision_keys():
+    """The entries not built by torchvision's own builder have its state-dict keys and shapes,
+    so torchvision's weights load into them."""
+    import torchvision.models as tvm
+
+    for name, builder in [("efficientnet_b0", "efficientnet_b0"),
+                          ("shufflenet_v2", "shufflenet_v2_x1_0")]:
+        ours = create_model(name, 1000, dropout=0.1).state_dict()
+        theirs = tvm.get_model(builder, weights=None).state_dict()
+        assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+def test_timm_model_builds_by_name():
+    """Any timm model as ``timm/<name>``: timm sets the head and the input channels; the head
+    helper finds timm's classifier; dropout is timm's drop_rate."""
+    model = create_model("timm/convnext_nano", num_classes=NUM_CLASSES, in_channels=1,
+                         dropout=0.1)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, NUM_CLASSES)
+    assert classifier_head(model)[0] == "head.fc"
+    assert set(model_knobs("timm/convnext_nano")) == {"dropout"}
+    assert "timm/convnext_nano" not in list_models()
+    with pytest.raises(ValueError, match="does not accept"):
+        create_model("timm/test_resnet", 10, width_mult=2.0)
+
+
 def test_dropout_knob():
     model = create_model("resnet9", 10, dropout=0.3)
     assert any(isinstance(m, nn.Dropout) and m.p == 0.3 for m in model.modules())
@@ -155,8 +215,12 @@ def test_bad_knob_values(name, knobs):
 def test_list_models_sorted_and_complete():
     names = list_models()
     assert names == sorted(names)
-    expected = {"simple_cnn", "dwsep_cnn", "resnet18", "resnet9", "airbench", "mobilenet_v2",
-                "shufflenet_v2", "efficientnet_b0"}
+    expected = {"simple_cnn", "dwsep_cnn", "resnet18_cifar", "resnet9", "airbench",
+                "mobilenet_v2", "shufflenet_v2", "efficientnet_b0", "resnet18", "resnet34",
+                "resnet50", "resnet101", "wide_resnet50_2", "resnext50_32x4d", "convnext_tiny",
+                "convnext_small", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
+                "efficientnet_v2_s", "mobilenet_v3_small", "mobilenet_v3_large",
+                "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf"}
     assert expected <= set(names)
 
 
