@@ -209,16 +209,29 @@ class ModelConfig(_Strict):
     dropout: Optional[float] = Field(None, ge=0.0, lt=1.0)
     widths: Optional[tuple[int, int, int]] = Field(
         None, description="airbench: the three group widths (overrides width_mult)")
+    small_input: Union[bool, Literal["auto"]] = Field(
+        "auto", description="the small-image stem of the torchvision families that have one "
+        "(ResNets: 3x3 stride-1 first conv, no max-pool; MobileNet, EfficientNet, RegNet: "
+        "stride-1 first conv; ShuffleNet: both; cnn_ray.models.tv): auto = on when "
+        "data.image_size < 96, true, false = the ImageNet stem. auto leaves the other models "
+        "alone; true/false on them is an error")
     channels_last: bool = True
     whitening: Whitening = Field(default_factory=Whitening)
     batchnorm: BatchNormSettings = Field(default_factory=BatchNormSettings)
     compile: bool = Field(False, description="torch.compile the model")
     pretrained: Optional[str] = Field(
-        None, description="fine-tune from local weights: a state dict file (.pt/.pth, read with "
-        "torch.load(weights_only=True)) or a cnn_ray checkpoint directory (its EMA weights when "
-        "it kept them, else the raw ones; its mean/std replace the new data's). The classifier "
-        "head is re-initialised when its shape differs; nothing is downloaded "
-        "(cnn_ray.train.finetune)")
+        None, description="fine-tune from pretrained weights: imagenet (or true: the family's "
+        "default weights), a torchvision weights name (ResNet50_Weights.IMAGENET1K_V2 or "
+        "IMAGENET1K_V2), a timm tag (.in12k_ft_in1k, timm/ models), read from the local caches "
+        "(TORCH_HOME, the Hugging Face cache) and downloaded when missing unless offline "
+        "(HF_HUB_OFFLINE=1); or a local state dict file (.pt/.pth, torch.load("
+        "weights_only=True)) or cnn_ray checkpoint directory (its EMA weights when it kept "
+        "them, else the raw ones). The classifier head is re-initialised when its shape "
+        "differs (cnn_ray.train.finetune, cnn_ray.models.weights)")
+    normalization: Literal["auto", "data"] = Field(
+        "auto", description="input mean/std: auto = the pretrained weights' (named weights' "
+        "own, a checkpoint's stored ones) when model.pretrained gives them, else the training "
+        "data's per-channel statistics; data = always the training data's")
     freeze: Optional[Union[Literal["backbone"], list[str]]] = Field(
         None, description="parameters not updated until model.unfreeze_epoch: 'backbone' "
         "(everything except the classifier head) or a list of module-name prefixes "
@@ -226,6 +239,23 @@ class ModelConfig(_Strict):
     unfreeze_epoch: Optional[int] = Field(
         None, ge=2, description="1-based epoch from which the model.freeze parameters train too "
         "(head first, then all); None = frozen all run")
+
+    @field_validator("name")
+    @classmethod
+    def _timm_name(cls, v: str) -> str:
+        if v.startswith("timm/"):  # timm missing or without this model: say so at load time
+            from cnn_ray.models.timm_models import check_timm_name
+
+            check_timm_name(v[len("timm/"):])
+        return v
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _pretrained_flag(cls, v: Any) -> Any:
+        # timm's spelling: pretrained: true is the default weights; false is none
+        if isinstance(v, bool):
+            return "imagenet" if v else None
+        return v
 
     @field_validator("freeze", mode="before")
     @classmethod
@@ -237,9 +267,29 @@ class ModelConfig(_Strict):
         return v
 
     def knobs(self) -> dict[str, Any]:
-        """The architecture knobs that are set, as keyword arguments for ``create_model``."""
+        """The architecture knobs that are set, as keyword arguments for ``create_model``
+        (``small_input`` only when true or false; build with :meth:`build_knobs`)."""
         keys = ("width_mult", "depth", "kernel_size", "separable", "dropout", "widths")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        out = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        if self.small_input != "auto":
+            out["small_input"] = self.small_input
+        return out
+
+    def build_knobs(self, image_size: int) -> dict[str, Any]:
+        """:meth:`knobs` with ``small_input: auto`` resolved for ``image_size``
+        (``data.image_size``, pixels: on below 96) when the model has a small-input stem:
+        what every place that builds the run's model passes to ``create_model``.
+
+        Raises:
+            ValueError: ``small_input`` is auto and ``name`` is not a registered model.
+        """
+        out = self.knobs()
+        if self.small_input == "auto" and not self.name.startswith("timm/"):
+            from cnn_ray.models import model_knobs, resolve_small_input
+
+            if "small_input" in model_knobs(self.name):
+                out["small_input"] = resolve_small_input("auto", image_size)
+        return out
 
 
 # ------------------------------------------------------------------------------ optimisation
@@ -406,8 +456,10 @@ class TrainConfig(_Strict):
             raise ValueError(f"model.freeze: expected 'backbone' or a non-empty list of "
                              f"non-empty module prefixes, got {self.model.freeze!r}")
         if self.model.pretrained and "://" in self.model.pretrained:
-            raise ValueError(f"model.pretrained={self.model.pretrained!r}: expected a local file "
-                             "or checkpoint directory (nothing is downloaded at run time)")
+            raise ValueError(f"model.pretrained={self.model.pretrained!r}: expected imagenet, a "
+                             "torchvision weights name, a timm tag (.tag), a local file or a "
+                             "checkpoint directory, not a URL (named weights are fetched into "
+                             "the local caches by torchvision/timm)")
         bands = self.data.channels not in (1, 3, 4) or self.data.pca is not None
         if bands and self.data.use_raw:
             raise ValueError(f"data.channels={self.data.channels}"
@@ -449,7 +501,10 @@ class TrainConfig(_Strict):
 
     def check_paths(self, source: str = "config") -> None:
         """Raise :class:`ConfigError` if a data path (globs must match) or
-        ``model.pretrained`` does not exist."""
+        ``model.pretrained`` does not exist. Named weights (``imagenet``, a torchvision weights
+        name, a timm tag) must resolve for ``model.name`` and be in the local cache: a file not
+        there is downloaded now when online (:func:`cnn_ray.models.weights.fetch_weights`), so
+        the error comes before any data is prepared or worker started."""
         import glob
 
         for key in ("train", "val"):
@@ -460,7 +515,17 @@ class TrainConfig(_Strict):
             if not (os.path.exists(p) or glob.glob(p)):
                 raise ConfigError(f"{source}: data.{key}: path does not exist: {path!r}")
         pretrained = self.model.pretrained
-        if pretrained and not os.path.exists(os.path.expanduser(pretrained)):
+        if not pretrained:
+            return
+        from cnn_ray.models.weights import fetch_weights, is_weights_name, resolve_weights
+
+        if is_weights_name(pretrained):
+            try:
+                fetch_weights(resolve_weights(self.model.name, pretrained,
+                                              self.model.build_knobs(self.data.image_size)))
+            except ValueError as exc:  # WeightsError, or an unknown model.name
+                raise ConfigError(f"{source}: model.pretrained: {exc}") from None
+        elif not os.path.exists(os.path.expanduser(pretrained)):
             raise ConfigError(f"{source}: model.pretrained: file or checkpoint directory does "
                               f"not exist: {pretrained!r}")
 

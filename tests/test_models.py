@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from cnn_ray.config import ConfigError, ModelConfig, TrainConfig
 from cnn_ray.models import (classifier_head, count_flops, create_model, list_models,
                             load_pretrained, min_input_size, model_knobs, register_model)
 
@@ -154,6 +155,24 @@ def test_small_input_stems():
     assert "small_input" not in model_knobs("convnext_tiny")  # no small form of the patchify stem
 
 
+def test_small_input_auto_follows_the_image_size():
+    """``model.small_input: auto`` is the small stem below 96 px for the families that have one,
+    and is left out for the others; true/false is passed as set."""
+    def knobs(name, size, **model):
+        cfg = TrainConfig.from_dict({"data": {"train": "x", "image_size": size},
+                                     "model": {"name": name, **model}}, check_paths=False)
+        return cfg.model.build_knobs(cfg.data.image_size)
+
+    assert knobs("resnet18", 32) == {"small_input": True}
+    assert knobs("resnet18", 95)["small_input"] and not knobs("resnet18", 96)["small_input"]
+    assert knobs("efficientnet_b0", 224) == {"small_input": False}
+    assert knobs("resnet9", 32) == {} and knobs("convnext_tiny", 32) == {}
+    assert knobs("resnet18", 224, small_input=True) == {"small_input": True}
+    assert ModelConfig(name="resnet18").knobs() == {}  # knobs(): only what is set
+    with pytest.raises(ValueError, match=r"resnet9.*small_input"):
+        create_model("resnet9", 10, **knobs("resnet9", 32, small_input=True))
+
+
 def test_torchvision_families_keep_torchvision_keys():
     """The entries not built by torchvision's own builder have its state-dict keys and shapes,
     so torchvision's weights load into them."""
@@ -177,6 +196,18 @@ def test_timm_model_builds_by_name():
     assert "timm/convnext_nano" not in list_models()
     with pytest.raises(ValueError, match="does not accept"):
         create_model("timm/test_resnet", 10, width_mult=2.0)
+
+
+def test_unknown_timm_name_and_missing_timm_are_named(monkeypatch):
+    with pytest.raises(ValueError, match=r"timm has no model 'convnext_nan'.*timm/convnext_nano"):
+        create_model("timm/convnext_nan", 10)
+    with pytest.raises(ConfigError, match=r"model\.name: timm has no model 'convnext_nan'"):
+        TrainConfig.from_dict({"data": {"train": "x"}, "model": {"name": "timm/convnext_nan"}},
+                              check_paths=False)
+    monkeypatch.setitem(__import__("sys").modules, "timm", None)  # import timm -> ImportError
+    with pytest.raises(ConfigError, match=r'model\.name: .*pip install -e "\.\[timm\]"'):
+        TrainConfig.from_dict({"data": {"train": "x"}, "model": {"name": "timm/convnext_nano"}},
+                              check_paths=False)
 
 
 def test_dropout_knob():
