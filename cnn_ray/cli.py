@@ -1,6 +1,7 @@
 """Command line: ``cnn-ray {train,prepare,evaluate,benchmark,doctor,tune} --config FILE [a.b=value ...]``,
 ``cnn-ray export --checkpoint DIR --format torchscript|onnx`` and ``cnn-ray predict --checkpoint
-DIR --data PATH [a.b=value ...]`` (these two read the config saved in the checkpoint).
+DIR --data PATH [a.b=value ...]`` (these two read the config saved in the checkpoint), and
+``cnn-ray models [NAME ...] [--json] [--markdown FILE]`` (the model table, no config).
 
 The only place (with ``jobs/``) that parses argv; config files and overrides are read by
 :mod:`cnn_ray.config_io`, and the rest of the library takes typed configs. Nothing in
@@ -74,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
                     "optim.eval_batch_size)")
     sp.add_argument("overrides", nargs="*", help="key.path=value overrides of the checkpoint's "
                     "config (eval.tta, data.bad_input, data.data_cpus, scaling.torch_threads, ...)")
+    sp = sub.add_parser("models", help="the model table: params and GMAC/image at 32/128/224 px")
+    sp.add_argument("names", nargs="*", help="models to list (default: every registered one; "
+                    "timm/<name> works too)")
+    sp.add_argument("--json", action="store_true", help="print the rows as JSON")
+    sp.add_argument("--markdown", help="write the table as a Markdown page here "
+                    "(docs/models.md)")
+    sp.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 224],
+                    help="square input sizes in pixels")
     return p
 
 
@@ -93,6 +102,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _dispatch(args) -> int:
+    if args.command == "models":
+        return _models(args)
     if args.command == "export":
         from cnn_ray.export import export_main  # noqa: PLC0415 (no Ray needed)
 
@@ -145,6 +156,24 @@ def _dispatch(args) -> int:
                            min_images=args.min_images, json_path=args.json,
                            trace_dir=args.trace)
     raise AssertionError(args.command)
+
+
+def _models(args) -> int:
+    from cnn_ray.models.table import model_table, to_json, to_markdown, to_text
+
+    if any(s < 1 for s in args.sizes):
+        raise ConfigError(f"--sizes: expected sizes >= 1 pixel, got {args.sizes}")
+    try:
+        rows = model_table(args.names or None, args.sizes)
+    except ValueError as exc:  # unknown name, timm missing or without the model
+        raise ConfigError(str(exc)) from None
+    if args.markdown:
+        from cnn_ray.io import atomic_write_bytes
+
+        atomic_write_bytes(args.markdown, to_markdown(rows, args.sizes).encode())
+        print(f"wrote {args.markdown} ({len(rows)} models)", file=sys.stderr)
+    print(to_json(rows) if args.json else to_text(rows, args.sizes), end="")
+    return 0
 
 
 if __name__ == "__main__":
