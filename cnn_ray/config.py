@@ -257,6 +257,22 @@ class ModelConfig(_Strict):
             return "imagenet" if v else None
         return v
 
+    @model_validator(mode="after")
+    def _has_small_stem(self) -> "ModelConfig":
+        if self.small_input == "auto":
+            return self
+        from cnn_ray.models import model_knobs  # only when small_input is set
+
+        try:
+            has = "small_input" in model_knobs(self.name)
+        except ValueError:
+            return self  # an unknown name is reported where the model is built
+        if not has:
+            raise ValueError(f"model.small_input={str(self.small_input).lower()}: model "
+                             f"{self.name!r} has no small-input stem (the torchvision ResNets, "
+                             "MobileNets, EfficientNets, RegNets and ShuffleNet do); use auto")
+        return self
+
     @field_validator("freeze", mode="before")
     @classmethod
     def _prefixes_as_text(cls, v: Any) -> Any:

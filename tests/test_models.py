@@ -169,8 +169,10 @@ def test_small_input_auto_follows_the_image_size():
     assert knobs("resnet9", 32) == {} and knobs("convnext_tiny", 32) == {}
     assert knobs("resnet18", 224, small_input=True) == {"small_input": True}
     assert ModelConfig(name="resnet18").knobs() == {}  # knobs(): only what is set
-    with pytest.raises(ValueError, match=r"resnet9.*small_input"):
-        create_model("resnet9", 10, **knobs("resnet9", 32, small_input=True))
+    with pytest.raises(ConfigError, match=r"model\.small_input=true: model 'resnet9' has no"):
+        knobs("resnet9", 32, small_input=True)
+    with pytest.raises(ConfigError, match=r"model\.small_input=false: model 'timm/test_resnet'"):
+        knobs("timm/test_resnet", 224, small_input=False)
 
 
 def test_torchvision_families_keep_torchvision_keys():
