@@ -163,7 +163,7 @@ def run_plain(cfg, *, batch_size: int, thresholds: Sequence[float], max_epochs: 
     train, test, classes = plain_loaders(os.path.expanduser(cfg.data.train),
                                          os.path.expanduser(cfg.data.val), batch_size)
     model = create_model(cfg.model.name, num_classes=classes, in_channels=3,
-                         **cfg.model.knobs()).to(device)
+                         **cfg.model.build_knobs(cfg.data.image_size)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     curve: Curve = []
     train_s = 0.0

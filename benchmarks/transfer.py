@@ -259,7 +259,8 @@ def write_backbone(checkpoint: str | os.PathLike, path: Path) -> dict[str, Any]:
     w = read_pretrained(str(checkpoint))
     cfg = TrainConfig.from_dict(read_meta(checkpoint)["config"], check_paths=False)
     model = create_model(cfg.model.name, num_classes=len(w.class_names),
-                         in_channels=cfg.data.channels, **cfg.model.knobs())
+                         in_channels=cfg.data.channels,
+                         **cfg.model.build_knobs(cfg.data.image_size))
     head = classifier_head(model)[0]
     dropped = sorted(k for k in w.state if k.startswith(head + "."))
     buf = io.BytesIO()

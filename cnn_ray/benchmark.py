@@ -77,7 +77,7 @@ def _synthetic_step(cfg: TrainConfig, num_classes: int, *, precision: Optional[s
     precision = resolve_precision(precision or cfg.precision.dtype, device)
     channels_last = cfg.model.channels_last if channels_last is None else channels_last
     model = create_model(cfg.model.name, num_classes=num_classes, in_channels=cfg.data.channels,
-                         **cfg.model.knobs()).to(device)
+                         **cfg.model.build_knobs(cfg.data.image_size)).to(device)
     bs = cfg.per_worker_batch_size()
     size = cfg.data.image_size
     x = torch.randn(bs, cfg.data.channels, size, size, device=device)
@@ -169,7 +169,8 @@ def plain_pytorch_images_per_sec(cfg: TrainConfig, *, steps: int = 8, warmup: in
     bs = cfg.per_worker_batch_size()
     loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, num_workers=num_workers,
                                          drop_last=True, persistent_workers=False)
-    model = create_model(cfg.model.name, num_classes=len(ds.classes), in_channels=3, **cfg.model.knobs())
+    model = create_model(cfg.model.name, num_classes=len(ds.classes), in_channels=3,
+                         **cfg.model.build_knobs(cfg.data.image_size))
     opt = build_optimizer(model, cfg.optim)
     it = iter(loader)
     done, t0 = 0, None

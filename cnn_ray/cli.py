@@ -3,7 +3,8 @@
 DIR --data PATH [a.b=value ...]`` (these two read the config saved in the checkpoint), and
 ``cnn-ray config-reference [--out docs/config.md] [--check]`` (writes the configuration
 reference generated from the config models, :mod:`cnn_ray.config_reference`; ``--check`` exits
-with status 1 when the file differs).
+with status 1 when the file differs) and ``cnn-ray models [NAME ...] [--json] [--markdown FILE]``
+(the model table, no config).
 
 The only place (with ``jobs/``) that parses argv; config files and overrides are read by
 :mod:`cnn_ray.config_io`, and the rest of the library takes typed configs. Nothing in
@@ -85,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
                     "(default: docs/config.md)")
     sp.add_argument("--check", action="store_true", help="write nothing; exit 1 when the "
                     "file differs from the generated text")
+    sp = sub.add_parser("models", help="the model table: params and GMAC/image at 32/128/224 px")
+    sp.add_argument("names", nargs="*", help="models to list (default: every registered one; "
+                    "timm/<name> works too)")
+    sp.add_argument("--json", action="store_true", help="print the rows as JSON")
+    sp.add_argument("--markdown", help="write the table as a Markdown page here "
+                    "(docs/models.md)")
+    sp.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 224],
+                    help="square input sizes in pixels")
     return p
 
 
@@ -118,6 +127,8 @@ def _dispatch(args) -> int:
         from cnn_ray.config_reference import reference_main  # noqa: PLC0415 (no Ray needed)
 
         return reference_main(args.out, check=args.check)
+    if args.command == "models":
+        return _models(args)
     if args.command == "export":
         from cnn_ray.export import export_main  # noqa: PLC0415 (no Ray needed)
 
@@ -173,6 +184,24 @@ def _dispatch(args) -> int:
                            min_images=args.min_images, json_path=args.json,
                            trace_dir=args.trace)
     raise AssertionError(args.command)
+
+
+def _models(args) -> int:
+    from cnn_ray.models.table import model_table, to_json, to_markdown, to_text
+
+    if any(s < 1 for s in args.sizes):
+        raise ConfigError(f"--sizes: expected sizes >= 1 pixel, got {args.sizes}")
+    try:
+        rows = model_table(args.names or None, args.sizes)
+    except ValueError as exc:  # unknown name, timm missing or without the model
+        raise ConfigError(str(exc)) from None
+    if args.markdown:
+        from cnn_ray.io import atomic_write_bytes
+
+        atomic_write_bytes(args.markdown, to_markdown(rows, args.sizes).encode())
+        print(f"wrote {args.markdown} ({len(rows)} models)", file=sys.stderr)
+    print(to_json(rows) if args.json else to_text(rows, args.sizes), end="")
+    return 0
 
 
 if __name__ == "__main__":

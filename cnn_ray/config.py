@@ -13,12 +13,13 @@ by its dotted path (``optim.lr``) and says what was expected.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cnn_ray.config_augment import (Affine, AugmentConfig, ColorJitter, Cutout, HFlip,  # noqa: F401
                                     RandomCrop, RandomResizedCrop, Rotation)
+from cnn_ray.config_model import ModelConfig  # noqa: F401
 from cnn_ray.config_recipe import (EMA, BatchNormSettings, CutMix, EvalConfig, MixUp,
                                    Whitening)
 
@@ -123,60 +124,6 @@ class DataConfig(_Strict):
         """Logical CPUs Ray Data needs while training: ``data_cpus`` when streaming, 0 with
         ``cache: memory`` (no Ray Data runs after the arrays are put)."""
         return 0.0 if self.cache == "memory" else self.data_cpus
-
-
-# ----------------------------------------------------------------------------------- model
-class ModelConfig(_Strict):
-    """A registered model name plus its knobs (``None`` knobs are left at the model default)."""
-
-    name: str = Field("resnet9", description="registered model family "
-                      "(cnn_ray.models.list_models(); see Model families)")
-    width_mult: Optional[float] = Field(None, gt=0.0, le=8.0, description="multiplier of the "
-                                        "family's channel widths; None = family default")
-    depth: Optional[int] = Field(None, ge=1, le=64, description="blocks per stage (family-specific)")
-    kernel_size: Optional[int] = Field(None, ge=1, le=11, description="conv kernel side "
-                                       "(pixels, family-specific); None = family default")
-    separable: Optional[bool] = Field(None, description="depthwise-separable convs "
-                                      "(family-specific); None = family default")
-    dropout: Optional[float] = Field(None, ge=0.0, lt=1.0, description="dropout probability "
-                                     "before the classifier (family-specific); None = family "
-                                     "default")
-    widths: Optional[tuple[int, int, int]] = Field(
-        None, description="airbench: the three group widths (overrides width_mult)")
-    channels_last: bool = Field(True, description="feed the inputs in channels-last (NHWC) "
-                                "memory format")
-    whitening: Whitening = Field(default_factory=Whitening, description="patch-whitening "
-                                 "initialisation of the first conv")
-    batchnorm: BatchNormSettings = Field(default_factory=BatchNormSettings,
-                                         description="BatchNorm settings of the whole model")
-    compile: bool = Field(False, description="torch.compile the model")
-    pretrained: Optional[str] = Field(
-        None, description="fine-tune from local weights: a state dict file (.pt/.pth, read with "
-        "torch.load(weights_only=True)) or a cnn_ray checkpoint directory (its EMA weights when "
-        "it kept them, else the raw ones; its mean/std replace the new data's). The classifier "
-        "head is re-initialised when its shape differs; nothing is downloaded "
-        "(cnn_ray.train.finetune)")
-    freeze: Optional[Union[Literal["backbone"], list[str]]] = Field(
-        None, description="parameters not updated until model.unfreeze_epoch: 'backbone' "
-        "(everything except the classifier head) or a list of module-name prefixes "
-        "(e.g. ['0', '1.0']); their optimiser step is skipped, requires_grad is not touched (DDP)")
-    unfreeze_epoch: Optional[int] = Field(
-        None, ge=2, description="1-based epoch from which the model.freeze parameters train too "
-        "(head first, then all); None = frozen all run")
-
-    @field_validator("freeze", mode="before")
-    @classmethod
-    def _prefixes_as_text(cls, v: Any) -> Any:
-        # nn.Sequential children are named "0", "1", ...: an override model.freeze=[0, 1]
-        # parses as YAML ints
-        if isinstance(v, list):
-            return [str(p) if isinstance(p, int) and not isinstance(p, bool) else p for p in v]
-        return v
-
-    def knobs(self) -> dict[str, Any]:
-        """The architecture knobs that are set, as keyword arguments for ``create_model``."""
-        keys = ("width_mult", "depth", "kernel_size", "separable", "dropout", "widths")
-        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
 # ------------------------------------------------------------------------------ optimisation
@@ -373,8 +320,10 @@ class TrainConfig(_Strict):
             raise ValueError(f"model.freeze: expected 'backbone' or a non-empty list of "
                              f"non-empty module prefixes, got {self.model.freeze!r}")
         if self.model.pretrained and "://" in self.model.pretrained:
-            raise ValueError(f"model.pretrained={self.model.pretrained!r}: expected a local file "
-                             "or checkpoint directory (nothing is downloaded at run time)")
+            raise ValueError(f"model.pretrained={self.model.pretrained!r}: expected imagenet, a "
+                             "torchvision weights name, a timm tag (.tag), a local file or a "
+                             "checkpoint directory, not a URL (named weights are fetched into "
+                             "the local caches by torchvision/timm)")
         bands = self.data.channels not in (1, 3, 4) or self.data.pca is not None
         if bands and self.data.use_raw:
             raise ValueError(f"data.channels={self.data.channels}"
@@ -416,7 +365,10 @@ class TrainConfig(_Strict):
 
     def check_paths(self, source: str = "config") -> None:
         """Raise :class:`ConfigError` if a data path (globs must match) or
-        ``model.pretrained`` does not exist."""
+        ``model.pretrained`` does not exist. Named weights (``imagenet``, a torchvision weights
+        name, a timm tag) must resolve for ``model.name`` and be in the local cache: a file not
+        there is downloaded now when online (:func:`cnn_ray.models.weights.fetch_weights`), so
+        the error comes before any data is prepared or worker started."""
         import glob
 
         for key in ("train", "val"):
@@ -427,7 +379,17 @@ class TrainConfig(_Strict):
             if not (os.path.exists(p) or glob.glob(p)):
                 raise ConfigError(f"{source}: data.{key}: path does not exist: {path!r}")
         pretrained = self.model.pretrained
-        if pretrained and not os.path.exists(os.path.expanduser(pretrained)):
+        if not pretrained:
+            return
+        from cnn_ray.models.weights import fetch_weights, is_weights_name, resolve_weights
+
+        if is_weights_name(pretrained):
+            try:
+                fetch_weights(resolve_weights(self.model.name, pretrained,
+                                              self.model.build_knobs(self.data.image_size)))
+            except ValueError as exc:  # WeightsError, or an unknown model.name
+                raise ConfigError(f"{source}: model.pretrained: {exc}") from None
+        elif not os.path.exists(os.path.expanduser(pretrained)):
             raise ConfigError(f"{source}: model.pretrained: file or checkpoint directory does "
                               f"not exist: {pretrained!r}")
 

@@ -99,7 +99,7 @@ def load_inference_model(checkpoint: str | os.PathLike, *, tta: Optional[str] = 
         torch.set_num_threads(threads)
     device = torch.device(device)
     model = create_model(cfg.model.name, num_classes=len(names), in_channels=len(meta["mean"]),
-                         **cfg.model.knobs())
+                         **cfg.model.build_knobs(cfg.data.image_size))
     prepare_model(model, cfg, compile=False)  # one pass over the data: compiling costs more
     averaged = ema_model_state(state) if use_ema else None
     model.load_state_dict(averaged if averaged is not None else state.model_state)

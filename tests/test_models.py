@@ -1,6 +1,8 @@
 """The model registry: every registered model builds, runs forward/backward in fp32 and in
-channels-last + bf16 autocast on CPU; knobs, errors, FLOP counting, local pretrained loading.
-No Ray. Small inputs (batch 2, 32x32) keep the file fast."""
+channels-last + bf16 autocast on CPU; knobs, errors, FLOP counting, local pretrained loading;
+torchvision's networks at torchvision's size (issue 25), the small-input stems and their
+``auto`` switch, timm models, the model table. No Ray. Small inputs (batch 2, 32x32) keep the
+file fast."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from cnn_ray.models import (count_flops, create_model, list_models, load_pretrained, model_knobs,
-                            register_model)
+from cnn_ray.config import ConfigError, ModelConfig, TrainConfig
+from cnn_ray.models import (classifier_head, count_flops, create_model, list_models,
+                            load_pretrained, min_input_size, model_knobs, register_model)
 
 NUM_CLASSES = 7
 
@@ -69,10 +72,12 @@ def test_channels_last_bf16_autocast_one_channel(name):
 
 @pytest.mark.parametrize("name", list_models())
 def test_eval_on_other_sizes(name):
-    """Adaptive pooling: the smallest supported size (16) and a non-square larger one work."""
+    """Adaptive pooling: the smallest supported size (16; ConvNeXt 32) and a non-square larger
+    one work."""
     model = create_model(name, num_classes=NUM_CLASSES).eval()
+    low = min_input_size(name)
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 16, 16)).shape == (1, NUM_CLASSES)
+        assert model(torch.randn(1, 3, low, low)).shape == (1, NUM_CLASSES)
         assert model(torch.randn(1, 3, 48, 40)).shape == (1, NUM_CLASSES)
 
 
@@ -119,6 +124,128 @@ def test_separable_knob(name):
     assert _params(sep) < _params(plain)
 
 
+def _gmac(model, size: int) -> float:
+    return count_flops(model, (1, 3, size, size)) / 2e9  # count_flops: 2 FLOPs per multiply-add
+
+
+def test_torchvision_resnets_have_torchvision_params_and_gmac():
+    """Issue 25's targets: ResNet-50 25.6 M parameters and 4.1 GMAC at 224 px, ResNet-18 1.8
+    (torchvision's weights.meta: 25,557,032 params, _ops 4.089 and 1.814)."""
+    resnet50 = create_model("resnet50", 1000)
+    assert _params(resnet50) == 25_557_032
+    assert _gmac(resnet50, 224) == pytest.approx(4.089, abs=0.005)
+    assert _gmac(create_model("resnet18", 1000), 224) == pytest.approx(1.814, abs=0.005)
+    cifar = create_model("resnet18_cifar", 1000)  # ours keeps its name and its 27 GMAC
+    assert _gmac(cifar, 224) == pytest.approx(27.2, abs=0.1)
+
+
+def test_small_input_stems():
+    """resnets: 3x3 stride-1 first conv, no max-pool (16x the compute); MobileNetV2: stride-1
+    first conv (4x: 1.20 vs 0.30 GMAC at 224 px); ShuffleNet: both. False is the ImageNet stem."""
+    imagenet, small = create_model("resnet50", 10), create_model("resnet50", 10, small_input=True)
+    assert (imagenet.conv1.kernel_size, imagenet.conv1.stride) == ((7, 7), (2, 2))
+    assert (small.conv1.kernel_size, small.conv1.stride) == ((3, 3), (1, 1))
+    assert isinstance(small.maxpool, nn.Identity) and isinstance(imagenet.maxpool, nn.MaxPool2d)
+    assert _gmac(small, 32) / _gmac(imagenet, 32) == pytest.approx(16, rel=0.1)
+    mobile = create_model("mobilenet_v2", 1000, small_input=True)
+    assert mobile.features[0][0].stride == (1, 1)
+    assert _gmac(mobile, 224) == pytest.approx(1.20, abs=0.01)
+    assert _gmac(create_model("mobilenet_v2", 1000), 224) == pytest.approx(0.30, abs=0.01)
+    assert isinstance(create_model("shufflenet_v2", 10, small_input=True).maxpool, nn.Identity)
+    assert "small_input" not in model_knobs("convnext_tiny")  # no small form of the patchify stem
+
+
+def test_small_input_auto_follows_the_image_size():
+    """``model.small_input: auto`` is the small stem below 96 px for the families that have one,
+    and is left out for the others; true/false is passed as set."""
+    def knobs(name, size, **model):
+        cfg = TrainConfig.from_dict({"data": {"train": "x", "image_size": size},
+                                     "model": {"name": name, **model}}, check_paths=False)
+        return cfg.model.build_knobs(cfg.data.image_size)
+
+    assert knobs("resnet18", 32) == {"small_input": True}
+    assert knobs("resnet18", 95)["small_input"] and not knobs("resnet18", 96)["small_input"]
+    assert knobs("efficientnet_b0", 224) == {"small_input": False}
+    assert knobs("resnet9", 32) == {} and knobs("convnext_tiny", 32) == {}
+    assert knobs("resnet18", 224, small_input=True) == {"small_input": True}
+    assert ModelConfig(name="resnet18").knobs() == {}  # knobs(): only what is set
+    with pytest.raises(ConfigError, match=r"model\.small_input=true: model 'resnet9' has no"):
+        knobs("resnet9", 32, small_input=True)
+    with pytest.raises(ConfigError, match=r"model\.small_input=false: model 'timm/test_resnet'"):
+        knobs("timm/test_resnet", 224, small_input=False)
+
+
+def test_torchvision_families_keep_torchvision_keys():
+    """The entries not built by torchvision's own builder have its state-dict keys and shapes,
+    so torchvision's weights load into them."""
+    import torchvision.models as tvm
+
+    for name, builder in [("efficientnet_b0", "efficientnet_b0"),
+                          ("shufflenet_v2", "shufflenet_v2_x1_0")]:
+        ours = create_model(name, 1000, dropout=0.1).state_dict()
+        theirs = tvm.get_model(builder, weights=None).state_dict()
+        assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+def test_timm_model_builds_by_name():
+    """Any timm model as ``timm/<name>``: timm sets the head and the input channels; the head
+    helper finds timm's classifier; dropout is timm's drop_rate."""
+    model = create_model("timm/convnext_nano", num_classes=NUM_CLASSES, in_channels=1,
+                         dropout=0.1)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, NUM_CLASSES)
+    assert classifier_head(model)[0] == "head.fc"
+    assert set(model_knobs("timm/convnext_nano")) == {"dropout"}
+    assert "timm/convnext_nano" not in list_models()
+    with pytest.raises(ValueError, match="does not accept"):
+        create_model("timm/test_resnet", 10, width_mult=2.0)
+
+
+def test_unknown_timm_name_and_missing_timm_are_named(monkeypatch):
+    with pytest.raises(ValueError, match=r"timm has no model 'convnext_nan'.*timm/convnext_nano"):
+        create_model("timm/convnext_nan", 10)
+    with pytest.raises(ConfigError, match=r"model\.name: timm has no model 'convnext_nan'"):
+        TrainConfig.from_dict({"data": {"train": "x"}, "model": {"name": "timm/convnext_nan"}},
+                              check_paths=False)
+    monkeypatch.setitem(__import__("sys").modules, "timm", None)  # import timm -> ImportError
+    with pytest.raises(ConfigError, match=r'model\.name: .*pip install -e "\.\[timm\]"'):
+        TrainConfig.from_dict({"data": {"train": "x"}, "model": {"name": "timm/convnext_nano"}},
+                              check_paths=False)
+
+
+def test_model_table_row_and_docs_page():
+    """``cnn-ray models``: a row has params and GMAC per size with auto's stem; docs/models.md
+    (generated by it) lists every registered model, and its resnet50 row has the targets."""
+    from pathlib import Path
+
+    from cnn_ray.models.table import model_row, to_markdown
+
+    row = model_row("resnet18", sizes=(32, 224))
+    assert row["params_m"] == pytest.approx(11.69, abs=0.01) and row["source"] == "torchvision"
+    assert row["gmac"][224] == pytest.approx(1.814, abs=0.005)
+    assert row["small_input"] == {32: True, 224: False}
+    assert row["gmac"][32] == pytest.approx(0.556, abs=0.005)  # the small stem at 32 px
+    assert row["weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+    assert "| `resnet18` | torchvision | 11.69 | 0.556 | 1.814 | yes |" in to_markdown([row],
+                                                                                 (32, 224))
+    page = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    listed = [line.split("`")[1] for line in page.splitlines() if line.startswith("| `")]
+    assert listed == list_models(), "docs/models.md is stale: python jobs/models.py --markdown " \
+                                    "docs/models.md"
+    assert "| `resnet50` | torchvision | 25.56 | 1.300 | 1.337 | 4.089 |" in page
+
+
+def test_models_command_prints_json_and_names_unknown_models(capsys):
+    import json
+
+    from cnn_ray.cli import main
+
+    assert main(["models", "simple_cnn", "--json", "--sizes", "32"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["name"] == "simple_cnn" and row["gmac"]["32"] == pytest.approx(0.011, abs=0.001)
+    assert main(["models", "no_such_net"]) == 2
+    assert "cnn-ray models: unknown model 'no_such_net'" in capsys.readouterr().err
+
+
 def test_dropout_knob():
     model = create_model("resnet9", 10, dropout=0.3)
     assert any(isinstance(m, nn.Dropout) and m.p == 0.3 for m in model.modules())
@@ -155,8 +282,12 @@ def test_bad_knob_values(name, knobs):
 def test_list_models_sorted_and_complete():
     names = list_models()
     assert names == sorted(names)
-    expected = {"simple_cnn", "dwsep_cnn", "resnet18", "resnet9", "airbench", "mobilenet_v2",
-                "shufflenet_v2", "efficientnet_b0"}
+    expected = {"simple_cnn", "dwsep_cnn", "resnet18_cifar", "resnet9", "airbench",
+                "mobilenet_v2", "shufflenet_v2", "efficientnet_b0", "resnet18", "resnet34",
+                "resnet50", "resnet101", "wide_resnet50_2", "resnext50_32x4d", "convnext_tiny",
+                "convnext_small", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
+                "efficientnet_v2_s", "mobilenet_v3_small", "mobilenet_v3_large",
+                "regnet_y_400mf", "regnet_y_800mf", "regnet_y_1_6gf", "regnet_y_3_2gf"}
     assert expected <= set(names)
 
 

@@ -1,4 +1,5 @@
-"""Our own small CNNs for small images: ``simple_cnn``, ``dwsep_cnn``, ``resnet9``, ``resnet18``.
+"""Our own small CNNs for small images: ``simple_cnn``, ``dwsep_cnn``, ``resnet9``,
+``resnet18_cifar``, ``airbench`` (torchvision's ImageNet networks are in :mod:`.tv`).
 
 All take ``(N, in_channels, H, W)`` float input with ``H, W >= 16`` (32x32 is the design point)
 and return ``(N, num_classes)`` logits. The head pools adaptively, so any size >= 16 works.
@@ -217,7 +218,7 @@ def resnet9(num_classes: int, in_channels: int = 3, width_mult: float = 1.0, dep
     )
 
 
-# -------------------------------------------------------------------------------- resnet18
+# -------------------------------------------------------------------------- resnet18_cifar
 class _BasicBlock(nn.Module):
     """ResNet basic block (He et al., 2016): two 3x3 conv-BN, identity or 1x1-conv shortcut."""
 
@@ -238,10 +239,12 @@ class _BasicBlock(nn.Module):
 
 
 @register_model
-def resnet18(num_classes: int, in_channels: int = 3, width_mult: float = 1.0, depth: int = 2,
-             separable: bool = False, dropout: float = 0.0) -> nn.Module:
+def resnet18_cifar(num_classes: int, in_channels: int = 3, width_mult: float = 1.0,
+                   depth: int = 2, separable: bool = False, dropout: float = 0.0) -> nn.Module:
     """ResNet-18 (He et al., 2016, arXiv:1512.03385) in its CIFAR form: a 3x3 stride-1 stem and no
-    max-pool, so a 32x32 input reaches the last stage at 4x4.
+    max-pool, so a 32x32 input reaches the last stage at 4x4 (27 GMAC per 224 px image against
+    the ImageNet ResNet-18's 1.8: use ``resnet18``, torchvision's, for large images).
+    ``resnet18`` with ``small_input=True`` is the same layout without this family's knobs.
 
     Four stages of ``depth`` basic blocks with 64/128/256/512 x ``width_mult`` channels (stride 2
     at the start of stages 2-4), global average pool, dropout, linear.
@@ -254,7 +257,7 @@ def resnet18(num_classes: int, in_channels: int = 3, width_mult: float = 1.0, de
     Raises:
         ValueError: a knob is out of range.
     """
-    _check("resnet18", width_mult, depth, 3, dropout)
+    _check("resnet18_cifar", width_mult, depth, 3, dropout)
     c = _ch(64, width_mult)
     layers: list[nn.Module] = [_conv_bn_relu(in_channels, c, 3)]
     for i, base in enumerate((64, 128, 256, 512)):

@@ -137,7 +137,7 @@ def compute_stem_weights(cfg: TrainConfig, sample: np.ndarray, *, num_classes: i
     from cnn_ray.models import create_model
 
     model = create_model(cfg.model.name, num_classes=num_classes, in_channels=sample.shape[-1],
-                         **cfg.model.knobs())
+                         **cfg.model.build_knobs(cfg.data.image_size))
     name, conv = first_conv(model)
     kh, kw = conv.kernel_size
     if kh != kw:

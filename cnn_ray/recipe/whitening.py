@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnn_ray.models.registry import first_conv  # one helper, also cnn_ray.recipe.first_conv
+
 _CHUNK = 1024  # images per chunk when accumulating the patch covariance
 
 
@@ -95,18 +97,6 @@ def patch_whitening_weights(sample, kernel_size: int = 2, eps: float = 5e-4, *,
     eigvals, eigvecs = eigvals.flip(0).clamp_min(0.0), eigvecs.flip(1)
     filters = (eigvecs.T / torch.sqrt(eigvals + eps)[:, None]).reshape(c * k * k, c, k, k)
     return torch.cat([filters, -filters]).to(torch.float32)
-
-
-def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The first ``nn.Conv2d`` of ``model`` in module order, with its qualified name.
-
-    Raises:
-        ValueError: the model has no ``nn.Conv2d``.
-    """
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            return name, module
-    raise ValueError(f"{type(model).__name__} has no nn.Conv2d to whiten")
 
 
 def apply_patch_whitening(model: nn.Module, sample, eps: float = 5e-4, *,

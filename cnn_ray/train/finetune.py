@@ -1,11 +1,12 @@
-"""Fine-tuning: start from local pretrained weights, train the head first, then everything.
+"""Fine-tuning: start from pretrained weights, train the head first, then everything.
 
 Card
 ----
-What: ``model.pretrained`` loads a state dict file or a cnn_ray checkpoint into the freshly
-built model (after the recipe's model preparation, before DDP wraps it); the classifier head
-(:func:`cnn_ray.models.classifier_head`) keeps its fresh initialisation when its shape differs
-(another class count). ``model.freeze`` (``backbone`` or module-name prefixes) keeps those
+What: ``model.pretrained`` loads named weights (``imagenet``, a torchvision weights name, a timm
+tag: :mod:`cnn_ray.models.weights`, from the local caches), a state dict file or a cnn_ray
+checkpoint into the freshly built model (after the recipe's model preparation, before DDP wraps
+it); the classifier head (:func:`cnn_ray.models.classifier_head`) keeps its fresh
+initialisation when its shape differs (another class count). ``model.freeze`` (``backbone`` or module-name prefixes) keeps those
 parameters still until ``model.unfreeze_epoch``, then everything trains, the pretrained
 (non-head) part at ``optim.backbone_lr_mult`` x the head's learning rate.
 Values that work: freeze the backbone for the first 1-3 epochs (the new head would otherwise
@@ -29,10 +30,13 @@ How it is done here, and why:
 - BatchNorm layers of frozen modules stay in train mode: their running mean/variance follow the
   new data (the frozen scales and biases do not move). That is what the new data's statistics
   need when the images differ from the pretraining ones.
-- A cnn_ray checkpoint brings its normalisation: its stored mean/std replace the new data's
-  statistics (:func:`keep_pretrained_normalization`), so the pretrained filters see inputs
-  scaled as they were trained on; a plain state dict file carries none, and the new data's
-  statistics are used.
+- Named weights and a cnn_ray checkpoint bring their normalisation: the weights' own mean/std
+  (torchvision's ``weights.transforms()``, timm's ``pretrained_cfg``) or the checkpoint's
+  stored ones replace the new data's statistics (:func:`keep_pretrained_normalization`), so the
+  pretrained filters see inputs scaled as they were trained on, unless
+  ``model.normalization: data``; a plain state dict file carries none, and the new data's
+  statistics are used. The named weights' resize/crop sizes are recorded
+  (:func:`pretrained_preprocessing`, the report's ``preprocessing``) for the data side.
 - Resume: the pretrained weights are loaded when the model is built; restoring the run's own
   checkpoint afterwards overwrites them (:func:`cnn_ray.train.parts.restore_parts`), and the
   report says ``pretrained not applied`` (:func:`record_pretrained`).
@@ -43,156 +47,23 @@ get this through :func:`cnn_ray.train.parts.build_parts`.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from cnn_ray.config import ConfigError, TrainConfig
-from cnn_ray.io import append_jsonl, write_text
-from cnn_ray.models import classifier_head, create_model, load_matching_state, read_state_dict
-from cnn_ray.train.checkpoint import CheckpointError, ema_model_state, load_checkpoint, read_meta
+from cnn_ray.models import classifier_head, create_model
 from cnn_ray.train.inputs import DataSummary
+# The weights side lives in cnn_ray.train.pretrained; re-exported here, where callers find it.
+from cnn_ray.train.pretrained import (PretrainedReport, PretrainedWeights,  # noqa: F401
+                                      apply_pretrained, keep_pretrained_normalization,
+                                      named_weights, pretrained_preprocessing, read_pretrained,
+                                      record_pretrained)
 from cnn_ray.train.techniques import unwrap_model
 
 Log = Callable[[str], None]
-
-
-# ------------------------------------------------------------------------------ weights
-@dataclass
-class PretrainedWeights:
-    """What ``model.pretrained`` holds: ``state`` (model state dict, CPU tensors), ``kind``
-    (``"state_dict"`` file or cnn_ray ``"checkpoint"`` directory), ``weights`` (``"file"``,
-    or the checkpoint's ``"ema"`` / ``"raw"`` weights) and, for a checkpoint, its
-    normalisation (``mean``/``std``, ``[0, 1]`` units per channel) and class names."""
-
-    state: dict[str, torch.Tensor]
-    source: str
-    kind: str
-    weights: str
-    mean: Optional[list[float]] = None
-    std: Optional[list[float]] = None
-    class_names: Optional[list[str]] = None
-
-
-def read_pretrained(path: str) -> PretrainedWeights:
-    """Read ``model.pretrained`` (``~`` expanded): a checkpoint directory through
-    :func:`cnn_ray.train.checkpoint.load_checkpoint` (its EMA weights when it kept an updated
-    EMA, as its evaluation used, else its raw weights), or a file through
-    :func:`cnn_ray.models.read_state_dict`; both with ``torch.load(weights_only=True)``.
-
-    Raises:
-        ConfigError: the path does not exist, or the checkpoint/file is unreadable or refused
-            (the message names ``model.pretrained`` and the file).
-    """
-    p = Path(os.path.expanduser(path))
-    if not p.exists():
-        raise ConfigError(f"model.pretrained: file or checkpoint directory does not exist: "
-                          f"{path!r}")
-    try:
-        if p.is_dir():
-            ckpt = load_checkpoint(p)
-            averaged = ema_model_state(ckpt)
-            return PretrainedWeights(
-                state=averaged if averaged is not None else ckpt.model_state, source=str(p),
-                kind="checkpoint", weights="ema" if averaged is not None else "raw",
-                mean=list(ckpt.meta["mean"]), std=list(ckpt.meta["std"]),
-                class_names=list(ckpt.meta["class_names"]))
-        return PretrainedWeights(state=read_state_dict(p), source=str(p), kind="state_dict",
-                                 weights="file")
-    except (CheckpointError, ValueError, FileNotFoundError) as exc:
-        raise ConfigError(f"model.pretrained: {exc}") from None
-
-
-@dataclass
-class PretrainedReport:
-    """Which tensors ``model.pretrained`` gave the model (state-dict keys, sorted): ``loaded``
-    (copied), ``new`` (head keys the weights lack: fresh init), ``skipped`` (head keys of
-    another shape: fresh init), ``unused`` (head keys only the weights have). ``applied``:
-    False when the run resumed from its own checkpoint (``resumed_from_epoch``), whose weights
-    replaced these."""
-
-    source: str
-    kind: str
-    weights: str
-    head: str
-    normalization: str
-    loaded: list[str]
-    new: list[str]
-    skipped: list[str]
-    unused: list[str]
-    applied: bool = True
-    resumed_from_epoch: Optional[int] = None
-
-    def to_dict(self) -> dict:
-        """JSON-safe plain dict of every field."""
-        return dataclasses.asdict(self)
-
-    def summary(self) -> str:
-        """One line for the log."""
-        if not self.applied:
-            return (f"resumed from checkpoint at epoch {self.resumed_from_epoch}, pretrained not "
-                    f"applied (model.pretrained={self.source}: the run's own weights were "
-                    f"restored over it)")
-        fresh = self.skipped + self.new
-        return (f"model.pretrained {self.kind} {self.source} ({self.weights} weights): "
-                f"{len(self.loaded)} tensors loaded, {len(self.new)} new, {len(self.skipped)} "
-                f"skipped for shape mismatch; freshly initialised: {fresh or 'none'} "
-                f"(head {self.head!r}); normalisation: {self.normalization}")
-
-
-def apply_pretrained(model: nn.Module, cfg: TrainConfig) -> Optional[PretrainedReport]:
-    """Load ``model.pretrained`` into the unwrapped ``model`` (built and prepared as the run
-    trains it, :func:`cnn_ray.recipe.apply.prepare_model`), the head re-initialised where its
-    shape differs (:func:`cnn_ray.models.load_matching_state`). None when the key is unset.
-
-    Raises:
-        ConfigError: unreadable weights, or keys missing/unexpected/of another shape outside
-            the classifier head (the message names ``model.pretrained``, the file and the keys).
-    """
-    if not cfg.model.pretrained:
-        return None
-    w = read_pretrained(cfg.model.pretrained)
-    model = unwrap_model(model)
-    try:
-        result = load_matching_state(model, w.state, w.source)
-        head = classifier_head(model)[0]
-    except ValueError as exc:
-        raise ConfigError(f"model.pretrained: {exc}") from None
-    norm = ("the checkpoint's mean/std" if w.kind == "checkpoint"
-            else "the new data's mean/std (a state dict file carries none)")
-    return PretrainedReport(source=w.source, kind=w.kind, weights=w.weights, head=head,
-                            normalization=norm, **result)
-
-
-def keep_pretrained_normalization(cfg: TrainConfig, summary: DataSummary) -> DataSummary:
-    """``summary`` with the mean/std of the ``model.pretrained`` checkpoint (``meta.json``)
-    when it is a cnn_ray checkpoint directory; unchanged otherwise. The driver (and the
-    Ray-free trainer) call it before the summary reaches the workers, so training, evaluation
-    and the run's own checkpoints all use the pretrained run's normalisation.
-
-    Raises:
-        ConfigError: an unreadable ``meta.json``, or a channel count other than the data's.
-    """
-    path = cfg.model.pretrained
-    if not path or not Path(os.path.expanduser(path)).is_dir():
-        return summary
-    try:
-        meta = read_meta(os.path.expanduser(path))
-    except CheckpointError as exc:
-        raise ConfigError(f"model.pretrained: {exc}") from None
-    channels = summary.image_shape[2]
-    if len(meta["mean"]) != channels:
-        raise ConfigError(f"model.pretrained: {path} was trained on {len(meta['mean'])}-channel "
-                          f"images, the data has {channels} channels")
-    return dataclasses.replace(summary, mean=[float(v) for v in meta["mean"]],
-                               std=[float(v) for v in meta["std"]])
 
 
 # ------------------------------------------------------------------------------ freezing
@@ -349,27 +220,8 @@ def check_finetune(cfg: TrainConfig, summary: DataSummary) -> None:
     from cnn_ray.recipe.apply import prepare_model
 
     model = create_model(cfg.model.name, num_classes=summary.num_classes,
-                         in_channels=summary.image_shape[2], **cfg.model.knobs())
+                         in_channels=summary.image_shape[2],
+                         **cfg.model.build_knobs(cfg.data.image_size))
     prepare_model(model, cfg, compile=False)
     apply_pretrained(model, cfg)
     param_roles(model, cfg)
-
-
-def record_pretrained(report: Optional[PretrainedReport], run_dir: Optional[str], log: Log, *,
-                      resumed_from_epoch: int = 0) -> Optional[PretrainedReport]:
-    """Log the pretrained report (rank 0) and append it to ``<run_dir>/events.jsonl`` as an
-    ``{"event": "pretrained", ...}`` line; when it was applied, also ``pretrained.json``.
-    ``resumed_from_epoch`` > 0: the run restored its own checkpoint over the pretrained
-    weights, and the report says ``pretrained not applied``. Returns the report recorded."""
-    if report is None:
-        return None
-    if resumed_from_epoch:
-        report = dataclasses.replace(report, applied=False,
-                                     resumed_from_epoch=int(resumed_from_epoch))
-    log(report.summary())
-    if run_dir:
-        append_jsonl(run_dir, "events.jsonl",
-                     {"time": time.time(), "event": "pretrained", **report.to_dict()})
-        if report.applied:
-            write_text(run_dir, "pretrained.json", json.dumps(report.to_dict(), indent=2))
-    return report

@@ -327,7 +327,7 @@ def build_trainer(
 # in a group of their own, a BN-bias lr multiplier != 1 splits the BN biases off, whitening and
 # frozen BN scales take the first conv's weight / the BN weights out of the groups).
 RESUME_KEYS = tuple(f"model.{k}" for k in ("name", "width_mult", "depth", "kernel_size",
-                                           "separable", "widths")) + tuple(
+                                           "separable", "widths", "small_input")) + tuple(
     f"data.{k}" for k in ("train", "val", "format", "image_size", "channels", "path_column",
                           "label_column", "path_template", "pca")) + ("optim.optimizer",)
 # Settings whose value may change on resume but not whether they are on: (key, "on" test).

@@ -80,7 +80,8 @@ def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.run.seed + rank)
     model = create_model(cfg.model.name, num_classes=data.num_classes,
-                         in_channels=data.image_shape[2], **cfg.model.knobs())
+                         in_channels=data.image_shape[2],
+                         **cfg.model.build_knobs(cfg.data.image_size))
     prepare_model(model, cfg, stem_weights)  # the same on every rank, before DDP
     report = apply_pretrained(model, cfg)  # every rank loads the same file, before DDP
     model = wrap(model.to(device))

@@ -298,7 +298,7 @@ def check_model_knobs(cfg: TrainConfig, source: str = "config") -> None:
     """Raise :class:`ConfigError` naming ``model.<knob>`` if ``cfg.model.name`` rejects a knob."""
     from cnn_ray.models import list_models, model_knobs
 
-    if cfg.model.name not in list_models():
+    if not cfg.model.name.startswith("timm/") and cfg.model.name not in list_models():
         raise ConfigError(f"{source}: model.name: unknown model {cfg.model.name!r}; registered: "
                           f"{list_models()}")
     accepted = model_knobs(cfg.model.name)

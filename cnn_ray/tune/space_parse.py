@@ -219,7 +219,7 @@ def _check_semantics(space: SearchSpace, base: TrainConfig, searcher: str, error
     where_fam = f"space.{FAMILY_KEY}" if space.families is not None else (
         "space.model.name" if "model.name" in top else "base.model.name")
     for fam in fams:
-        if fam not in registered:
+        if fam not in registered and not fam.startswith("timm/"):
             errors.append(f"{where_fam}: unknown model {fam!r}; registered: {registered}")
     if errors:
         return
