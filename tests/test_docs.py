@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-PAGES = ["own-data", "config", "sweeps", "pipeline", "profiling", "finetune-predict-export",
+PAGES = ["own-data", "config", "models", "sweeps", "pipeline", "profiling", "finetune-predict-export",
          "techniques", "results", "history", "development"]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
