@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cnn_ray.config_augment import (Affine, AugmentConfig, ColorJitter, Cutout, HFlip,  # noqa: F401
                                     RandomCrop, RandomResizedCrop, Rotation)
 from cnn_ray.config_data import DataConfig, PCAConfig  # noqa: F401
-from cnn_ray.config_recipe import (EMA, BatchNormSettings, CutMix, EvalConfig, MixUp,
-                                   Whitening)
+from cnn_ray.config_recipe import (EMA, EVAL_CROP_RATIO, BatchNormSettings, CutMix,  # noqa: F401
+                                   EvalConfig, MixUp, Whitening)
 
 
 class ConfigError(ValueError):
@@ -227,8 +227,8 @@ class TrainConfig(_Strict):
                                    "and their resources")
     run: RunConfig = Field(default_factory=RunConfig, description="naming, storage, "
                            "checkpoints and fault tolerance")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation "
-                             "(test-time augmentation)")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation: "
+                             "the validation transform and test-time augmentation")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "TrainConfig":
@@ -297,6 +297,12 @@ class TrainConfig(_Strict):
                 f"images have {stored or 'data.pca.explained_variance-many'} bands "
                 f"(data.channels={self.data.channels}"
                 f"{', data.pca' if self.data.pca else ''}): set augment.color_jitter.enabled=false")
+        resize, crop = self.eval_sizes()
+        if crop > resize:
+            raise ValueError(
+                f"eval.image_size={crop} is larger than eval.resize_size={resize}: the "
+                "validation centre crop is taken from the resized image; expected "
+                "eval.resize_size >= eval.image_size")
         if self.data.cache == "memory" and self.data.use_raw:
             raise ValueError(
                 "data.cache=memory keeps the prepared shards in memory; it needs "
@@ -339,6 +345,17 @@ class TrainConfig(_Strict):
             raise ConfigError(f"{source}: model.pretrained: file or checkpoint directory does "
                               f"not exist: {pretrained!r}")
 
+    def eval_sizes(self) -> tuple[int, int]:
+        """``(resize_size, image_size)`` of the validation transform in pixels, defaults
+        resolved (:class:`~cnn_ray.config_recipe.EvalConfig`): the stored square is resized to
+        ``resize_size`` and its centre ``image_size`` square kept."""
+        crop = self.eval.image_size or self.data.image_size
+        if self.eval.resize_size is not None:
+            return self.eval.resize_size, crop
+        if self.data.store_size is None:
+            return crop, crop
+        return round(crop / EVAL_CROP_RATIO), crop
+
     def per_worker_batch_size(self) -> int:
         """Images per micro-batch on one worker: batch_size / (num_workers * grad_accum_steps)."""
         return self.optim.batch_size // (self.scaling.num_workers * self.optim.grad_accum_steps)
@@ -360,7 +377,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             msg = "required key is missing"
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            if "input" in err and kind not in ("model_type",) and loc:
+            if "input" in err and kind not in ("model_type",) and loc and not isinstance(
+                    err["input"], dict):  # a section's own check names its keys itself
                 msg += f" (got {err['input']!r})"
         lines.append(f"{source}: {loc or '<top>'}: {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -48,6 +48,12 @@ class DataConfig(_Strict):
         "detects which")
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="held-out share when val is None")
     image_size: int = Field(32, ge=8, le=4096, description="training resolution (pixels, square)")
+    store_size: Optional[int] = Field(
+        None, ge=8, le=4096, description="side of the prepared images (pixels): the shorter "
+        "side is resized to it and the centred square kept; training takes a "
+        "random_resized_crop of it to image_size per batch, validation resizes it to "
+        "eval.resize_size and centre-crops eval.image_size. At least image_size; None = "
+        "image_size (stored as trained)")
     channels: int = Field(3, ge=1, le=64, description="image channels after decoding; for "
                           ".npy/.npz/TIFF tiles the band count of the files")
     pca: Optional[PCAConfig] = Field(
@@ -96,8 +102,33 @@ class DataConfig(_Strict):
         "decoding, streaming augmentation) asks for, e.g. {data_node: 0.001}: keeps Data work "
         "on the CPU-only nodes that advertise it in a mixed CPU/GPU cluster")
     cache_max_mb: float = Field(
-        4096.0, gt=0.0, description="cache: memory refuses data sets larger than this (MB)"
+        4096.0, gt=0.0, description="cache: memory refuses data sets larger than this (MB): "
+        "the training images at their stored size (store_size) plus the validation images at "
+        "eval.image_size"
     )
+
+    @model_validator(mode="after")
+    def _store_at_least_trained(self) -> "DataConfig":
+        if self.store_size is not None and self.store_size < self.image_size:
+            raise ValueError(
+                f"data.store_size={self.store_size} is smaller than data.image_size="
+                f"{self.image_size}: expected data.store_size >= data.image_size (the training "
+                "crop is taken from the stored image), or data.store_size: null to store at "
+                "data.image_size")
+        return self
+
+    @property
+    def stored_size(self) -> int:
+        """Side in pixels of the prepared (stored) square images: ``store_size``, else
+        ``image_size``."""
+        return self.store_size or self.image_size
+
+    @property
+    def train_crop_size(self) -> Optional[int]:
+        """The side training batches are random-resized cropped to from the stored images:
+        ``image_size`` when ``store_size`` is set; None without it (batches keep the stored
+        side, as before ``store_size`` existed)."""
+        return self.image_size if self.store_size is not None else None
 
     @property
     def pipeline_cpus(self) -> float:
