@@ -23,6 +23,7 @@ from cnn_ray.data.memory import InMemoryShard, check_cache_fits, shard_for_devic
 from cnn_ray.data.preprocess import EvalTransform, resize_center_crop
 from cnn_ray.data.resized_crop import (ATTEMPTS, resized_crop, resized_crop_boxes,
                                        resized_crop_torch)
+from cnn_ray.recipe import alternating_flip_mask
 
 RRC = RandomResizedCrop(enabled=True, scale=(0.08, 1.0))  # torchvision's defaults
 ONLY_RRC = AugmentConfig(random_resized_crop=RRC.model_dump(), random_crop={"enabled": False},
@@ -199,6 +200,19 @@ def test_augment_batch_crops_stored_images_to_the_training_size():
     # the crop is the first step: flip etc. then run at the training size
     full = augment_batch(x, idx, AugmentConfig(), seed=5, epoch=0, out_size=32)
     assert full.shape == (32, 32, 32, 3)
+    # a flip without a shift is done within the resize: the same as mirroring afterwards
+    flipped = AugmentConfig(random_resized_crop=RRC.model_dump(), random_crop={"enabled": False},
+                            hflip={"p": 1.0})
+    assert np.array_equal(augment_batch(x, idx, flipped, seed=5, epoch=0, out_size=32),
+                          augment_batch(x, idx, ONLY_RRC, seed=5, epoch=0, out_size=32)[:, :, ::-1])
+    alternating = flipped.model_copy(update={"hflip": flipped.hflip.model_copy(
+        update={"mode": "alternating"})})
+    for epoch in (0, 1):
+        mask = alternating_flip_mask(idx, epoch, 5)
+        got = augment_batch(x, idx, alternating, seed=5, epoch=epoch, out_size=32)
+        plain = augment_batch(x, idx, ONLY_RRC, seed=5, epoch=epoch, out_size=32)
+        assert np.array_equal(got[mask], plain[mask][:, :, ::-1])
+        assert np.array_equal(got[~mask], plain[~mask])
     # random_resized_crop off: the whole stored square resized, as the eval resize does it
     plain = AugmentConfig(random_crop={"enabled": False}, hflip={"enabled": False})
     assert np.abs(augment_batch(x, idx, plain, seed=5, epoch=0, out_size=32).astype(int)

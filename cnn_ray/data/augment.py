@@ -164,9 +164,14 @@ def augment_batch(
     u = None
     if out_size is not None and (h, w) != (out_size, out_size):
         u = row_uniforms(seed, epoch, idx, N_DRAWS)
+        first = _Steps.of(cfg, c)
+        flips = None  # flip only (no shift): mirrored as part of the resize, no second pass
+        if first.flip and not first.crop:
+            flips = crop_flip_draws(u, cfg, crop=False, flip=True, idx=idx, epoch=epoch,
+                                    seed=seed)[2]
         images = resized_crop(images, resized_crop_boxes(u, cfg.random_resized_crop, h, w),
-                              out_size)
-        cfg = _without_resized_crop(cfg)
+                              out_size, flip=flips)
+        cfg = _without(cfg, "random_resized_crop", *(("hflip",) if flips is not None else ()))
         h = w = out_size
     steps = _Steps.of(cfg, c)
     if n == 0 or not steps.any():
@@ -187,13 +192,12 @@ def augment_batch(
     return out
 
 
-def _without_resized_crop(cfg: AugmentConfig) -> AugmentConfig:
-    """``cfg`` with ``random_resized_crop`` off (it was applied as the resize to the training
-    size); ``cfg`` itself when it is off already."""
-    if not cfg.random_resized_crop.enabled:
-        return cfg
-    rrc = cfg.random_resized_crop.model_copy(update={"enabled": False})
-    return cfg.model_copy(update={"random_resized_crop": rrc})
+def _without(cfg: AugmentConfig, *names: str) -> AugmentConfig:
+    """``cfg`` with the techniques ``names`` off (already applied with the resize to the
+    training size); ``cfg`` itself when they are off already."""
+    update = {k: getattr(cfg, k).model_copy(update={"enabled": False}) for k in names
+              if getattr(cfg, k).enabled}
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def _benchmark(n: int = 512, size: int = 32, repeats: int = 101) -> None:

@@ -105,8 +105,10 @@ def resized_crop_boxes(u: np.ndarray, cfg: Optional[RandomResizedCrop], h: int,
     return boxes
 
 
-def resized_crop(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-    """Crop ``boxes`` out of ``images`` and resize each to ``size`` x ``size`` (host, uint8).
+def resized_crop(images: np.ndarray, boxes: np.ndarray, size: int, *,
+                 flip: Optional[np.ndarray] = None) -> np.ndarray:
+    """Crop ``boxes`` out of ``images`` and resize each to ``size`` x ``size`` (host, uint8),
+    mirrored left-right where ``flip``.
 
     Per image, ``torch.nn.functional.interpolate(mode="bilinear", antialias=True,
     align_corners=False)`` on a channels-last uint8 view of the box (torch's vectorised uint8
@@ -121,6 +123,8 @@ def resized_crop(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray
         boxes: ``(N, 4)`` integer ``(top, left, height, width)`` inside the images
             (:func:`resized_crop_boxes`).
         size: output side in pixels.
+        flip: ``(N,)`` bool, mirror these after the resize (``hflip``, one small torch copy
+            per image instead of a second pass over the batch); None: none.
 
     Returns:
         A new C-contiguous ``(N, size, size, C) uint8`` array.
@@ -135,15 +139,15 @@ def resized_crop(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray
     out = np.empty((n, size, size, c), dtype=np.uint8)
     if n == 0:
         return out
+    mirror = np.zeros(n, bool) if flip is None else np.asarray(flip, bool).reshape(n)
     src = torch.from_numpy(images).permute(0, 3, 1, 2)  # NCHW view of NHWC: channels_last
     dst = torch.from_numpy(out).permute(0, 3, 1, 2)
-    for k, (top, left, bh, bw) in enumerate(boxes.tolist()):
+    for k, ((top, left, bh, bw), f) in enumerate(zip(boxes.tolist(), mirror.tolist())):
         crop = src[k:k + 1, :, top:top + bh, left:left + bw]
-        if (bh, bw) == (size, size):
-            dst[k:k + 1] = crop
-        else:
-            dst[k:k + 1] = F.interpolate(crop, size=(size, size), mode="bilinear",
-                                         antialias=True, align_corners=False)
+        if (bh, bw) != (size, size):
+            crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
+                                 align_corners=False)
+        dst[k:k + 1] = crop.flip(-1) if f else crop
     return out
 
 
