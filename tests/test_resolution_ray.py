@@ -73,6 +73,12 @@ def test_stored_squares_and_both_paths_give_training_size_batches(ray_session, t
     got = next(iter(shard.batches(8, augment=cfg.augment, out_size=cfg.data.train_crop_size)))
     assert tuple(got["image"].shape) == (8, 32, 32, 3)
 
+    raw = TrainConfig.from_dict(_config(tmp_path, {"use_raw": True}, eval={"image_size": 36}))
+    decoded = training_data(raw, prepare_data(raw, progress=False)).datasets(raw)  # every epoch
+    train = next(iter(decoded["train"].iter_batches(batch_size=8, batch_format="numpy")))
+    val = next(iter(decoded["val"].iter_batches(batch_size=8, batch_format="numpy")))
+    assert train["image"].shape[1:] == (32, 32, 3) and val["image"].shape[1:] == (36, 36, 3)
+
     small = TrainConfig.from_dict(_config(tmp_path, {"cache": "memory", "cache_max_mb": 0.05}))
     with pytest.raises(ConfigError, match=r"stored at 40x40x3 \(data.store_size=40\)"):
         training_data(small, prepared).object_refs(small)
@@ -125,3 +131,15 @@ def test_train_evaluate_export_at_resolution_through_the_cli(ray_session, tmp_pa
     assert contract["input"]["eval_transform"] == meta["eval_transform"]
     assert "resize it to 40 x 40" in contract["input"]["resize"]
     assert "41 x 41" in contract["input"]["resize"] and "centre 36 x 36" in contract["input"]["resize"]
+    if cache != "memory":
+        return
+    # predict and evaluate --data decode the same files the same way: the same top-1
+    photos = str(tmp_path / "photos")
+    assert main(["evaluate", "--config", recipe, "--checkpoint", str(ckpt), "--data", photos,
+                 "--out", str(tmp_path / "eval_all")]) == 0
+    evaluated = json.loads((tmp_path / "eval_all" / "metrics.json").read_text())
+    assert evaluated["num_images"] == 20
+    assert main(["predict", "--checkpoint", str(ckpt), "--data", photos,
+                 "--out", str(tmp_path / "pred.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert f"top1 {100 * evaluated['top1']:.2f}% on 20 labelled" in printed
