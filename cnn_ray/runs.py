@@ -50,4 +50,5 @@ def default_prepared_dir(cfg: TrainConfig) -> str:
         + ([d.pca.model_dump(), d.band_sample_images] if d.pca else []),  # no pca: old names
     )
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return os.path.join(storage_root(cfg), "prepared", f"{Path(d.train).name}-{d.stored_size}px-{digest}")
+    return os.path.join(storage_root(cfg), "prepared",
+                        f"{Path(d.train).name}-{d.stored_size}px-{digest}")

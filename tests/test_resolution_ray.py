@@ -130,7 +130,8 @@ def test_train_evaluate_export_at_resolution_through_the_cli(ray_session, tmp_pa
     assert contract["input"]["shape"] == [None, 3, 36, 36]
     assert contract["input"]["eval_transform"] == meta["eval_transform"]
     assert "resize it to 40 x 40" in contract["input"]["resize"]
-    assert "41 x 41" in contract["input"]["resize"] and "centre 36 x 36" in contract["input"]["resize"]
+    rule = contract["input"]["resize"]
+    assert "41 x 41" in rule and "centre 36 x 36" in rule
     if cache != "memory":
         return
     # predict and evaluate --data decode the same files the same way: the same top-1

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["EvalTransform", "normalize_batch", "resize_center_crop"]
 
 
-def resize_center_crop(images: np.ndarray, size: int, *, resize: Optional[int] = None) -> np.ndarray:
+def resize_center_crop(images: np.ndarray, size: int, *,
+                       resize: Optional[int] = None) -> np.ndarray:
     """Eval preprocessing: resize the shorter side to ``resize`` (default ``size``) and
     centre-crop ``size`` x ``size``.
 

@@ -50,8 +50,11 @@ from cnn_ray.data.draws import DRAW_COLUMNS, uniform
 __all__ = ["ATTEMPTS", "resized_crop", "resized_crop_boxes", "resized_crop_torch"]
 
 ATTEMPTS = 10  # torchvision RandomResizedCrop.get_params
-_SCALE_COLS = [DRAW_COLUMNS["rrc_scale"]] + [DRAW_COLUMNS[f"rrc_scale_{k}"] for k in range(1, ATTEMPTS)]
-_RATIO_COLS = [DRAW_COLUMNS["rrc_ratio"]] + [DRAW_COLUMNS[f"rrc_ratio_{k}"] for k in range(1, ATTEMPTS)]
+# draw columns of attempts 0..9 (cnn_ray.data.draws)
+_SCALE_COLS = [DRAW_COLUMNS["rrc_scale"]] + [DRAW_COLUMNS[f"rrc_scale_{k}"]
+                                             for k in range(1, ATTEMPTS)]
+_RATIO_COLS = [DRAW_COLUMNS["rrc_ratio"]] + [DRAW_COLUMNS[f"rrc_ratio_{k}"]
+                                             for k in range(1, ATTEMPTS)]
 
 # The source batch is only read: a read-only array (a view of an Arrow buffer in a Ray Data
 # task) is handed to torch without a copy, and torch's one-time note about it is not for users.
