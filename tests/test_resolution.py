@@ -314,9 +314,10 @@ def test_memory_shards_yield_training_size_batches_on_host_and_device():
 def test_cache_too_small_names_the_sizes_the_limit_and_the_ways_out(tmp_path):
     cfg = _cfg(tmp_path, {"image_size": 224, "store_size": 256, "cache": "memory",
                           "cache_max_mb": 4096})
-    assert check_cache_fits(cfg, 10_000, 1_000, 3) == 10_000 * 256 * 256 * 3 + 1_000 * 224**2 * 3
+    stored = (256, 256, 3)
+    assert check_cache_fits(cfg, 10_000, 1_000, stored) == 10_000 * 256**2 * 3 + 1_000 * 224**2 * 3
     with pytest.raises(ConfigError) as info:
-        check_cache_fits(cfg, 60_000, 5_000, 3)
+        check_cache_fits(cfg, 60_000, 5_000, stored)
     msg = str(info.value)
     assert "12549 MB, more than data.cache_max_mb=4096" in msg
     assert "60000 training images stored at 256x256x3 (data.store_size=256) are 11796 MB" in msg
@@ -325,4 +326,4 @@ def test_cache_too_small_names_the_sizes_the_limit_and_the_ways_out(tmp_path):
     assert "data.cache=none" in msg and "data.store_size)" in msg
     plain = _cfg(tmp_path, {"cache": "memory", "cache_max_mb": 1})
     with pytest.raises(ConfigError, match=r"stored at 32x32x3 \(data.image_size=32\)"):
-        check_cache_fits(plain, 1000, 100, 3)
+        check_cache_fits(plain, 1000, 100, (32, 32, 3))

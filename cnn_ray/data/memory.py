@@ -342,26 +342,28 @@ def read_prepared_arrays(files: Iterable[str], image_shape: tuple[int, int, int]
     return {"image": s.images, "label": s.labels, "idx": s.idx}
 
 
-def check_cache_fits(cfg: TrainConfig, num_train: int, num_val: int, channels: int) -> int:
-    """Bytes ``data.cache: memory`` holds for ``cfg``: ``num_train`` training images at the
-    stored side (``data.store_size``, else ``data.image_size``) plus ``num_val`` validation
-    images at ``eval.image_size`` (after the validation transform), uint8, ``channels`` each.
+def check_cache_fits(cfg: TrainConfig, num_train: int, num_val: int,
+                     image_shape: tuple[int, int, int]) -> int:
+    """Bytes ``data.cache: memory`` holds for ``cfg``: ``num_train`` training images as stored
+    (``image_shape`` ``(H, W, C)`` of the prepared data: ``data.store_size`` squares, else
+    ``data.image_size``) plus ``num_val`` validation images at ``eval.image_size`` (after the
+    validation transform), uint8.
 
     Raises:
         ConfigError: more than ``data.cache_max_mb`` (MB = 1e6 bytes); the message gives both
             parts, the limit, and the ways out (raise ``data.cache_max_mb``, stream with
             ``data.cache: none``, or store smaller).
     """
-    side, (_, crop) = cfg.data.stored_size, cfg.eval_sizes()
-    train_b, val_b = num_train * side * side * channels, num_val * crop * crop * channels
+    (h, w, channels), (_, crop) = (int(v) for v in image_shape), cfg.eval_sizes()
+    train_b, val_b = num_train * h * w * channels, num_val * crop * crop * channels
     total, limit = train_b + val_b, cfg.data.cache_max_mb * 1e6
     if total > limit:
-        stored = (f"data.store_size={side}" if cfg.data.store_size is not None
-                  else f"data.image_size={side}")
+        stored = (f"data.store_size={cfg.data.store_size}" if cfg.data.store_size is not None
+                  else f"data.image_size={cfg.data.image_size}")
         raise ConfigError(
             f"data.cache=memory: the data set takes {total / 1e6:.0f} MB, more than "
             f"data.cache_max_mb={cfg.data.cache_max_mb:g}: {num_train} training images stored at "
-            f"{side}x{side}x{channels} ({stored}) are {train_b / 1e6:.0f} MB and {num_val} "
+            f"{h}x{w}x{channels} ({stored}) are {train_b / 1e6:.0f} MB and {num_val} "
             f"validation images at {crop}x{crop}x{channels} (eval.image_size) are "
             f"{val_b / 1e6:.0f} MB. Raise data.cache_max_mb to at least "
             f"{math.ceil(total / 1e6)}, or stream with data.cache=none"

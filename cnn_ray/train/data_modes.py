@@ -99,7 +99,7 @@ class ShardData:
 
         p = self.prepared
         shape = tuple(int(v) for v in p.image_shape)
-        check_cache_fits(cfg, p.num_train, p.num_val, shape[2])
+        check_cache_fits(cfg, p.num_train, p.num_val, shape)
         t = EvalTransform.of(cfg)
         train = read_prepared_arrays(p.train_files, shape)
         val = read_prepared_arrays(p.val_files, shape, image_size=t.image_size,
