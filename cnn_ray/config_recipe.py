@@ -78,11 +78,35 @@ class EMA(_Strict):
     lookahead: bool = Field(False, description="copy the average back into the weights")
 
 
+# torchvision's classic ImageNet evaluation: resize the shorter side to 256, centre-crop 224
+# (references/classification/presets.py ClassificationPresetEval; 224 / 256 = 0.875). Its newer
+# recipes evaluate at 232 -> 224 (--val-resize-size 232), i.e. a ratio of about 0.966.
+EVAL_CROP_RATIO = 0.875
+
+
 class EvalConfig(_Strict):
-    """Evaluation: test-time augmentation (``flip``: mean of the image and its mirror;
-    ``flip_translate``: plus 1-pixel shifts of both, airbench's multi-crop; 6 forward passes
-    per image), on the last epoch only (``tta_epochs: last``, airbench's choice: the earlier
-    epochs' figures only track progress) or on every epoch (``all``)."""
+    """Evaluation: the validation transform and test-time augmentation.
+
+    Transform (torchvision's ``Resize(resize_size)`` + ``CenterCrop(image_size)``, applied to the
+    stored square images): ``resize_size`` defaults to ``round(image_size / 0.875)`` when
+    ``data.store_size`` is set (torchvision's classic 256 -> 224) and to ``image_size`` (the
+    whole stored square, as before) when it is not; ``image_size`` defaults to
+    ``data.image_size``. An ``image_size`` above ``data.image_size`` tests at a higher
+    resolution than training, which makes up for the zoom of random-resized-crop training
+    (FixRes: Touvron et al., "Fixing the train-test resolution discrepancy", NeurIPS 2019).
+
+    TTA (``flip``: mean of the image and its mirror; ``flip_translate``: plus 1-pixel shifts of
+    both, airbench's multi-crop; 6 forward passes per image), on the last epoch only
+    (``tta_epochs: last``, airbench's choice: the earlier epochs' figures only track progress)
+    or on every epoch (``all``)."""
+
+    image_size: Optional[int] = Field(
+        None, ge=8, le=4096, description="side of the validation centre crop (pixels); None = "
+        "data.image_size; larger tests above the training resolution (FixRes)")
+    resize_size: Optional[int] = Field(
+        None, ge=8, le=4096, description="validation resizes the stored image to this side "
+        "(pixels) before the centre crop; None = round(eval.image_size / 0.875) with "
+        "data.store_size set (torchvision: 256 -> 224), else eval.image_size")
 
     tta: Literal["none", "flip", "flip_translate"] = Field(
         "none", description="test-time augmentation: none (1 forward pass per image), flip "

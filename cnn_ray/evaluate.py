@@ -27,7 +27,7 @@ import torch
 
 from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.io import atomic_write_json
-from cnn_ray.inference import load_inference_model
+from cnn_ray.inference import eval_transform_for, load_inference_model
 from cnn_ray.runs import run_dir
 from cnn_ray.train.checkpoint import latest_checkpoint, load_checkpoint
 from cnn_ray.train.loop import evaluate
@@ -47,6 +47,7 @@ class EvalResult:
     confusion: np.ndarray
     weights: str = "raw"
     tta_views: int = 1
+    eval_transform: Optional[dict] = None  # the sizes the batches were made at (EvalTransform)
 
 
 def confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
@@ -96,6 +97,7 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, st
     atomic_write_json(paths["metrics"], {
         "top1": result.top1, "loss": result.loss, "num_images": result.num_images,
         "weights": result.weights, "tta_views": result.tta_views,
+        **({"eval_transform": result.eval_transform} if result.eval_transform else {}),
         "per_class": dict(zip(result.class_names, result.per_class))}, indent=2)
     with open(paths["per_class"], "w", newline="") as f:
         w = csv.writer(f)
@@ -138,25 +140,30 @@ def evaluate_main(cfg: TrainConfig, *, checkpoint: Optional[str] = None, data: O
     ckpt = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir(cfg))
     meta = load_checkpoint(ckpt).meta
     names = meta["class_names"]
+    transform = eval_transform_for(meta, cfg)  # the checkpoint's, unless cfg sets other sizes
     if data:
         if not os.path.exists(os.path.expanduser(data)):
             raise ConfigError(f"--data: path does not exist: {data!r}")
         source = discover(data, cfg.data.format, class_names=names, channels=cfg.data.channels,
                           manifest=ManifestSpec.of(cfg.data))
-        ds = build_raw_dataset(source, cfg.data, train=False, bands=meta.get("bands"))
+        ds = build_raw_dataset(source, cfg.data, train=False, bands=meta.get("bands"),
+                               transform=transform)
     else:
         prepared = prepare_data(cfg)
         if list(prepared.class_names) != list(names):
             raise ConfigError(f"{ckpt}: checkpoint classes {names} differ from the data's "
                               f"{prepared.class_names}")
-        ds = build_eval_dataset(prepared.val_files, cfg.data, image_shape=prepared.image_shape)
+        ds = build_eval_dataset(prepared.val_files, cfg.data, image_shape=prepared.image_shape,
+                                transform=transform)
     ds.context.enable_progress_bars = False
     batches = ds.iter_torch_batches(batch_size=cfg.optim.eval_batch_size, prefetch_batches=2)
     result = evaluate_batches(ckpt, batches, threads=cfg.scaling.torch_threads, tta=cfg.eval.tta)
+    result.eval_transform = transform.to_dict()
     out_dir = out or os.path.join(os.path.dirname(ckpt), "eval", Path(ckpt).name)
     paths = write_report(result, out_dir)
     print(f"top1 {100 * result.top1:.2f}% on {result.num_images} images (checkpoint {ckpt}, "
-          f"{result.weights} weights, {result.tta_views} TTA views)")
+          f"{result.weights} weights, {result.tta_views} TTA views, resize "
+          f"{transform.resize_size} -> centre crop {transform.image_size})")
     for name, acc in zip(result.class_names, result.per_class):
         print(f"  {name:20s} {100 * acc:6.2f}%")
     print(json.dumps(paths, indent=2))

@@ -9,7 +9,8 @@
   the plain fp32 forward of the weights evaluation uses (EMA when the run kept one), without
   test-time augmentation (a contract field says which TTA the run evaluated with);
 * ``<model file>.json``, the preprocessing contract: input size, channels, layout, mean/std
-  (of ``x / 255``), the resize rule, class names, and the parity result.
+  (of ``x / 255``), the resize rule (the run's validation transform: stored square, then
+  resize and centre crop, ``eval_transform``), class names, and the parity result.
 
 Parity: the exported model and the checkpoint's model (:func:`cnn_ray.inference.load_inference_model`,
 fp32, no TTA) run on the same seeded batch, in the contract's preprocessing; the maximum
@@ -66,10 +67,8 @@ def preprocessing_contract(im: InferenceModel, checkpoint: str, fmt: str) -> dic
                   "channels": im.channels,
                   "color": "bands" if im.bands else "RGB" if im.channels == 3 else "L",
                   "image_size": im.image_size,
-                  "resize": ("decode with Pillow, convert to the colour mode, take the centred "
-                             "square (side = shorter side) and resize it to image_size x "
-                             "image_size, bilinear (PIL Image.resize(box=..., reducing_gap=3.0)); "
-                             "cnn_ray.data.decode.decode_image"),
+                  "resize": _resize_rule(im.eval_transform),
+                  "eval_transform": im.eval_transform.to_dict(),
                   "normalize": "x = (pixel / 255 - mean) / std, per channel",
                   "mean": [float(v) for v in im.settings.mean],
                   "std": [float(v) for v in im.settings.std]},
@@ -79,6 +78,22 @@ def preprocessing_contract(im: InferenceModel, checkpoint: str, fmt: str) -> dic
         "evaluated_with_tta": im.tta,
         **({"bands": _bands_contract(im.bands)} if im.bands else {}),
     }
+
+
+def _resize_rule(t) -> str:
+    """The contract's resize steps for the validation transform ``t`` (an
+    :class:`~cnn_ray.data.preprocess.EvalTransform`): as stored, then (when the sizes differ)
+    torchvision's ``Resize`` + ``CenterCrop``."""
+    stored = t.stored_size
+    rule = ("decode with Pillow, convert to the colour mode, take the centred square (side = "
+            f"shorter side) and resize it to {stored} x {stored}, bilinear (PIL "
+            "Image.resize(box=..., reducing_gap=3.0)); cnn_ray.data.decode.decode_image")
+    if (t.resize_size, t.image_size) != (stored, stored):
+        rule += (f"; then resize that square to {t.resize_size} x {t.resize_size} (bilinear, "
+                 "antialiased: torch F.interpolate(antialias=True), torchvision Resize) and keep "
+                 f"the centre {t.image_size} x {t.image_size} (torchvision CenterCrop); "
+                 "cnn_ray.data.preprocess.EvalTransform")
+    return rule
 
 
 def _bands_contract(bands: dict) -> dict:

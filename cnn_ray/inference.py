@@ -3,7 +3,9 @@ normalisation and test-time augmentation, behind one call. No Ray.
 
 Used by evaluation (:func:`cnn_ray.evaluate.evaluate_batches`), batch prediction
 (:mod:`cnn_ray.predict`) and export (:mod:`cnn_ray.export`), so the three preprocess and run a
-checkpoint identically: ``uint8 (N, H, W, C)`` at the trained size -> ``(x / 255 - mean) / std``
+checkpoint identically: ``uint8 (N, H, W, C)`` stored images -> the run's validation transform
+(:class:`~cnn_ray.data.preprocess.EvalTransform`, recorded in the checkpoint: resize to
+``eval.resize_size``, centre crop ``eval.image_size``) -> ``(x / 255 - mean) / std``
 with the checkpoint's statistics (:func:`cnn_ray.data.preprocess.normalize_batch`) -> the model
 (EMA weights when the run kept them, as its own ``val_top1`` measured) under the precision the
 run used -> logits, averaged over the TTA views of ``eval.tta``.
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from cnn_ray.config import TrainConfig
-from cnn_ray.data.preprocess import normalize_batch
+from cnn_ray.data.preprocess import EvalTransform, normalize_batch
 from cnn_ray.models import create_model
 from cnn_ray.recipe.apply import Predict, prepare_model, tta_predictor
 from cnn_ray.recipe.tta import tta_views
@@ -33,7 +35,9 @@ from cnn_ray.train.techniques import autocast_context, resolve_precision
 class InferenceModel:
     """A loaded checkpoint. ``model`` is in eval mode on ``settings.device``; ``weights`` is
     ``"ema"`` or ``"raw"``; ``tta`` the TTA mode and ``predict`` its function (None: plain
-    forward); ``settings`` carries device, precision, mean/std and ``channels_last``."""
+    forward); ``settings`` carries device, precision, mean/std and ``channels_last``;
+    ``eval_transform`` the validation transform of the run (``image_size``: its crop side,
+    the model's input side here)."""
 
     model: nn.Module
     config: TrainConfig
@@ -45,6 +49,7 @@ class InferenceModel:
     image_size: int
     channels: int
     bands: Optional[dict] = None  # multi-band tiles: the run's BandTransform (to_dict)
+    eval_transform: Optional[EvalTransform] = None
 
     @property
     def tta_views(self) -> int:
@@ -109,7 +114,25 @@ def load_inference_model(checkpoint: str | os.PathLike, *, tta: Optional[str] = 
         requested = "fp32"
     s = StepSettings(device=device, precision=resolve_precision(requested, device),
                      mean=meta["mean"], std=meta["std"], channels_last=cfg.model.channels_last)
+    transform = recorded_eval_transform(meta, cfg)
     return InferenceModel(model=model, config=cfg, class_names=names, settings=s, tta=tta,
                           predict=predict, weights="ema" if averaged is not None else "raw",
-                          image_size=cfg.data.image_size, channels=len(meta["mean"]),
-                          bands=meta.get("bands"))
+                          image_size=transform.image_size, channels=len(meta["mean"]),
+                          bands=meta.get("bands"), eval_transform=transform)
+
+
+def recorded_eval_transform(meta: dict, cfg: TrainConfig) -> EvalTransform:
+    """The validation transform a checkpoint records (``meta.json`` ``eval_transform``); for a
+    checkpoint written before it was recorded, the one of its config ``cfg``."""
+    raw = meta.get("eval_transform")
+    return EvalTransform.from_dict(raw) if raw else EvalTransform.of(cfg)
+
+
+def eval_transform_for(meta: dict, cfg: TrainConfig) -> EvalTransform:
+    """The validation transform to run a checkpoint with: the one it records, unless ``cfg``
+    (the checkpoint's config with the user's overrides, or the recipe given to evaluation)
+    sets other sizes (``data.store_size``/``image_size``, ``eval.resize_size``/
+    ``image_size``): then ``cfg``'s, so ``eval.image_size=...`` tests another resolution."""
+    saved = TrainConfig.from_dict(meta["config"], source="meta.json", check_paths=False)
+    mine = EvalTransform.of(cfg)
+    return recorded_eval_transform(meta, saved) if mine == EvalTransform.of(saved) else mine

@@ -36,7 +36,8 @@ import torch
 
 from cnn_ray.data.sources import (MANIFEST_EXTENSIONS, ManifestSpec, Record, Source, discover,
                                   manifest_columns, manifest_files)
-from cnn_ray.inference import InferenceModel, load_inference_model
+from cnn_ray.data.preprocess import EvalTransform
+from cnn_ray.inference import InferenceModel, eval_transform_for, load_inference_model
 
 OUTPUT_FORMATS = (".parquet", ".csv")
 
@@ -126,7 +127,9 @@ def top_k_predictions(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndar
 class PredictBatches:
     """``map_batches`` callable class: decoded rows -> predictions; loads the checkpoint once.
 
-    Input: a pyarrow batch of :func:`cnn_ray.data.pipeline.decode_raw_dataset` rows. Output:
+    Input: a pyarrow batch of :func:`cnn_ray.data.pipeline.decode_raw_dataset` rows (decoded
+    at the stored side ``image_shape``), given the run's validation transform
+    (``eval_transform``, an :meth:`EvalTransform.to_dict`; None: the checkpoint's). Output:
     ``rid`` int64, ``label`` int64, ``top_index`` ``(N, k)`` int64, ``top_prob`` ``(N, k)``
     float32, ``reason`` (string, set for a bad row whose predictions are -1 / 0), ``node`` (set
     where a listed file was not found on the decoding node).
@@ -140,11 +143,13 @@ class PredictBatches:
 
     def __init__(self, checkpoint: str, *, tta: Optional[str], top_k: int, policy: str,
                  image_shape: tuple[int, int, int], threads: Optional[int] = None,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, eval_transform: Optional[dict] = None):
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.im: InferenceModel = load_inference_model(checkpoint, tta=tta, device=device,
                                                        threads=threads)
         self.top_k, self.policy, self.image_shape = top_k, policy, tuple(image_shape)
+        self.transform = (EvalTransform.from_dict(eval_transform) if eval_transform
+                          else self.im.eval_transform)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from cnn_ray.data.decode import BadInputError
@@ -163,7 +168,8 @@ class PredictBatches:
             table = pa.table({"image": batch.column("image"), "label": batch.column("label"),
                               "idx": batch.column("rid")})
             images, _, _ = read_shard_images(table, self.image_shape)
-            index[good], prob[good] = top_k_predictions(self.im.logits(images[good]), k)
+            images = self.transform.apply(images[good])  # the run's validation transform
+            index[good], prob[good] = top_k_predictions(self.im.logits(images), k)
         return pa.table({
             "rid": batch.column("rid"), "label": batch.column("label").cast(pa.int64()),
             "top_index": pa.FixedSizeListArray.from_arrays(pa.array(index.ravel()), k),
@@ -312,7 +318,8 @@ def predict_main(checkpoint: str, data: str, *, overrides: Sequence[str] = (),
         ray.init()
     gpus = ray.cluster_resources().get("GPU", 0) >= 1
     bands = meta.get("bands")  # multi-band tiles: the training run's band transform
-    shape = (cfg.data.image_size, cfg.data.image_size, len(meta["mean"]))
+    shape = (cfg.data.stored_size, cfg.data.stored_size, len(meta["mean"]))  # decoded as stored
+    transform = eval_transform_for(meta, cfg)  # then the run's validation transform
     cpus = cfg.scaling.cpus_per_worker
     threads = cfg.scaling.torch_threads or max(1, int(cpus))
     bs = batch_size or cfg.optim.eval_batch_size
@@ -320,7 +327,7 @@ def predict_main(checkpoint: str, data: str, *, overrides: Sequence[str] = (),
     ds = decode_raw_dataset(source, cfg.data, bands=bands).map_batches(
         PredictBatches, fn_constructor_kwargs=dict(
             checkpoint=checkpoint, tta=cfg.eval.tta, top_k=top_k, policy=cfg.data.bad_input,
-            image_shape=shape, threads=threads),
+            image_shape=shape, threads=threads, eval_transform=transform.to_dict()),
         batch_format="pyarrow", batch_size=bs, concurrency=concurrency,
         num_cpus=0 if gpus else cpus, num_gpus=1 if gpus else 0, zero_copy_batch=True)
     paths = RowPaths(source)

@@ -37,15 +37,18 @@ def run_dir(cfg: TrainConfig, name: Optional[str] = None) -> str:
 def default_prepared_dir(cfg: TrainConfig) -> str:
     """``data.prepared_dir``, else ``<storage_path>/prepared/<train folder>-<size>px-<hash>``:
     the hash (12 hex digits of a sha1) is of the data settings that change the prepared output
-    and ``run.seed``."""
+    and ``run.seed``; ``<size>`` is the stored side (``data.store_size``, else
+    ``data.image_size``), so runs that differ only in ``data.image_size`` under one
+    ``store_size`` share their prepared data."""
     if cfg.data.prepared_dir:
         return os.path.expanduser(cfg.data.prepared_dir)
     d = cfg.data
     key = json.dumps(
         [os.path.abspath(os.path.expanduser(d.train)),
          os.path.abspath(os.path.expanduser(d.val)) if d.val else None,
-         d.format, d.image_size, d.channels, d.val_fraction, d.shard_size, cfg.run.seed]
+         d.format, d.stored_size, d.channels, d.val_fraction, d.shard_size, cfg.run.seed]
         + ([d.pca.model_dump(), d.band_sample_images] if d.pca else []),  # no pca: old names
     )
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return os.path.join(storage_root(cfg), "prepared", f"{Path(d.train).name}-{d.image_size}px-{digest}")
+    return os.path.join(storage_root(cfg), "prepared",
+                        f"{Path(d.train).name}-{d.stored_size}px-{digest}")

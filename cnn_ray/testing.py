@@ -8,6 +8,7 @@ must make of them; judging the outcome is the caller's job.
   CMYK, 16-bit, RGBA, grayscale, 6000x4000), each marked ``bad`` (skipped with a reason, or a
   ``BadInputError`` naming the file) or ``converted`` (decoded like any RGB image);
 - :func:`write_image_tree`: a small ImageFolder tree of good JPEGs to drop those files into;
+  :func:`write_photo_tree`: one of non-square, learnable "photos" (data-at-resolution tests);
 - :func:`write_bad_manifests`, :func:`write_wrong_schema_parquet`, :func:`write_bad_configs`: a
   manifest row naming a missing file or an unknown label, a Parquet file with the wrong columns,
   recipes with a typo or an impossible value;
@@ -113,6 +114,33 @@ def write_image_tree(root: Path, extra: Mapping[str, bytes] | None = None, *,
         (root / empty_class).mkdir()
     for rel, blob in (extra or {}).items():
         (root / rel).write_bytes(blob)
+    return root
+
+
+def write_photo_tree(root: Path, *, size: tuple[int, int] = (48, 64),
+                     classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 6,
+                     seed: int = 0) -> Path:
+    """An ImageFolder tree ``root/<class>/p<i>.jpg`` of non-square ``size`` (H, W) RGB JPEGs
+    (quality 95) that a tiny model can tell apart: class ``k`` is a smooth colour ramp along
+    x (even ``k``) or y (odd ``k``) in its own hue, with seeded per-image brightness and a
+    little noise. For the data-at-resolution tests (stored larger than trained, aspect not
+    square). Returns ``root``.
+    """
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    h, w = size
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    for k, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        ramp = xs / max(w - 1, 1) if k % 2 == 0 else ys / max(h - 1, 1)
+        hue = np.array([(k * 97) % 256, (k * 57 + 80) % 256, (k * 31 + 160) % 256], np.float32)
+        for i in range(per_class):
+            img = ramp[..., None] * hue * rng.uniform(0.6, 1.0) + rng.normal(0, 6, (h, w, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+                root / cls / f"p{i}.jpg", "JPEG", quality=95)
     return root
 
 

@@ -10,12 +10,15 @@ device. No Ray is imported: this is the numeric core, tested without a cluster.
   ``(seed, epoch, row idx, column)``; each technique reads its own :data:`DRAW_COLUMNS`, so
   switching one on or off never shifts the draws of another);
 * :mod:`cnn_ray.data.geometric` -- crop + flip in uint8, the composed affine resample;
+* :mod:`cnn_ray.data.resized_crop` -- the random-resized crop from larger stored images;
 * :mod:`cnn_ray.data.photometric` -- colour jitter, cutout;
 * :mod:`cnn_ray.data.buffers` -- per-thread scratch buffers, NHWC <-> NCHW copies;
 * :mod:`cnn_ray.data.preprocess` -- :func:`resize_center_crop`, :func:`normalize_batch`.
 
 Pipeline order inside :func:`augment_batch` (each step skipped when disabled):
 
+0. images stored larger than the training size (``out_size``, ``data.store_size``): the
+   random-resized crop to ``out_size`` (:mod:`cnn_ray.data.resized_crop`, uint8, per image);
 1. ``random_crop`` + ``hflip`` in uint8 numpy (row/slice copies, no float conversion);
 2. ``random_resized_crop`` + ``rotation`` + ``affine`` composed into one 2x3 matrix per image and
    resampled once (bilinear ``grid_sample``);
@@ -38,6 +41,7 @@ from cnn_ray.data.draws import DRAW_COLUMNS, N_DRAWS, row_uniforms
 from cnn_ray.data.geometric import affine_grid, affine_thetas, crop_flip, crop_flip_draws
 from cnn_ray.data.photometric import color_jitter_, cutout_
 from cnn_ray.data.preprocess import normalize_batch, resize_center_crop
+from cnn_ray.data.resized_crop import resized_crop, resized_crop_boxes
 
 __all__ = [
     "DRAW_COLUMNS",
@@ -119,6 +123,7 @@ def augment_batch(
     seed: int,
     epoch: int,
     padding_mode: str = "zeros",
+    out_size: Optional[int] = None,
 ) -> np.ndarray:
     """Augment a training batch; every draw comes from :func:`row_uniforms` ``(seed, epoch, idx)``.
 
@@ -140,19 +145,38 @@ def augment_batch(
             ``hflip.mode: alternating`` flips each image on alternate epochs by its parity).
         padding_mode: ``zeros`` (default, as torchvision's fill=0), ``reflection`` or ``border``:
             what the geometric resample reads outside the image.
+        out_size: the training side in pixels when the images are stored larger
+            (``data.store_size``): step 0 then takes each image's random-resized-crop box
+            (:func:`~cnn_ray.data.resized_crop.resized_crop_boxes`, torchvision's algorithm; the
+            whole image when ``random_resized_crop`` is off) and resizes it to ``out_size``
+            (:func:`~cnn_ray.data.resized_crop.resized_crop`), and the steps above run on the
+            result without a second resized crop. None or the images' own side: as before.
 
     Returns:
-        ``(N, H, W, C) uint8``, C-contiguous; ``images`` itself when nothing is enabled.
+        ``(N, H, W, C) uint8`` (``H = W = out_size`` when given), C-contiguous; ``images``
+        itself when nothing is enabled and no resize is needed.
 
     Raises:
         ValueError: wrong rank/dtype, ``idx`` length != N, unknown ``padding_mode``.
     """
     images, idx = _check_batch(images, idx, padding_mode)
     n, h, w, c = images.shape
+    u = None
+    if out_size is not None and (h, w) != (out_size, out_size):
+        u = row_uniforms(seed, epoch, idx, N_DRAWS)
+        first = _Steps.of(cfg, c)
+        flips = None  # flip only (no shift): mirrored as part of the resize, no second pass
+        if first.flip and not first.crop:
+            flips = crop_flip_draws(u, cfg, crop=False, flip=True, idx=idx, epoch=epoch,
+                                    seed=seed)[2]
+        images = resized_crop(images, resized_crop_boxes(u, cfg.random_resized_crop, h, w),
+                              out_size, flip=flips)
+        cfg = _without(cfg, "random_resized_crop", *(("hflip",) if flips is not None else ()))
+        h = w = out_size
     steps = _Steps.of(cfg, c)
     if n == 0 or not steps.any():
         return images
-    u = row_uniforms(seed, epoch, idx, N_DRAWS)
+    u = row_uniforms(seed, epoch, idx, N_DRAWS) if u is None else u
     out = images
     if steps.crop or steps.flip:
         draws = crop_flip_draws(u, cfg, crop=steps.crop, flip=steps.flip, idx=idx, epoch=epoch,
@@ -166,6 +190,14 @@ def augment_batch(
             out = images.copy()
         cutout_(out, u, cfg.cutout.size, cfg.cutout.p)
     return out
+
+
+def _without(cfg: AugmentConfig, *names: str) -> AugmentConfig:
+    """``cfg`` with the techniques ``names`` off (already applied with the resize to the
+    training size); ``cfg`` itself when they are off already."""
+    update = {k: getattr(cfg, k).model_copy(update={"enabled": False}) for k in names
+              if getattr(cfg, k).enabled}
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def _benchmark(n: int = 512, size: int = 32, repeats: int = 101) -> None:

@@ -53,7 +53,7 @@ def decoded_blocks(src: Source, keep: np.ndarray, cfg: DataConfig, *, seed: int,
     import ray
     import ray.data
 
-    size, channels = cfg.image_size, cfg.channels
+    size, channels = cfg.stored_size, cfg.channels  # data.store_size, else image_size
     rows_per_block = max(16, min(512, _BLOCK_BYTES // (size * size * channels)))
     bands = transform.to_dict() if transform is not None else None
     pool = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized()

@@ -22,9 +22,18 @@ The idea of augmenting a device-resident data set with a few batched tensor ops 
 airbench (Keller Jordan, ``KellerJordan/cifar10-airbench``: ``batch_crop``, ``batch_flip_lr``);
 the code here is our own (gathers with per-image offsets instead of masked shifts).
 
+Images stored larger than the training size (``data.store_size``, ``out_size`` here): the
+random-resized crop to the training size runs on the device first
+(:func:`cnn_ray.data.resized_crop.resized_crop_torch`, one ``roi_align`` for the batch; boxes
+from the numpy path's :func:`~cnn_ray.data.resized_crop.resized_crop_boxes`, four more int64
+columns, :data:`RESIZE_COLUMNS`), then crop/flip/cutout on the result. Its pixels are close
+to the host path's, not identical (a float filter; see that function).
+
 Not supported on the device (they need a float resample or colour maths that only the numpy
-path implements): ``random_resized_crop``, ``rotation``, ``affine``, ``color_jitter``;
-:func:`check_device_augment` raises a ValueError naming the ``augment.*`` key.
+path implements): ``rotation``, ``affine``, ``color_jitter``, and ``random_resized_crop`` on
+images stored at the training size (the composed affine resample of
+:func:`cnn_ray.data.geometric.affine_thetas`); :func:`check_device_augment` raises a
+ValueError naming the ``augment.*`` key.
 """
 
 from __future__ import annotations
@@ -37,9 +46,11 @@ import torch
 from cnn_ray.config import AugmentConfig
 from cnn_ray.data.draws import DRAW_COLUMNS, N_DRAWS, row_uniforms
 from cnn_ray.data.geometric import crop_flip_draws
+from cnn_ray.data.resized_crop import resized_crop_boxes, resized_crop_torch
 
 __all__ = [
     "PARAM_COLUMNS",
+    "RESIZE_COLUMNS",
     "UNSUPPORTED_ON_DEVICE",
     "apply_params",
     "augment_batch_torch",
@@ -57,27 +68,38 @@ Device = Union[str, torch.device]
 UNSUPPORTED_ON_DEVICE = ("random_resized_crop", "rotation", "affine", "color_jitter")
 # Columns of the per-row parameter table of augment_params (int64).
 PARAM_COLUMNS = ("shift_y", "shift_x", "flip", "cutout", "cutout_y0", "cutout_x0")
+# Appended to them when the images are resized to a training size (out_size): the box.
+RESIZE_COLUMNS = ("rrc_top", "rrc_left", "rrc_height", "rrc_width")
 _LAYOUTS = ("nhwc", "nchw")
 _PADDING = ("reflect", "zeros")
 
 
-def check_device_augment(cfg: AugmentConfig) -> None:
+def _unsupported(cfg: AugmentConfig, resize: bool) -> list[str]:
+    return [k for k in UNSUPPORTED_ON_DEVICE if getattr(cfg, k).enabled
+            and not (resize and k == "random_resized_crop")]
+
+
+def check_device_augment(cfg: AugmentConfig, *, resize: bool = False) -> None:
     """Raise unless every enabled technique of ``cfg`` runs on the device path.
+
+    ``resize``: the images are stored larger than the training size (``random_resized_crop``
+    then runs on the device as the resize, :func:`~cnn_ray.data.resized_crop.resized_crop_torch`).
 
     Raises:
         ValueError: naming each ``augment.<key>`` that is enabled but not supported here.
     """
-    bad = [f"augment.{k}" for k in UNSUPPORTED_ON_DEVICE if getattr(cfg, k).enabled]
+    bad = [f"augment.{k}" for k in _unsupported(cfg, resize)]
     if bad:
         raise ValueError(
             f"{', '.join(bad)}: not supported by the device augmentation path (random_crop, "
-            "hflip and cutout only); disable it, or keep the data on the host (the numpy path "
-            "of cnn_ray.data.augment implements every technique)")
+            "hflip and cutout, and random_resized_crop from images stored larger than "
+            "data.image_size); disable it, or keep the data on the host (the numpy path of "
+            "cnn_ray.data.augment implements every technique)")
 
 
-def device_supports(cfg: Optional[AugmentConfig]) -> bool:
+def device_supports(cfg: Optional[AugmentConfig], *, resize: bool = False) -> bool:
     """Whether :func:`check_device_augment` accepts ``cfg`` (None, no augmentation: True)."""
-    return cfg is None or not any(getattr(cfg, k).enabled for k in UNSUPPORTED_ON_DEVICE)
+    return cfg is None or not _unsupported(cfg, resize)
 
 
 def _steps(cfg: AugmentConfig) -> tuple[bool, bool, bool]:
@@ -88,28 +110,36 @@ def _steps(cfg: AugmentConfig) -> tuple[bool, bool, bool]:
 
 
 def augment_params(idx: np.ndarray, cfg: AugmentConfig, *, seed: int, epoch: int,
-                   size: tuple[int, int]) -> np.ndarray:
+                   size: tuple[int, int], out_size: Optional[int] = None) -> np.ndarray:
     """Per-row augmentation parameters, computed on the host with the numpy path's draws.
 
     Args:
         idx: ``(N,)`` int64 global row indices (the key of the draws).
         cfg: the augmentation (see :func:`check_device_augment` for what is supported).
         seed: augmentation seed. epoch: 0-based epoch. size: ``(H, W)`` of the images.
+        out_size: the training side when it differs from ``size`` (stored larger): the
+            random-resized-crop box is added.
 
     Returns:
         ``(N, 6) int64``, columns :data:`PARAM_COLUMNS`: shifts in pixels (``[-padding,
         padding]``, 0 when off), flip 0/1, cutout 0/1 and the cutout square's top-left corner
-        (may be negative; the square is clipped at the borders).
+        (may be negative; the square is clipped at the borders; in training-size pixels).
+        Resizing: ``(N, 10)``, plus :data:`RESIZE_COLUMNS` (the box in stored pixels).
 
     Raises:
         ValueError: an unsupported technique is enabled (:func:`check_device_augment`).
     """
-    check_device_augment(cfg)
+    resize = out_size is not None and tuple(size) != (out_size, out_size)
+    check_device_augment(cfg, resize=resize)
     idx = np.asarray(idx, dtype=np.int64)
     crop, flip, cutout = _steps(cfg)
-    n_draws = N_DRAWS if cutout else DRAW_COLUMNS["flip"] + 1
+    n_draws = N_DRAWS if cutout or resize else DRAW_COLUMNS["flip"] + 1
     u = row_uniforms(seed, epoch, idx, n_draws)
-    out = np.zeros((len(idx), len(PARAM_COLUMNS)), dtype=np.int64)
+    out = np.zeros((len(idx), len(PARAM_COLUMNS) + (len(RESIZE_COLUMNS) if resize else 0)),
+                   dtype=np.int64)
+    if resize:
+        out[:, len(PARAM_COLUMNS):] = resized_crop_boxes(u, cfg.random_resized_crop, *size)
+        size = (out_size, out_size)
     # the numpy path's own draws (random or alternating flip): identical images on any device
     out[:, 0], out[:, 1], out[:, 2] = crop_flip_draws(u, cfg, crop=crop, flip=flip, idx=idx,
                                                       epoch=epoch, seed=seed)
@@ -247,19 +277,28 @@ def batch_cutout_(x: torch.Tensor, apply: torch.Tensor, y0: torch.Tensor, x0: to
 
 def apply_params(images: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig, *,
                  sel: Optional[torch.Tensor] = None, layout: str = "nhwc",
-                 padding_mode: str = "reflect") -> torch.Tensor:
+                 padding_mode: str = "reflect", out_size: Optional[int] = None) -> torch.Tensor:
     """Augment ``images[sel]`` with per-row :func:`augment_params` already on the device.
 
     Args:
         images: ``(M, H, W, C)`` / ``(M, C, H, W)`` uint8 on the device; not modified.
-        params: ``(B, 6)`` int64 on the same device (rows in the order of ``sel``).
+        params: ``(B, 6)`` int64 on the same device (rows in the order of ``sel``); ``(B, 10)``
+            with the resize box (:data:`RESIZE_COLUMNS`) when ``out_size`` is given.
         cfg: which techniques (and the cutout size). sel: ``(B,)`` int64 rows, None for all.
+        out_size: the training side: the box of each row is resized to it first
+            (:func:`~cnn_ray.data.resized_crop.resized_crop_torch`); None: no resize.
 
     Returns:
         A new ``(B, ...)`` tensor (``images[sel]`` when nothing is enabled).
     """
     crop, flip, cutout = _steps(cfg)
-    if crop or flip:
+    if out_size is not None and params.shape[1] > len(PARAM_COLUMNS):
+        out = resized_crop_torch(images, params[:, len(PARAM_COLUMNS):], out_size, sel=sel,
+                                 layout=layout)  # a new tensor
+        if crop or flip:
+            out = batch_crop_flip(out, params[:, 0], params[:, 1], params[:, 2], layout=layout,
+                                  padding_mode=padding_mode)
+    elif crop or flip:
         out = batch_crop_flip(images, params[:, 0], params[:, 1], params[:, 2], sel=sel,
                               layout=layout, padding_mode=padding_mode)
     else:
@@ -272,19 +311,23 @@ def apply_params(images: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
 
 def augment_batch_torch(images: torch.Tensor, idx: np.ndarray, cfg: AugmentConfig, *,
                         seed: int, epoch: int, layout: str = "nhwc",
-                        padding_mode: str = "reflect") -> torch.Tensor:
-    """:func:`cnn_ray.data.augment.augment_batch` for a batch on any device (crop/flip/cutout).
+                        padding_mode: str = "reflect",
+                        out_size: Optional[int] = None) -> torch.Tensor:
+    """:func:`cnn_ray.data.augment.augment_batch` for a batch on any device (crop/flip/cutout,
+    and the random-resized crop to ``out_size`` from larger stored images).
 
     Equal, pixel for pixel, to the numpy path for the same ``(seed, epoch, idx)`` (with the
-    default ``reflect``), except that ``hflip.mode: alternating`` is honoured here.
+    default ``reflect``), except that ``hflip.mode: alternating`` is honoured here; with
+    ``out_size`` close to it (the resize's float filter, :func:`resized_crop_torch`).
 
     Args:
         images: ``(N, H, W, C)`` / ``(N, C, H, W)`` uint8 tensor on any device; not modified.
         idx: ``(N,)`` int64 global row indices, a HOST array (the draws are made on the host).
         seed, epoch: the draws' key. layout, padding_mode: as :func:`batch_crop_flip`.
+        out_size: the training side when the images are stored larger; None: their own.
 
     Returns:
-        A new tensor of the same shape, dtype and device.
+        A new tensor of the same shape (``out_size`` sides when given), dtype and device.
 
     Raises:
         ValueError: an unsupported technique is enabled; ``idx`` length differs from N.
@@ -292,6 +335,7 @@ def augment_batch_torch(images: torch.Tensor, idx: np.ndarray, cfg: AugmentConfi
     if len(idx) != images.shape[0]:
         raise ValueError(f"idx has {len(idx)} entries for a batch of {images.shape[0]}")
     size = tuple(images.shape[1:3] if layout == "nhwc" else images.shape[2:4])
-    params = host_to_device(augment_params(idx, cfg, seed=seed, epoch=epoch, size=size),
-                            images.device)
-    return apply_params(images, params, cfg, layout=layout, padding_mode=padding_mode)
+    params = host_to_device(augment_params(idx, cfg, seed=seed, epoch=epoch, size=size,
+                                           out_size=out_size), images.device)
+    return apply_params(images, params, cfg, layout=layout, padding_mode=padding_mode,
+                        out_size=out_size)

@@ -32,6 +32,10 @@ DRAW_COLUMNS: dict[str, int] = {
     "cutout_apply": 14,
     "cutout_y": 15,
     "cutout_x": 16,
+    # random_resized_crop from a larger stored image (cnn_ray.data.resized_crop): torchvision's
+    # further attempts 1..9 of (area, ratio); attempt 0 is rrc_scale / rrc_ratio above
+    **{f"rrc_{what}_{k}": 17 + 2 * (k - 1) + j for k in range(1, 10)
+       for j, what in enumerate(("scale", "ratio"))},
 }
 N_DRAWS = len(DRAW_COLUMNS)
 

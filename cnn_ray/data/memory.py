@@ -21,6 +21,14 @@ different draws. The order is a full (within-share) permutation seeded by
 ``(seed, epoch, rank)``; rank ``r`` of ``w`` keeps rows ``r, r + w, ...`` (equal shares for
 training, like ``DistributedSampler`` without global reshuffling; every row for evaluation).
 
+Data at resolution (``data.store_size`` > ``data.image_size``): the training rows are held
+at their stored size (``store_size`` squared times C bytes each) and every batch is
+random-resized cropped to ``image_size`` as it is made (:mod:`cnn_ray.data.resized_crop`; on
+the GPU in one ``roi_align``); the validation rows get the validation transform once, when
+read (:class:`~cnn_ray.data.preprocess.EvalTransform`), so they take ``eval.image_size``
+squared times C bytes each. :func:`check_cache_fits` refuses, before training, a data set
+that does not fit ``data.cache_max_mb`` (never a silent fallback to streaming).
+
 GPU-resident variant (:class:`DeviceShard`, chosen by :func:`shard_for_device`): on a CUDA
 worker the share is copied to the GPU once (uint8) and every batch is gathered, cropped,
 flipped (and cut out) there by :mod:`cnn_ray.data.device_augment` -- the same rows in the same
@@ -33,6 +41,7 @@ No Ray here: the Train glue (:mod:`cnn_ray.train.launch`, :mod:`cnn_ray.train.wo
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from typing import Iterable, Iterator, Optional
@@ -41,14 +50,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from cnn_ray.config import AugmentConfig
+from cnn_ray.config import AugmentConfig, ConfigError, TrainConfig
 from cnn_ray.data.augment import augment_batch, resize_center_crop
 from cnn_ray.data.device_augment import (apply_params, augment_params, check_device_augment,
                                          device_supports, host_to_device)
 from cnn_ray.data.shards import read_shard_images
 
-__all__ = ["DeviceShard", "InMemoryShard", "epoch_order", "read_prepared_arrays",
-           "shard_for_device"]
+__all__ = ["DeviceShard", "InMemoryShard", "check_cache_fits", "epoch_order",
+           "read_prepared_arrays", "shard_for_device"]
 
 
 def epoch_order(n: int, *, shuffle: bool, seed: int, epoch: int, rank: int = 0) -> np.ndarray:
@@ -88,13 +97,16 @@ class InMemoryShard:
 
     @classmethod
     def from_tables(cls, tables: Iterable[pa.Table], image_shape: tuple[int, int, int], *,
-                    image_size: Optional[int] = None) -> "InMemoryShard":
+                    image_size: Optional[int] = None,
+                    resize_size: Optional[int] = None) -> "InMemoryShard":
         """Collect prepared-shard batches (``image`` fixed-size binary, ``label``, ``idx``).
 
         Args:
             tables: pyarrow tables, e.g. ``shard.iter_batches(batch_format="pyarrow")``.
             image_shape: ``(H, W, C)`` stored in the shards.
-            image_size: centre-resize to this side when it differs from the stored one (eval).
+            image_size: the validation transform (:func:`resize_center_crop`, eval): resize
+                the stored image to ``resize_size`` (default ``image_size``) and keep the
+                centre ``image_size`` square; None: the stored images as they are.
         Raises:
             ValueError: a table whose image width does not match ``image_shape``.
         """
@@ -104,8 +116,8 @@ class InMemoryShard:
             if len(table) == 0:
                 continue
             im, lb, ix = read_shard_images(table, (h, w, c))
-            if image_size is not None and im.shape[1:3] != (image_size, image_size):
-                im = resize_center_crop(im, image_size)
+            if image_size is not None:
+                im = resize_center_crop(im, image_size, resize=resize_size)
             images.append(im)  # a view of the Arrow buffer; np.concatenate below copies once
             labels.append(np.asarray(lb, dtype=np.int64))
             idx.append(np.asarray(ix, dtype=np.int64))
@@ -139,11 +151,14 @@ class InMemoryShard:
 
     def batches(self, batch_size: int, *, augment: Optional[AugmentConfig] = None, seed: int = 0,
                 epoch: int = 0, rank: int = 0, shuffle: bool = True, drop_last: bool = False,
-                prefetch: int = 2) -> Iterator[dict[str, torch.Tensor]]:
+                prefetch: int = 2,
+                out_size: Optional[int] = None) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of ``{"image": (B, H, W, C) uint8, "label": (B,) int64}`` torch batches.
 
         ``augment`` (training) applies :func:`augment_batch` with draws from
-        ``(seed, epoch, idx)``; None (evaluation) yields the stored images. With ``prefetch``
+        ``(seed, epoch, idx)``, resizing the stored images to ``out_size`` (the training side,
+        ``data.image_size``; random-resized crop from larger stored images) when given; None
+        (evaluation) yields the stored images. With ``prefetch``
         > 0 batches are prepared by one background thread up to ``prefetch`` ahead (numpy
         copies and torch kernels release the GIL, so this overlaps with the model step).
 
@@ -161,7 +176,8 @@ class InMemoryShard:
                 return None
             images = self.images[sel]
             if augment is not None:
-                images = augment_batch(images, self.idx[sel], augment, seed=seed, epoch=epoch)
+                images = augment_batch(images, self.idx[sel], augment, seed=seed, epoch=epoch,
+                                       out_size=out_size)
             return {"image": torch.from_numpy(np.ascontiguousarray(images)),
                     "label": torch.from_numpy(self.labels[sel])}
 
@@ -205,14 +221,17 @@ class DeviceShard:
 
     def batches(self, batch_size: int, *, augment: Optional[AugmentConfig] = None, seed: int = 0,
                 epoch: int = 0, rank: int = 0, shuffle: bool = True, drop_last: bool = False,
-                prefetch: int = 0,
-                padding_mode: str = "reflect") -> Iterator[dict[str, torch.Tensor]]:
+                prefetch: int = 0, padding_mode: str = "reflect",
+                out_size: Optional[int] = None) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of ``{"image": (B, H, W, C) uint8, "label": (B,) int64}`` on ``device``.
 
         Drop-in for :meth:`InMemoryShard.batches` with the same rows in the same order
         (:func:`epoch_order`) and, with ``augment``, the same pixels (crop, flip -- including
         ``hflip.mode: alternating`` -- and cutout; ``padding_mode="zeros"`` fills shifted-in
-        pixels with 0 instead of reflecting). ``prefetch`` is accepted and ignored.
+        pixels with 0 instead of reflecting); with ``out_size`` below the stored side the same
+        random-resized-crop boxes, resampled on the device
+        (:func:`~cnn_ray.data.resized_crop.resized_crop_torch`: close to the host's pixels,
+        not identical). ``prefetch`` is accepted and ignored.
 
         Raises:
             ValueError: ``batch_size`` < 1; ``augment`` enables a technique the device path
@@ -220,18 +239,20 @@ class DeviceShard:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        size = tuple(self.images.shape[1:3])
+        out_size = out_size if augment is not None and out_size not in (None, size[0]) else None
         if augment is not None:
-            check_device_augment(augment)
+            check_device_augment(augment, resize=out_size is not None)
         rows = epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank)
         if augment is None and not shuffle:
             return self._slices(batch_size, drop_last)
         table = rows[:, None]
         if augment is not None:
             params = augment_params(self._idx_host[rows], augment, seed=seed, epoch=epoch,
-                                    size=tuple(self.images.shape[1:3]))
+                                    size=size, out_size=out_size)
             table = np.concatenate([table, params], axis=1)
         return self._gathered(host_to_device(table, self.device), batch_size, augment,
-                              drop_last, padding_mode)
+                              drop_last, padding_mode, out_size)
 
     def _stops(self, batch_size: int, drop_last: bool) -> Iterator[tuple[int, int]]:
         n = len(self)
@@ -247,8 +268,9 @@ class DeviceShard:
             yield {"image": self.images[start:stop], "label": self.labels[start:stop]}
 
     def _gathered(self, table: torch.Tensor, batch_size: int, augment: Optional[AugmentConfig],
-                  drop_last: bool, padding_mode: str) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches of ``table`` rows (device ``(N, 1 or 7) int64``: row, then parameters)."""
+                  drop_last: bool, padding_mode: str,
+                  out_size: Optional[int] = None) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of ``table`` rows (device ``(N, 1, 7 or 11) int64``: row, then parameters)."""
         for start, stop in self._stops(batch_size, drop_last):
             part = table[start:stop]
             sel = part[:, 0]
@@ -256,13 +278,14 @@ class DeviceShard:
                 image = self.images.index_select(0, sel)
             else:
                 image = apply_params(self.images, part[:, 1:], augment, sel=sel,
-                                     padding_mode=padding_mode)
+                                     padding_mode=padding_mode, out_size=out_size)
             yield {"image": image, "label": self.labels.index_select(0, sel)}
 
 
 def shard_for_device(shard: InMemoryShard, device: torch.device | str,
                      augment: Optional[AugmentConfig] = None, *,
-                     prefer_device: Optional[bool] = None) -> InMemoryShard | DeviceShard:
+                     prefer_device: Optional[bool] = None,
+                     out_size: Optional[int] = None) -> InMemoryShard | DeviceShard:
     """The shard a worker on ``device`` should draw batches from.
 
     Args:
@@ -272,6 +295,8 @@ def shard_for_device(shard: InMemoryShard, device: torch.device | str,
         prefer_device: None (default): :class:`DeviceShard` on a CUDA device when ``augment``
             is supported there, else ``shard`` (the numpy path; it is the faster one on CPU and
             implements every technique); True: always the device path; False: never.
+        out_size: the training side its batches are resized to (``data.image_size``), when
+            the rows are stored larger: ``random_resized_crop`` then runs on the device too.
 
     Returns:
         ``shard`` itself or ``shard.to_device(device)``; both have ``batches(...)`` with the
@@ -281,23 +306,26 @@ def shard_for_device(shard: InMemoryShard, device: torch.device | str,
         ValueError: ``prefer_device=True`` with an ``augment`` the device path does not support.
     """
     device = torch.device(device)
+    resize = out_size is not None and shard.images.shape[1:3] != (out_size, out_size)
     if prefer_device is None:
-        prefer_device = device.type == "cuda" and device_supports(augment)
+        prefer_device = device.type == "cuda" and device_supports(augment, resize=resize)
     if not prefer_device:
         return shard
     if augment is not None:
-        check_device_augment(augment)
+        check_device_augment(augment, resize=resize)
     return shard.to_device(device)
 
 
 def read_prepared_arrays(files: Iterable[str], image_shape: tuple[int, int, int], *,
-                         image_size: Optional[int] = None) -> dict[str, np.ndarray]:
+                         image_size: Optional[int] = None,
+                         resize_size: Optional[int] = None) -> dict[str, np.ndarray]:
     """Read prepared Parquet shards whole into ``{"image", "label", "idx"}`` numpy arrays.
 
     Args:
         files: shard paths or URIs (``PreparedData.train_files`` / ``val_files``), in order.
         image_shape: ``(H, W, C)`` stored in the shards.
-        image_size: centre-resize to this side when it differs from the stored one (eval).
+        image_size, resize_size: the validation transform, applied once here (eval; see
+            :meth:`InMemoryShard.from_tables`); None: the stored images.
     Returns:
         ``image`` ``(N, H, W, C)`` uint8, ``label`` ``(N,)`` int64, ``idx`` ``(N,)`` int64.
     Raises:
@@ -309,8 +337,38 @@ def read_prepared_arrays(files: Iterable[str], image_shape: tuple[int, int, int]
     tables = []
     for f in files:
         tables.append(pq.read_table(f, columns=["image", "label", "idx"]))
-    s = InMemoryShard.from_tables(tables, image_shape, image_size=image_size)
+    s = InMemoryShard.from_tables(tables, image_shape, image_size=image_size,
+                                  resize_size=resize_size)
     return {"image": s.images, "label": s.labels, "idx": s.idx}
+
+
+def check_cache_fits(cfg: TrainConfig, num_train: int, num_val: int,
+                     image_shape: tuple[int, int, int]) -> int:
+    """Bytes ``data.cache: memory`` holds for ``cfg``: ``num_train`` training images as stored
+    (``image_shape`` ``(H, W, C)`` of the prepared data: ``data.store_size`` squares, else
+    ``data.image_size``) plus ``num_val`` validation images at ``eval.image_size`` (after the
+    validation transform), uint8.
+
+    Raises:
+        ConfigError: more than ``data.cache_max_mb`` (MB = 1e6 bytes); the message gives both
+            parts, the limit, and the ways out (raise ``data.cache_max_mb``, stream with
+            ``data.cache: none``, or store smaller).
+    """
+    (h, w, channels), (_, crop) = (int(v) for v in image_shape), cfg.eval_sizes()
+    train_b, val_b = num_train * h * w * channels, num_val * crop * crop * channels
+    total, limit = train_b + val_b, cfg.data.cache_max_mb * 1e6
+    if total > limit:
+        stored = (f"data.store_size={cfg.data.store_size}" if cfg.data.store_size is not None
+                  else f"data.image_size={cfg.data.image_size}")
+        raise ConfigError(
+            f"data.cache=memory: the data set takes {total / 1e6:.0f} MB, more than "
+            f"data.cache_max_mb={cfg.data.cache_max_mb:g}: {num_train} training images stored at "
+            f"{h}x{w}x{channels} ({stored}) are {train_b / 1e6:.0f} MB and {num_val} "
+            f"validation images at {crop}x{crop}x{channels} (eval.image_size) are "
+            f"{val_b / 1e6:.0f} MB. Raise data.cache_max_mb to at least "
+            f"{math.ceil(total / 1e6)}, or stream with data.cache=none"
+            + (", or store smaller (data.store_size)" if cfg.data.store_size is not None else ""))
+    return int(total)
 
 
 _DONE = object()

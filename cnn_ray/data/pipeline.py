@@ -28,7 +28,8 @@ from ray.data import Dataset
 
 from cnn_ray.compat import data_execution_index
 from cnn_ray.config import AugmentConfig, DataConfig
-from cnn_ray.data.augment import augment_batch, resize_center_crop
+from cnn_ray.data.augment import augment_batch
+from cnn_ray.data.preprocess import EvalTransform
 from cnn_ray.data.shards import BAD_INPUTS_FILE, ChannelStats, read_shard_images
 from cnn_ray.io import read_jsonl_at, write_text
 
@@ -46,20 +47,25 @@ class AugmentBatches:
     """``map_batches`` function: pyarrow shard batch -> augmented ``{"image", "label"}``.
 
     Input: a ``pyarrow.Table`` batch of a prepared shard (``image`` fixed-size binary, ``label``,
-    ``idx``). Output: ``{"image": (N, H, W, C) uint8, "label": (N,) int64}``. The epoch used for
-    the draws is ``epoch_offset`` plus the worker group's start epoch
+    ``idx``) at the stored ``image_shape``. Output: ``{"image": (N, H, W, C) uint8, "label":
+    (N,) int64}``: training, augmented and (``out_size``, images stored larger) random-resized
+    cropped to ``out_size`` (:func:`~cnn_ray.data.augment.augment_batch`); evaluation, the
+    ``eval_transform`` (:class:`~cnn_ray.data.preprocess.EvalTransform`; None: as stored).
+    The epoch used for the draws is ``epoch_offset`` plus the worker group's start epoch
     (:data:`AUGMENT_START_EPOCH` on the executing ``DataContext``) plus Ray Data's execution
     counter.
     """
 
     def __init__(self, cfg: AugmentConfig, *, image_shape: tuple[int, int, int], seed: int,
-                 epoch_offset: int = 0, train: bool = True, image_size: Optional[int] = None):
+                 epoch_offset: int = 0, train: bool = True, out_size: Optional[int] = None,
+                 eval_transform: Optional[EvalTransform] = None):
         self.cfg = cfg
         self.image_shape = tuple(int(v) for v in image_shape)
         self.seed = seed
         self.epoch_offset = epoch_offset
         self.train = train
-        self.image_size = image_size
+        self.out_size = out_size
+        self.eval_transform = eval_transform
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         import torch
@@ -67,11 +73,12 @@ class AugmentBatches:
         if torch.get_num_threads() != 1:  # Data tasks are single-threaded; oversubscription is slow
             torch.set_num_threads(1)
         images, labels, idx = read_shard_images(batch, self.image_shape)
-        if self.image_size is not None and images.shape[1:3] != (self.image_size, self.image_size):
-            images = resize_center_crop(images, self.image_size)
         if self.train:
             images = augment_batch(images, idx, self.cfg, seed=self.seed,
-                                   epoch=self.epoch_offset + _execution_epoch())
+                                   epoch=self.epoch_offset + _execution_epoch(),
+                                   out_size=self.out_size)
+        elif self.eval_transform is not None:
+            images = self.eval_transform.apply(images)
         return {"image": images, "label": labels}
 
 
@@ -86,7 +93,9 @@ def read_shards(files: list[str], data: DataConfig, *, seed: int, train: bool) -
 def build_train_dataset(files: list[str], data: DataConfig, augment: AugmentConfig, *,
                         image_shape: tuple[int, int, int], seed: int, epoch_offset: int = 0,
                         batch_rows: int = 256) -> Dataset:
-    """The streaming, augmented training dataset over prepared shards.
+    """The streaming, augmented training dataset over prepared shards (stored at
+    ``image_shape``; batches leave at ``data.image_size``, random-resized cropped from larger
+    stored images in the Ray Data tasks).
 
     ``data.shuffle``: ``none``; ``files`` (shard order per epoch); ``local`` (plus the shuffle
     buffer in ``iter_torch_batches``, applied by the worker); ``full`` (a ``random_shuffle``
@@ -97,19 +106,23 @@ def build_train_dataset(files: list[str], data: DataConfig, augment: AugmentConf
         ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
     return ds.map_batches(
         AugmentBatches(augment, image_shape=image_shape, seed=seed, epoch_offset=epoch_offset,
-                       train=True),
+                       train=True, out_size=data.train_crop_size),
         batch_format="pyarrow", batch_size=batch_rows, num_cpus=data.data_cpus, resources=data.resources or None,
         zero_copy_batch=True,
     )
 
 
 def build_eval_dataset(files: list[str], data: DataConfig, *, image_shape: tuple[int, int, int],
-                       batch_rows: int = 1024) -> Dataset:
-    """The evaluation dataset: shards decoded to ``{"image", "label"}``, no augmentation."""
+                       batch_rows: int = 1024,
+                       transform: Optional[EvalTransform] = None) -> Dataset:
+    """The evaluation dataset: shards decoded to ``{"image", "label"}``, no augmentation, the
+    validation ``transform`` applied in the Ray Data tasks (:meth:`EvalTransform.of` the run's
+    config; None: the stored square resized to ``data.image_size``)."""
     ds = read_shards(files, data, seed=0, train=False)
+    transform = transform or EvalTransform(int(image_shape[0]), data.image_size, data.image_size)
     return ds.map_batches(
         AugmentBatches(AugmentConfig(), image_shape=image_shape, seed=0, train=False,
-                       image_size=data.image_size),
+                       eval_transform=transform),
         batch_format="pyarrow", batch_size=batch_rows, num_cpus=data.data_cpus, resources=data.resources or None, zero_copy_batch=True,
     )
 
@@ -123,8 +136,10 @@ class _RawBatches:
     ``bad_inputs.jsonl`` (:func:`merge_raw_bad_inputs`)."""
 
     def __init__(self, cfg: AugmentConfig, *, image_shape, seed: int, train: bool, policy: str,
-                 bad_dir: Optional[str] = None, split: str = "train"):
-        self.inner = AugmentBatches(cfg, image_shape=image_shape, seed=seed, train=train)
+                 bad_dir: Optional[str] = None, split: str = "train",
+                 out_size: Optional[int] = None, eval_transform: Optional[EvalTransform] = None):
+        self.inner = AugmentBatches(cfg, image_shape=image_shape, seed=seed, train=train,
+                                    out_size=out_size, eval_transform=eval_transform)
         self.policy = policy
         self.bad_dir, self.split = bad_dir, split
 
@@ -165,7 +180,8 @@ def decode_raw_dataset(source, data: DataConfig, *, seed: int = 0, train: bool =
     """Raw folder/manifest/Parquet :class:`~cnn_ray.data.sources.Source` -> decoded rows.
 
     Decoding (:func:`cnn_ray.data.decode_tasks.decode_block`: Pillow, odd modes converted, resized
-    to ``data.image_size`` and centre-cropped) runs in Ray Data tasks of ``data.data_cpus``.
+    to the stored side ``data.store_size`` (else ``data.image_size``) and centre-cropped, as
+    the prepare step stores them) runs in Ray Data tasks of ``data.data_cpus``.
     Rows: ``image`` (fixed-size binary, HWC uint8), ``label``, ``rid`` (row id in the source),
     ``reason`` (None, or why the file is unusable: its image is then zeros), ``path`` (set on
     bad rows only). Bad rows are *kept* here; the caller applies ``data.bad_input``.
@@ -188,7 +204,7 @@ def decode_raw_dataset(source, data: DataConfig, *, seed: int = 0, train: bool =
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // batch_size))
     if train and data.shuffle != "none":
         ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
-    kw = {"size": data.image_size, "channels": data.channels, "encoding": source.image_encoding,
+    kw = {"size": data.stored_size, "channels": data.channels, "encoding": source.image_encoding,
           "src_shape": source.image_shape, "rows_per_block": rows_per_block, "bands": bands,
           "dtype": getattr(source, "array_dtype", "uint8")}
     return ds.map_batches(decode_block, batch_size=batch_size, batch_format="pyarrow", fn_kwargs=kw,
@@ -197,21 +213,26 @@ def decode_raw_dataset(source, data: DataConfig, *, seed: int = 0, train: bool =
 
 def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig] = None, *,
                       seed: int = 0, train: bool = False, rows_per_block: int = 256,
-                      bad_dir: Optional[str] = None, bands: Optional[dict] = None) -> Dataset:
+                      bad_dir: Optional[str] = None, bands: Optional[dict] = None,
+                      transform: Optional[EvalTransform] = None) -> Dataset:
     """Decode a raw folder/manifest/Parquet :class:`~cnn_ray.data.sources.Source` every pass.
 
     The ``data.use_raw`` path and ``jobs/evaluate.py --data``: no prepare step, decoding
     (:func:`decode_raw_dataset`) runs in Ray Data tasks on every epoch. Bad files follow
     ``data.bad_input`` (``skip`` drops them, and with ``bad_dir`` lists each once there, see
     :class:`_RawBatches`; ``fail`` raises ``BadInputError`` naming the file).
-    Output rows as :func:`build_train_dataset` / :func:`build_eval_dataset`.
+    Output rows as :func:`build_train_dataset` / :func:`build_eval_dataset` (``transform``:
+    the validation transform of evaluation, as there).
     """
     ds = decode_raw_dataset(source, data, seed=seed, train=train, rows_per_block=rows_per_block,
                             bands=bands)
-    shape = (data.image_size, data.image_size, bands["out_bands"] if bands else data.channels)
+    side = data.stored_size
+    shape = (side, side, bands["out_bands"] if bands else data.channels)
+    transform = transform or EvalTransform(side, data.image_size, data.image_size)
     return ds.map_batches(
         _RawBatches(augment or AugmentConfig(), image_shape=shape, seed=seed, train=train,
-                    policy=data.bad_input, bad_dir=bad_dir, split="train" if train else "val"),
+                    policy=data.bad_input, bad_dir=bad_dir, split="train" if train else "val",
+                    out_size=data.train_crop_size, eval_transform=None if train else transform),
         batch_format="pyarrow", batch_size=None, num_cpus=data.data_cpus, resources=data.resources or None, zero_copy_batch=True,
     )
 
@@ -246,7 +267,7 @@ class RawData:
         self.root = str(data.train)
         self.train_source, self.val_source = train, val
         self.class_names = list(train.class_names)
-        self.image_shape = (data.image_size, data.image_size, data.channels)
+        self.image_shape = (data.stored_size, data.stored_size, data.channels)
         self.num_train, self.num_val = len(train.records), len(val.records)
         rng = np.random.default_rng([seed, 7])
         pick = rng.permutation(len(train.records))[:stats_sample]
@@ -255,7 +276,8 @@ class RawData:
             rec = train.records[int(i)]
             try:
                 with open(rec.path, "rb") as f:
-                    img = decode_image(f.read(), size=data.image_size, channels=data.channels, path=rec.path)
+                    img = decode_image(f.read(), size=data.stored_size, channels=data.channels,
+                                       path=rec.path)
             except (BadInputError, OSError):
                 continue
             stats.add_images(img[None])

@@ -15,8 +15,21 @@ also reads them back, without Ray). The work is split by job:
 Folder/manifest rows are written in a seeded random order (so a shard holds every class and
 a local shuffle buffer sees a mix); Parquet inputs keep their row order.
 
+Geometry: every image is stored as a square of side ``data.store_size`` (else
+``data.image_size``): the shorter side resized to it (Pillow's antialiased bilinear), the
+centred square kept (:mod:`cnn_ray.data.decode`). Why a square and not the whole image with
+its aspect kept: the memory and GPU caches hold one fixed-shape uint8 array and crop whole
+batches out of it without copies or padding, the Parquet column is fixed-size; what is lost
+is the ends of the long side, which torchvision's evaluation centre crop never reads (it
+keeps the centre ``crop / resize`` of the shorter side) and where only the widest
+random-resized-crop boxes would reach (Oxford flowers 667x500: a quarter of the width). A
+``store_size`` above ``image_size`` keeps the resolution that training's random-resized crop
+and a FixRes evaluation above the training size draw on (FFCV stores 256-512 px likewise).
+
 Caching: the fingerprint hashes the input listing (paths, sizes, mtimes) and the settings
-that change the output (image_size, channels, val, val_fraction, format, shard_size, seed). A
+that change the output (the stored side, channels, val, val_fraction, format, shard_size,
+seed), so changing ``data.store_size`` re-prepares and changing ``data.image_size`` under a
+fixed ``store_size`` does not. A
 re-run with the same fingerprint returns the existing data without work unless ``force=True``.
 The data is built in ``<out_dir>.tmp-<pid>-<random>`` and renamed into place
 (:func:`cnn_ray.io.atomic_directory`), so an interrupted run never leaves a complete-looking
@@ -88,8 +101,8 @@ def prepare_dataset(
     """Decode ``cfg.train`` (and ``cfg.val``) once into Parquet shards under ``out_dir``.
 
     Args:
-        cfg: the data settings (train/val paths, format, image_size, channels, val_fraction,
-            shard_size, bad_input).
+        cfg: the data settings (train/val paths, format, image_size, store_size, channels,
+            val_fraction, shard_size, bad_input).
         out_dir: where the prepared dataset goes (created; replaced when stale or ``force``).
         seed: seeds the held-out split and the row order.
         force: rebuild even if ``out_dir`` is up to date.
@@ -149,6 +162,9 @@ def fingerprint(cfg: DataConfig, train: Source, val: Optional[Source], seed: int
                                              "channels", "shard_size")},
         "seed": seed,
     }
+    # the side the images are stored at (data.store_size, else image_size) under the old key
+    # name: fingerprints of data prepared without store_size stay valid
+    key["cfg"]["image_size"] = cfg.stored_size
     if bands_mode(cfg, train):  # only then: keeps earlier fingerprints valid
         key["bands"] = [cfg.pca.model_dump() if cfg.pca else None, cfg.band_sample_images]
     spec = ManifestSpec.of(cfg)

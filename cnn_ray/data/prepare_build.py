@@ -55,7 +55,7 @@ def build_shards(cfg: DataConfig, train_src: Source, val_src: Optional[Source], 
         BadInputError: ``cfg.bad_input == "fail"`` and an input is bad (names the file).
         InputNotVisibleError: a listed file was not found on the node decoding it.
     """
-    size, channels = cfg.image_size, cfg.channels
+    size, channels = cfg.stored_size, cfg.channels  # data.store_size, else image_size
     for src in (train_src, val_src):
         if src is not None and src.image_encoding == "bytes" and cfg.pca is not None:
             raise SourceError(f"{src.path}: data.pca reduces raw-array tiles; this Parquet "

@@ -1,49 +1,61 @@
 """Deterministic batch preprocessing: eval resize + centre crop, and normalisation. No Ray.
 
-:func:`resize_center_crop` runs on ``(N, H, W, C) uint8`` numpy batches in the data pipeline;
-:func:`normalize_batch` runs on the training device, after the uint8 batch arrived there.
+:func:`resize_center_crop` (and :class:`EvalTransform`, a run's validation sizes) runs on
+``(N, H, W, C) uint8`` numpy batches in the data pipeline; :func:`normalize_batch` runs on
+the training device, after the uint8 batch arrived there.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["normalize_batch", "resize_center_crop"]
+if TYPE_CHECKING:
+    from cnn_ray.config import TrainConfig
+
+__all__ = ["EvalTransform", "normalize_batch", "resize_center_crop"]
 
 
-def resize_center_crop(images: np.ndarray, size: int) -> np.ndarray:
-    """Eval preprocessing: resize the shorter side to ``size`` and centre-crop ``size`` x ``size``.
+def resize_center_crop(images: np.ndarray, size: int, *,
+                       resize: Optional[int] = None) -> np.ndarray:
+    """Eval preprocessing: resize the shorter side to ``resize`` (default ``size``) and
+    centre-crop ``size`` x ``size``.
 
-    Bilinear with antialiasing (``F.interpolate`` on uint8 channels-last, as torchvision's
-    ``Resize`` + ``CenterCrop``).
+    torchvision's ``Resize(resize)`` + ``CenterCrop(size)`` on uint8 tensors (the long side
+    becomes ``int(resize * long / short)``, the crop's corner ``round((side - size) / 2)``),
+    bilinear with antialiasing (``F.interpolate`` on uint8 channels-last).
 
     Args:
         images: ``(N, H, W, C) uint8``.
         size: output side in pixels (``>= 1``).
+        resize: the shorter side before the crop, ``>= size`` (None: ``size``, so the whole
+            shorter side is kept).
 
     Returns:
-        ``(N, size, size, C) uint8``; ``images`` itself (no copy) when already ``size`` x ``size``.
+        ``(N, size, size, C) uint8``; ``images`` itself (no copy) when already ``size`` x
+        ``size`` and ``resize`` is ``size``.
 
     Raises:
-        ValueError: wrong rank/dtype or ``size < 1``.
+        ValueError: wrong rank/dtype, ``size < 1`` or ``resize < size``.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(f"images must be (N, H, W, C) uint8, got {images.shape} {images.dtype}")
-    if size < 1:
-        raise ValueError(f"size must be >= 1, got {size}")
+    resize = size if resize is None else resize
+    if size < 1 or resize < size:
+        raise ValueError(f"need 1 <= size <= resize, got size {size}, resize {resize}")
     n, h, w, _ = images.shape
-    if h == size and w == size:
+    if h == size and w == size and resize == size:
         return images
     if h <= w:
-        nh, nw = size, max(size, int(size * w / h))
+        nh, nw = resize, max(resize, int(resize * w / h))
     else:
-        nh, nw = max(size, int(size * h / w)), size
+        nh, nw = max(resize, int(resize * h / w)), resize
     if (nh, nw) != (h, w) and n > 0:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
@@ -52,6 +64,49 @@ def resize_center_crop(images: np.ndarray, size: int) -> np.ndarray:
         resized = images.reshape(n, nh, nw, images.shape[3])
     top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))
     return np.ascontiguousarray(resized[:, top : top + size, left : left + size])
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """A run's validation transform on its stored images, the one that evaluation, prediction
+    and export apply (and checkpoints record, ``meta.json`` ``eval_transform``).
+
+    The stored square (side ``stored_size``: ``data.store_size`` or ``data.image_size``) is
+    resized to ``resize_size`` and its centre ``image_size`` square kept: torchvision's
+    ``Resize(resize_size)`` + ``CenterCrop(image_size)`` (``references/classification/presets.py``
+    ``ClassificationPresetEval``: 256 -> 224 classic, 232 -> 224 in the newer recipes), with
+    ``image_size`` above the training size for FixRes (Touvron et al. 2019). As the stored
+    square is itself the centre of the original, the crop is the original's centre too; the
+    only difference from torchvision on the original is a second resample when
+    ``stored_size != resize_size``. All sides in pixels.
+    """
+
+    stored_size: int
+    resize_size: int
+    image_size: int
+
+    @classmethod
+    def of(cls, cfg: "TrainConfig") -> "EvalTransform":
+        """The transform of ``cfg`` (``data.store_size``/``image_size``, ``eval.resize_size``/
+        ``image_size``, defaults resolved by :meth:`~cnn_ray.config.TrainConfig.eval_sizes`)."""
+        resize, crop = cfg.eval_sizes()
+        return cls(stored_size=cfg.data.stored_size, resize_size=resize, image_size=crop)
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """``(N, H, W, C) uint8`` stored images -> ``(N, image_size, image_size, C) uint8``
+        (:func:`resize_center_crop`; the input itself when nothing changes)."""
+        return resize_center_crop(images, self.image_size, resize=self.resize_size)
+
+    def to_dict(self) -> dict[str, int]:
+        """``{"stored_size", "resize_size", "image_size"}`` (JSON-ready)."""
+        return {"stored_size": self.stored_size, "resize_size": self.resize_size,
+                "image_size": self.image_size}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "EvalTransform":
+        """Inverse of :meth:`to_dict`. Raises ``KeyError`` naming a missing key."""
+        return cls(stored_size=int(raw["stored_size"]), resize_size=int(raw["resize_size"]),
+                   image_size=int(raw["image_size"]))
 
 
 def normalize_batch(

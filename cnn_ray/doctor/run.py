@@ -78,12 +78,15 @@ def _memory_batches(cfg: TrainConfig, data, device: torch.device):
     from cnn_ray.data.memory import InMemoryShard, read_prepared_arrays, shard_for_device
 
     p = data.prepared
+    resize, crop = cfg.eval_sizes()
     train = shard_for_device(InMemoryShard.from_arrays(read_prepared_arrays(p.train_files, p.image_shape)),
-                             device, cfg.augment)
+                             device, cfg.augment, out_size=cfg.data.train_crop_size)
     val = shard_for_device(InMemoryShard.from_arrays(read_prepared_arrays(
-        p.val_files, p.image_shape, image_size=cfg.data.image_size)), device)
+        p.val_files, p.image_shape, image_size=crop, resize_size=resize)), device)
     tr = train.batches(cfg.per_worker_batch_size(), augment=cfg.augment, seed=cfg.run.seed,
-                       shuffle=cfg.data.shuffle != "none", prefetch=max(1, cfg.data.prefetch_batches))
+                       shuffle=cfg.data.shuffle != "none",
+                       prefetch=max(1, cfg.data.prefetch_batches),
+                       out_size=cfg.data.train_crop_size)
     return tr, val.batches(cfg.optim.eval_batch_size, shuffle=False, prefetch=1), None
 
 

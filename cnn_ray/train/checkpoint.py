@@ -7,6 +7,8 @@ newest complete one is :func:`latest_checkpoint`)::
     train_state.pt  {"optimizer", "scheduler", "scaler", "epoch", "best"} (tensors + primitives)
     ema.pt          optional (``optim.ema``): {"state": AveragedModel state_dict, "decay"}
     meta.json       {"format": 1, "epoch", "config", "class_names", "mean", "std", "metrics",
+                     "eval_transform" (the validation sizes: stored_size, resize_size,
+                     image_size; checkpoints before it: derived from "config"),
                      "bands" (multi-band data only)}
 
 ``model.pt`` always holds the raw (trained) weights; the exponential moving average of them,
@@ -69,13 +71,16 @@ def save_checkpoint(
     metrics: Optional[dict] = None,
     ema: Optional[nn.Module] = None,
     bands: Optional[dict] = None,
+    eval_transform: Optional[dict] = None,
 ) -> Path:
     """Write a checkpoint into ``directory`` (created; must not already hold one).
 
     ``ema``: the run's ``AveragedModel`` (:func:`cnn_ray.recipe.make_ema`), saved to ``ema.pt``
     next to the raw weights in ``model.pt``. ``bands``: the data's band transform
     (:meth:`cnn_ray.data.bands.BandTransform.to_dict`), kept in ``meta.json`` so evaluation,
-    prediction and export map raw tiles exactly as training did.
+    prediction and export map raw tiles exactly as training did. ``eval_transform``: the run's
+    validation transform (:meth:`cnn_ray.data.preprocess.EvalTransform.to_dict`), kept in
+    ``meta.json`` so they resize and crop as its validation did.
 
     The files are written into ``<directory>.tmp-<pid>-<random>`` and renamed to ``directory``
     at the end (:func:`cnn_ray.io.atomic_directory`). Returns ``directory`` as a Path. Raises
@@ -106,6 +111,7 @@ def save_checkpoint(
             "class_names": list(class_names), "mean": list(map(float, mean)),
             "std": list(map(float, std)), "metrics": metrics or {},
             **({"bands": bands} if bands is not None else {}),
+            **({"eval_transform": dict(eval_transform)} if eval_transform is not None else {}),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     return directory

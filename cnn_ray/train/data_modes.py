@@ -23,6 +23,7 @@ import ray
 
 from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.data.pipeline import build_eval_dataset, build_raw_dataset, build_train_dataset
+from cnn_ray.data.preprocess import EvalTransform, resize_center_crop
 from cnn_ray.train.inputs import DataSummary, TrainingData
 
 if TYPE_CHECKING:
@@ -70,10 +71,12 @@ class ShardData:
         hold only decodable images). A validation set up to ``MATERIALIZE_VAL_BYTES`` is decoded
         once into the object store instead of every epoch (it is deterministic)."""
         p = self.prepared
+        transform = EvalTransform.of(cfg)
         train = build_train_dataset(p.train_files, cfg.data, cfg.augment,
                                     image_shape=p.image_shape, seed=cfg.run.seed)
-        val = build_eval_dataset(p.val_files, cfg.data, image_shape=p.image_shape)
-        if p.num_val * int(np.prod(p.image_shape)) <= MATERIALIZE_VAL_BYTES:
+        val = build_eval_dataset(p.val_files, cfg.data, image_shape=p.image_shape,
+                                 transform=transform)
+        if p.num_val * transform.image_size**2 * p.image_shape[2] <= MATERIALIZE_VAL_BYTES:
             val = val.materialize()
         return _quiet({"train": train, "val": val})
 
@@ -82,23 +85,25 @@ class ShardData:
 
         Returns ``{"train": ObjectRef, "val": ObjectRef}`` of
         :func:`~cnn_ray.data.memory.read_prepared_arrays` dicts (uint8 NHWC images, int64 labels
-        and idx). The caller owns the objects: they live while it holds the refs.
+        and idx): training images at their stored size (each worker random-resized crops them
+        to ``data.image_size``), validation images after the validation transform
+        (:class:`~cnn_ray.data.preprocess.EvalTransform`). The caller owns the objects: they
+        live while it holds the refs.
 
         Raises:
-            ConfigError: the images take more than ``data.cache_max_mb``.
+            ConfigError: the images take more than ``data.cache_max_mb``
+                (:func:`~cnn_ray.data.memory.check_cache_fits`: the sizes, the limit, the ways
+                out), raised before anything is read.
         """
-        from cnn_ray.data.memory import read_prepared_arrays
+        from cnn_ray.data.memory import check_cache_fits, read_prepared_arrays
 
         p = self.prepared
         shape = tuple(int(v) for v in p.image_shape)
-        total = (p.num_train + p.num_val) * int(np.prod(shape))
-        if total > cfg.data.cache_max_mb * 1e6:
-            raise ConfigError(
-                f"data.cache=memory: the prepared data set holds {total / 1e6:.0f} MB of images, "
-                f"more than data.cache_max_mb={cfg.data.cache_max_mb:g}; raise it or stream with "
-                "data.cache=none")
+        check_cache_fits(cfg, p.num_train, p.num_val, shape)
+        t = EvalTransform.of(cfg)
         train = read_prepared_arrays(p.train_files, shape)
-        val = read_prepared_arrays(p.val_files, shape, image_size=cfg.data.image_size)
+        val = read_prepared_arrays(p.val_files, shape, image_size=t.image_size,
+                                   resize_size=t.resize_size)
         return {"train": ray.put(train), "val": ray.put(val)}
 
     def stem_weights(self, cfg: TrainConfig) -> Optional[np.ndarray]:
@@ -117,6 +122,8 @@ class ShardData:
         p = self.prepared
         sample = sample_shard_images(p.train_files, tuple(p.image_shape),
                                      cfg.model.whitening.samples, seed=cfg.run.seed)
+        if cfg.data.train_crop_size is not None:  # stored larger: the whole image at the
+            sample = resize_center_crop(sample, cfg.data.train_crop_size)  # training size
         try:
             return compute_stem_weights(cfg, sample, num_classes=self.summary.num_classes,
                                         mean=p.mean, std=p.std)
@@ -170,7 +177,8 @@ class RawFiles:
         recorded under ``bad_dir`` when given."""
         train = build_raw_dataset(self.raw.train_source, cfg.data, cfg.augment, seed=cfg.run.seed,
                                   train=True, bad_dir=bad_dir)
-        val = build_raw_dataset(self.raw.val_source, cfg.data, train=False, bad_dir=bad_dir)
+        val = build_raw_dataset(self.raw.val_source, cfg.data, train=False, bad_dir=bad_dir,
+                                transform=EvalTransform.of(cfg))
         return _quiet({"train": train, "val": val})
 
     def object_refs(self, cfg: TrainConfig) -> dict[str, Any]:

@@ -328,8 +328,9 @@ def build_trainer(
 # frozen BN scales take the first conv's weight / the BN weights out of the groups).
 RESUME_KEYS = tuple(f"model.{k}" for k in ("name", "width_mult", "depth", "kernel_size",
                                            "separable", "widths", "small_input")) + tuple(
-    f"data.{k}" for k in ("train", "val", "format", "image_size", "channels", "path_column",
-                          "label_column", "path_template", "pca")) + ("optim.optimizer",)
+    f"data.{k}" for k in ("train", "val", "format", "image_size", "store_size", "channels",
+                          "path_column", "label_column", "path_template", "pca")) + (
+    "optim.optimizer",)
 # Settings whose value may change on resume but not whether they are on: (key, "on" test).
 RESUME_SWITCHES = (("model.batchnorm.bias_lr_mult", lambda v: v not in (None, 1, 1.0)),
                    ("model.whitening.enabled", bool), ("model.batchnorm.freeze_scale", bool))

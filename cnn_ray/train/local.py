@@ -19,6 +19,7 @@ import torch
 
 from cnn_ray.config import TrainConfig
 from cnn_ray.data.memory import InMemoryShard, shard_for_device
+from cnn_ray.data.preprocess import EvalTransform
 from cnn_ray.recipe.apply import (build_step_hooks, compute_stem_weights, eval_model,
                                   tta_predictor)
 from cnn_ray.recipe.tta import tta_views
@@ -37,7 +38,9 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
     """Train ``cfg`` for ``optim.epochs`` on ``train`` and evaluate on ``val`` each epoch.
 
     Args:
-        train, val: ``(images (N, H, W, C) uint8, labels (N,) int64)``.
+        train, val: ``(images (N, H, W, C) uint8, labels (N,) int64)`` as stored (training
+            images larger than ``data.image_size`` are random-resized cropped to it per
+            batch; validation images get the run's validation transform once).
         device: where to train (``cuda``: rows and augmentation on the GPU).
         Fine-tuning keys (``model.pretrained``, ``model.freeze``, ``model.unfreeze_epoch``,
         ``optim.backbone_lr_mult``) act as in a Ray Train run (:mod:`cnn_ray.train.finetune`):
@@ -57,8 +60,10 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
     parts = build_parts(cfg, summary, 0, 1, device=device, stem_weights=stem)
     record_pretrained(parts.finetune.report, None, log)
     host = InMemoryShard(train[0], train[1], np.arange(len(train[0]), dtype=np.int64))
-    shard = shard_for_device(host, device, cfg.augment)
-    val_shard = shard_for_device(InMemoryShard(val[0], val[1], np.arange(len(val[0]))), device)
+    shard = shard_for_device(host, device, cfg.augment, out_size=cfg.data.train_crop_size)
+    val_images = EvalTransform.of(cfg).apply(val[0])  # as stored -> the validation transform
+    val_shard = shard_for_device(InMemoryShard(val_images, val[1], np.arange(len(val[0]))),
+                                 device)
     hooks = build_step_hooks(cfg, parts.model, parts.ema, summary.num_classes, seed=cfg.run.seed,
                              steps_per_epoch=parts.steps_per_epoch)
     train_s = eval_s = 0.0
@@ -69,7 +74,8 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
         stats = train_one_epoch(
             parts.model, shard.batches(cfg.per_worker_batch_size(), augment=cfg.augment,
                                        seed=cfg.run.seed, epoch=epoch, shuffle=True,
-                                       drop_last=cfg.data.drop_last),
+                                       drop_last=cfg.data.drop_last,
+                                       out_size=cfg.data.train_crop_size),
             parts.optimizer, parts.settings, scheduler=parts.scheduler,
             scheduler_per_step=parts.per_step, scaler=parts.scaler, hooks=hooks)
         train_s += time.perf_counter() - t0
@@ -90,7 +96,7 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
                         optimizer=parts.optimizer, scheduler=parts.scheduler,
                         scaler=parts.scaler, best=max(by_epoch, default=None),
                         metrics={"val_top1": by_epoch[-1] if by_epoch else None},
-                        ema=parts.ema)
+                        ema=parts.ema, eval_transform=EvalTransform.of(cfg).to_dict())
     return {"train_s": round(train_s, 2), "eval_s": round(eval_s, 2), "epochs": cfg.optim.epochs,
             "val_top1": by_epoch[-1] if by_epoch else None, "val_top1_by_epoch": by_epoch,
             "tta_views": tta_views(cfg.eval.tta_at(cfg.optim.epochs - 1, cfg.optim.epochs)), "precision": parts.settings.precision,

@@ -27,6 +27,7 @@ import ray.train
 import ray.train.torch
 
 from cnn_ray.config import TrainConfig
+from cnn_ray.data.preprocess import EvalTransform
 from cnn_ray.io import append_jsonl, atomic_directory, is_uri
 from cnn_ray.recipe.apply import build_step_hooks, eval_model, tta_predictor
 from cnn_ray.recipe.tta import tta_views
@@ -355,7 +356,8 @@ class _MemoryFeed:
                                                equal=True)
         self.val = InMemoryShard.from_arrays(ray.get(refs["val"]), rank=rank, world=world,
                                              equal=False)
-        self.train = shard_for_device(self.train, device, cfg.augment)
+        self.train = shard_for_device(self.train, device, cfg.augment,
+                                      out_size=cfg.data.train_crop_size)
         self.val = shard_for_device(self.val, device)
         log(f"data in memory ({type(self.train).__name__}): {len(self.train)} train + "
             f"{len(self.val)} val images per worker "
@@ -367,7 +369,7 @@ class _MemoryFeed:
         return self.train.batches(
             c.per_worker_batch_size(), augment=c.augment, seed=c.run.seed, epoch=epoch,
             rank=self.rank, shuffle=c.data.shuffle != "none", drop_last=c.data.drop_last,
-            prefetch=max(1, c.data.prefetch_batches))
+            prefetch=max(1, c.data.prefetch_batches), out_size=c.data.train_crop_size)
 
     def val_batches(self) -> Iterable[dict]:
         return self.val.batches(self.cfg.optim.eval_batch_size, shuffle=False, prefetch=1)
@@ -444,6 +446,7 @@ def _report(inputs: WorkerInputs, metrics: dict, rank: int, parts: TrainParts, *
             mean=list(data.mean), std=list(data.std), optimizer=parts.optimizer,
             scheduler=parts.scheduler, scaler=parts.scaler, best=best, metrics=metrics,
             ema=parts.ema, bands=data.bands,
+            eval_transform=EvalTransform.of(inputs.config).to_dict(),
         )
         checkpoint = str(path)
     try:

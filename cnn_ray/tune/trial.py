@@ -33,6 +33,15 @@ from cnn_ray.tune.space import POINT_KEY, trial_config
 TRIAL_DRIVER_MEMORY = 2**20          # bytes: the trial function's logical reservation
 
 
+def _same_arrays(cfg, base: dict) -> bool:
+    """Whether a trial of ``cfg`` can train on the sweep's memory-cache arrays of ``base``: the
+    same stored side and validation transform (the validation rows are stored transformed)."""
+    from cnn_ray.config import TrainConfig
+    from cnn_ray.data.preprocess import EvalTransform
+
+    return EvalTransform.of(cfg) == EvalTransform.of(TrainConfig.from_dict(base, check_paths=False))
+
+
 def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: Optional[str],
               memory: Optional[list] = None, in_trial: bool = True) -> None:
     """The Tune function trainable: one training run for one sampled configuration.
@@ -57,8 +66,8 @@ def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: 
                        storage_path=runs_dir)
     write_run_files(cfg, run_dir(cfg), prepared)
     shared = None
-    if memory and cfg.data.cache == "memory" and cfg.data.image_size == base["data"]["image_size"]:
-        shared = memory[0]  # the sweep's arrays (same prepared shards, same eval size)
+    if memory and cfg.data.cache == "memory" and _same_arrays(cfg, base):
+        shared = memory[0]  # the sweep's arrays (same prepared shards, same eval transform)
     if in_trial and trains_in_trial(cfg):
         from cnn_ray.train.worker import train_in_tune_trial
 
