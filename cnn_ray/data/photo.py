@@ -6,9 +6,9 @@
 :func:`cnn_ray.data.augment.augment_batch` -- so both the streaming Ray Data tasks and the
 memory-cache worker path run them. A batch of B images is B calls, as torchvision's
 ``references/classification`` does per sample; the ops pick a different op and strength per
-image, so there is no batched form to share (~0.7 ms per 128 px image for
-trivial_augment_wide on one thread of a shared AMD EPYC, ~1.5 ms for rand_augment's two ops;
-``python -m cnn_ray.data.photo``).
+image, so there is no batched form to share (trivial_augment_wide: ~3,900 128 px images per
+CPU-second on one thread of an AMD EPYC, about half that for rand_augment's two ops
+at magnitude 9; ``python -m cnn_ray.data.photo``).
 
 Seeding: v2 transforms draw from torch's global CPU generator and take no generator argument.
 Each image's draws come from its own seed, :func:`~cnn_ray.data.draws.row_seeds` of
@@ -155,7 +155,8 @@ def random_erasing_(x: np.ndarray, idx: np.ndarray, cfg: RandomErasing, *, seed:
 
 def _benchmark(n: int = 256, size: int = 128, repeats: int = 5) -> None:
     """``python -m cnn_ray.data.photo``: images/s of each policy on ``n`` random ``size`` px RGB
-    images, one torch thread (as in a Ray Data task); median of ``repeats`` batches."""
+    images, one torch thread (as in a Ray Data task); median of ``repeats`` batches, by the
+    wall clock and per second of this process's CPU time (steadier on a loaded machine)."""
     import time
 
     torch.set_num_threads(1)
@@ -165,15 +166,16 @@ def _benchmark(n: int = 256, size: int = 128, repeats: int = 5) -> None:
              for p in ("trivial_augment_wide", "rand_augment", "auto_augment")}
     cases["random_erasing p=1"] = (random_erasing_, RandomErasing(enabled=True, p=1.0))
     for label, (fn, cfg) in cases.items():
-        times = []
+        wall, cpu = [], []
         for epoch in range(repeats):
             y = x.copy()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn(y, idx, cfg, seed=0, epoch=epoch)
-            times.append(time.perf_counter() - start)
-        t = float(np.median(times))
-        print(f"{label:22s} {n}x{size}x{size}x3, 1 thread: {n / t:8.0f} images/s "
-              f"({t * 1e3:.0f} ms per batch)")
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        t, c = float(np.median(wall)), float(np.median(cpu))
+        print(f"{label:22s} {n}x{size}x{size}x3, 1 thread: {n / t:6.0f} images/s wall, "
+              f"{n / c:6.0f} per CPU-second ({t * 1e3:.0f} ms per batch)")
 
 
 if __name__ == "__main__":
