@@ -65,8 +65,9 @@ class BatchMixer:
     device) are a function of ``seed`` and the call count, and torch's global generator (model
     init, dropout) is left untouched. The fork holds
     :data:`cnn_ray.data.photo.CPU_RNG_LOCK`, so a memory-cache batch being augmented with
-    torchvision's per-image policies in the background thread never sees this stream. The stream starts afresh when the object is rebuilt (a
-    resumed run draws the first epoch's values again).
+    torchvision's per-image policies in the background thread never sees this stream. The
+    stream starts afresh when the object is rebuilt (a resumed run draws the first epoch's
+    values again).
 
     Args:
         num_classes: K.
