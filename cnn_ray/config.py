@@ -17,8 +17,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cnn_ray.config_augment import (Affine, AugmentConfig, ColorJitter, Cutout, HFlip,  # noqa: F401
-                                    RandomCrop, RandomResizedCrop, Rotation)
+from cnn_ray.config_augment import (Affine, AugmentConfig, AutoAugment,  # noqa: F401
+                                    ColorJitter, Cutout, HFlip, RandomCrop, RandomErasing,
+                                    RandomResizedCrop, Rotation)
 from cnn_ray.config_data import DataConfig, PCAConfig  # noqa: F401
 from cnn_ray.config_model import ModelConfig  # noqa: F401
 from cnn_ray.config_recipe import (EMA, EVAL_CROP_RATIO, BatchNormSettings, CutMix,  # noqa: F401
@@ -248,6 +249,12 @@ class TrainConfig(_Strict):
                 f"images have {stored or 'data.pca.explained_variance-many'} bands "
                 f"(data.channels={self.data.channels}"
                 f"{', data.pca' if self.data.pca else ''}): set augment.color_jitter.enabled=false")
+        if self.augment.auto_augment.enabled and stored not in (1, 3):
+            raise ValueError(
+                f"augment.auto_augment.policy={self.augment.auto_augment.policy} is defined for "
+                f"1- or 3-band images (torchvision's ops); the stored images have "
+                f"{stored or 'data.pca.explained_variance-many'} bands "
+                f"(data.channels={self.data.channels}): set augment.auto_augment.policy=none")
         resize, crop = self.eval_sizes()
         if crop > resize:
             raise ValueError(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cnn_ray.config_recipe import CutMix, MixUp
 
@@ -99,6 +99,68 @@ class Cutout(_Strict):
     p: float = Field(1.0, ge=0.0, le=1.0, description="probability per image and epoch")
 
 
+class AutoAugment(_Strict):
+    """A learned or random policy of photometric/geometric ops per image (torchvision
+    ``transforms.v2``): ``trivial_augment_wide`` (Mueller & Hutter 2021), ``rand_augment``
+    (Cubuk et al. 2020) or ``auto_augment`` (Cubuk et al. 2019); ``none``: off."""
+
+    policy: Literal["none", "trivial_augment_wide", "rand_augment", "auto_augment"] = Field(
+        "none", description="none (off), trivial_augment_wide (one random op at a random "
+        "magnitude per image), rand_augment (num_ops random ops at magnitude) or auto_augment "
+        "(a sub-policy of auto_augment_policy); 1- or 3-band images")
+    num_ops: int = Field(2, ge=1, le=16, description="rand_augment: ops applied per image")
+    magnitude: int = Field(9, ge=0, description="rand_augment: the ops' strength, a bin of "
+                           "num_magnitude_bins (0: weakest; below num_magnitude_bins)")
+    num_magnitude_bins: int = Field(31, ge=2, le=1024, description="rand_augment and "
+                                    "trivial_augment_wide: magnitude bins of each op's range")
+    auto_augment_policy: Literal["imagenet", "cifar10", "svhn"] = Field(
+        "imagenet", description="auto_augment: the learned policy (data set it was searched on)")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a policy is on (``policy != none``)."""
+        return self.policy != "none"
+
+    @model_validator(mode="after")
+    def _magnitude_in_bins(self) -> "AutoAugment":
+        if self.magnitude >= self.num_magnitude_bins:
+            raise ValueError(f"magnitude={self.magnitude} must be below num_magnitude_bins="
+                             f"{self.num_magnitude_bins}")
+        return self
+
+
+class RandomErasing(_Strict):
+    """Erase a random rectangle per image (Zhong et al. 2020), torchvision ``v2.RandomErasing``
+    on the uint8 image before normalisation."""
+
+    enabled: bool = Field(False, description="apply random_erasing (last, after cutout)")
+    p: float = Field(0.5, ge=0.0, le=1.0, description="probability per image and epoch "
+                     "(torchvision's default and the paper's; its ImageNet recipes use 0.1, "
+                     "timm 0.25)")
+    scale: tuple[float, float] = Field(
+        (0.02, 0.33), description="[low, high] of the erased area as a share of the image; "
+        "0 < low <= high <= 1")
+    ratio: tuple[float, float] = Field(
+        (0.3, 3.3), description="[low, high] of the rectangle's aspect ratio (log-uniform); "
+        "0 < low <= high")
+    value: int = Field(0, ge=0, le=255, description="uint8 fill of the erased pixels (before "
+                       "normalisation: 0 is black, not torchvision's post-normalise mean)")
+
+    @field_validator("scale", "ratio")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0 < v[0] <= v[1]):
+            raise ValueError(f"expected 0 < low <= high, got {list(v)}")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _share(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[1] > 1:
+            raise ValueError(f"scale is a share of the image: expected high <= 1, got {list(v)}")
+        return v
+
+
 class AugmentConfig(_Strict):
     """Training-time augmentation; each technique has ``enabled`` and its strength."""
 
@@ -112,6 +174,11 @@ class AugmentConfig(_Strict):
     color_jitter: ColorJitter = Field(default_factory=ColorJitter, description="random "
                                       "brightness, contrast and saturation")
     cutout: Cutout = Field(default_factory=Cutout, description="zero a random square")
+    auto_augment: AutoAugment = Field(default_factory=AutoAugment, description="a per-image "
+                                      "policy of ops: TrivialAugmentWide, RandAugment or "
+                                      "AutoAugment (torchvision transforms.v2)")
+    random_erasing: RandomErasing = Field(default_factory=RandomErasing, description="erase a "
+                                          "random rectangle (torchvision transforms.v2)")
     mixup: MixUp = Field(default_factory=MixUp, description="MixUp of batch pairs (in the "
                          "training step)")
     cutmix: CutMix = Field(default_factory=CutMix, description="CutMix of batch pairs (in "

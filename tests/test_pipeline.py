@@ -36,6 +36,27 @@ def test_epochs_differ_and_seed_repeats(prepared):
     assert np.array_equal(a, c)  # same seed, same first epoch
 
 
+def test_photo_policies_run_in_the_ray_data_tasks(prepared):
+    """augment.auto_augment and random_erasing in the streaming tasks: the rows equal the host
+    function on the stored images (seeded per image), and the next epoch draws anew."""
+    from cnn_ray.data.augment import augment_batch
+    from cnn_ray.data.memory import read_prepared_arrays
+
+    data, dcfg = prepared
+    dcfg = dcfg.model_copy(update={"shuffle": "none"})
+    aug = AugmentConfig.model_validate({"auto_augment": {"policy": "trivial_augment_wide"},
+                                        "random_erasing": {"enabled": True}})
+    ds = build_train_dataset(data.train_files, dcfg, aug, image_shape=data.image_shape, seed=5)
+    ds.context.execution_options.preserve_order = True
+    epochs = [np.concatenate([b["image"] for b in ds.iter_batches(batch_size=None,
+                                                                  batch_format="numpy")])
+              for _ in range(2)]
+    stored = read_prepared_arrays(data.train_files, data.image_shape)
+    want = augment_batch(stored["image"], stored["idx"], aug, seed=5, epoch=0)
+    assert np.array_equal(epochs[0], want)
+    assert (epochs[0] != epochs[1]).any(axis=(1, 2, 3)).mean() > 0.5
+
+
 def test_eval_path_is_deterministic_and_unaugmented(prepared):
     data, dcfg = prepared
     ds = build_eval_dataset(data.val_files, dcfg, image_shape=data.image_shape)

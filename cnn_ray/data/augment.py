@@ -12,6 +12,8 @@ device. No Ray is imported: this is the numeric core, tested without a cluster.
 * :mod:`cnn_ray.data.geometric` -- crop + flip in uint8, the composed affine resample;
 * :mod:`cnn_ray.data.resized_crop` -- the random-resized crop from larger stored images;
 * :mod:`cnn_ray.data.photometric` -- colour jitter, cutout;
+* :mod:`cnn_ray.data.photo` -- torchvision v2's auto-augment policies and random erasing, per
+  image (seeded per image from :func:`~cnn_ray.data.draws.row_seeds`);
 * :mod:`cnn_ray.data.buffers` -- per-thread scratch buffers, NHWC <-> NCHW copies;
 * :mod:`cnn_ray.data.preprocess` -- :func:`resize_center_crop`, :func:`normalize_batch`.
 
@@ -23,7 +25,10 @@ Pipeline order inside :func:`augment_batch` (each step skipped when disabled):
 2. ``random_resized_crop`` + ``rotation`` + ``affine`` composed into one 2x3 matrix per image and
    resampled once (bilinear ``grid_sample``);
 3. ``color_jitter`` on float;
-4. ``cutout`` on the uint8 result.
+4. ``auto_augment`` (TrivialAugmentWide / RandAugment / AutoAugment) per image on uint8, after
+   the crop and flip as in torchvision's presets;
+5. ``cutout`` on the uint8 result;
+6. ``random_erasing`` per image on uint8 (before normalisation, which the training device does).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from cnn_ray.config import AugmentConfig
 from cnn_ray.data.buffers import to_planar_float, to_uint8_nhwc
 from cnn_ray.data.draws import DRAW_COLUMNS, N_DRAWS, row_uniforms
 from cnn_ray.data.geometric import affine_grid, affine_thetas, crop_flip, crop_flip_draws
+from cnn_ray.data.photo import auto_augment_, random_erasing_
 from cnn_ray.data.photometric import color_jitter_, cutout_
 from cnn_ray.data.preprocess import normalize_batch, resize_center_crop
 from cnn_ray.data.resized_crop import resized_crop, resized_crop_boxes
@@ -64,6 +70,8 @@ class _Steps:
     geometric: bool
     color: bool
     cutout: bool
+    policy: bool = False
+    erasing: bool = False
 
     @classmethod
     def of(cls, cfg: AugmentConfig, channels: int) -> "_Steps":
@@ -76,10 +84,13 @@ class _Steps:
             color=cj.enabled and (cj.brightness > 0 or cj.contrast > 0
                                   or (cj.saturation > 0 and channels == 3)),
             cutout=cfg.cutout.enabled and cfg.cutout.p > 0,
+            policy=cfg.auto_augment.enabled,
+            erasing=cfg.random_erasing.enabled and cfg.random_erasing.p > 0,
         )
 
     def any(self) -> bool:
-        return self.crop or self.flip or self.geometric or self.color or self.cutout
+        return (self.crop or self.flip or self.geometric or self.color or self.cutout
+                or self.policy or self.erasing)
 
 
 def _check_batch(
@@ -134,8 +145,10 @@ def augment_batch(
     (:func:`~cnn_ray.data.geometric.affine_thetas`: one 2x3 matrix per image, one bilinear
     ``grid_sample``); ``color_jitter``
     (:func:`~cnn_ray.data.photometric.color_jitter_`); ``cutout``
-    (:func:`~cnn_ray.data.photometric.cutout_`). In that order; with only crop and flip on, the
-    batch never leaves uint8 numpy.
+    (:func:`~cnn_ray.data.photometric.cutout_`); ``auto_augment`` before cutout and
+    ``random_erasing`` last (:func:`~cnn_ray.data.photo.auto_augment_`,
+    :func:`~cnn_ray.data.photo.random_erasing_`: torchvision v2 per image, seeded per image).
+    In that order; with only crop and flip on, the batch never leaves uint8 numpy.
 
     Args:
         images: ``(N, H, W, C) uint8``; not modified.
@@ -157,7 +170,8 @@ def augment_batch(
         itself when nothing is enabled and no resize is needed.
 
     Raises:
-        ValueError: wrong rank/dtype, ``idx`` length != N, unknown ``padding_mode``.
+        ValueError: wrong rank/dtype, ``idx`` length != N, unknown ``padding_mode``;
+            ``auto_augment`` on images that do not have 1 or 3 bands.
     """
     images, idx = _check_batch(images, idx, padding_mode)
     n, h, w, c = images.shape
@@ -185,10 +199,14 @@ def augment_batch(
     theta = affine_thetas(u, cfg, h, w) if steps.geometric else None
     if theta is not None or steps.color:
         out = _float_stage(out, u, cfg, theta, color=steps.color, padding_mode=padding_mode)
+    if (steps.policy or steps.cutout or steps.erasing) and out is images:
+        out = images.copy()
+    if steps.policy:
+        auto_augment_(out, idx, cfg.auto_augment, seed=seed, epoch=epoch)
     if steps.cutout:
-        if out is images:
-            out = images.copy()
         cutout_(out, u, cfg.cutout.size, cfg.cutout.p)
+    if steps.erasing:
+        random_erasing_(out, idx, cfg.random_erasing, seed=seed, epoch=epoch)
     return out
 
 
@@ -214,7 +232,8 @@ def _benchmark(n: int = 512, size: int = 32, repeats: int = 101) -> None:
     cases = {
         "default (crop + flip)": AugmentConfig(),
         "all techniques on": AugmentConfig(
-            **{k: {"enabled": True} for k in AugmentConfig.model_fields}
+            **{k: {"enabled": True} for k in AugmentConfig.model_fields if k != "auto_augment"},
+            auto_augment={"policy": "trivial_augment_wide"},
         ),
     }
     for label, cfg in cases.items():

@@ -32,8 +32,10 @@ to the host path's, not identical (a float filter; see that function).
 Not supported on the device (they need a float resample or colour maths that only the numpy
 path implements): ``rotation``, ``affine``, ``color_jitter``, and ``random_resized_crop`` on
 images stored at the training size (the composed affine resample of
-:func:`cnn_ray.data.geometric.affine_thetas`); :func:`check_device_augment` raises a
-ValueError naming the ``augment.*`` key.
+:func:`cnn_ray.data.geometric.affine_thetas`), and torchvision v2's per-image
+``auto_augment`` policies and ``random_erasing`` (:mod:`cnn_ray.data.photo`);
+:func:`check_device_augment` raises a ConfigError (a ValueError) naming the ``augment.*``
+key, and :func:`cnn_ray.data.memory.shard_for_device` keeps such runs on the host path.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from cnn_ray.config import AugmentConfig
+from cnn_ray.config import AugmentConfig, ConfigError
 from cnn_ray.data.draws import DRAW_COLUMNS, N_DRAWS, row_uniforms
 from cnn_ray.data.geometric import crop_flip_draws
 from cnn_ray.data.resized_crop import resized_crop_boxes, resized_crop_torch
@@ -65,7 +67,10 @@ __all__ = [
 Device = Union[str, torch.device]
 
 # Techniques only the numpy path implements (``augment.<name>.enabled`` must be False here).
-UNSUPPORTED_ON_DEVICE = ("random_resized_crop", "rotation", "affine", "color_jitter")
+# auto_augment and random_erasing are torchvision v2 per-image ops (cnn_ray.data.photo): on a
+# GPU that would be B small launches per op per batch; those runs stay on the host path.
+UNSUPPORTED_ON_DEVICE = ("random_resized_crop", "rotation", "affine", "color_jitter",
+                         "auto_augment", "random_erasing")
 # Columns of the per-row parameter table of augment_params (int64).
 PARAM_COLUMNS = ("shift_y", "shift_x", "flip", "cutout", "cutout_y0", "cutout_x0")
 # Appended to them when the images are resized to a training size (out_size): the box.
@@ -86,11 +91,13 @@ def check_device_augment(cfg: AugmentConfig, *, resize: bool = False) -> None:
     then runs on the device as the resize, :func:`~cnn_ray.data.resized_crop.resized_crop_torch`).
 
     Raises:
-        ValueError: naming each ``augment.<key>`` that is enabled but not supported here.
+        ConfigError (a ValueError): naming each ``augment.<key>`` that is enabled but not
+            supported here (``auto_augment``, ``random_erasing``: the host path of
+            :func:`~cnn_ray.data.augment.augment_batch` runs them, per image).
     """
     bad = [f"augment.{k}" for k in _unsupported(cfg, resize)]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"{', '.join(bad)}: not supported by the device augmentation path (random_crop, "
             "hflip and cutout, and random_resized_crop from images stored larger than "
             "data.image_size); disable it, or keep the data on the host (the numpy path of "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DRAW_COLUMNS", "N_DRAWS", "row_uniforms", "uniform"]
+__all__ = ["DRAW_COLUMNS", "N_DRAWS", "row_seeds", "row_uniforms", "uniform"]
 
 # One fixed column of row_uniforms per random draw. Append new draws at the end; never renumber,
 # or seeded runs stop being repeatable across versions.
@@ -36,6 +36,10 @@ DRAW_COLUMNS: dict[str, int] = {
     # further attempts 1..9 of (area, ratio); attempt 0 is rrc_scale / rrc_ratio above
     **{f"rrc_{what}_{k}": 17 + 2 * (k - 1) + j for k in range(1, 10)
        for j, what in enumerate(("scale", "ratio"))},
+    # per-image torch seeds (row_seeds, not row_uniforms) of the torchvision v2 ops
+    # (cnn_ray.data.photo): the policy of augment.auto_augment, then augment.random_erasing
+    "auto_augment_seed": 35,
+    "random_erasing_seed": 36,
 }
 N_DRAWS = len(DRAW_COLUMNS)
 
@@ -79,15 +83,41 @@ def row_uniforms(seed: int, epoch: int, idx: np.ndarray, n: int) -> np.ndarray:
         raise ValueError(f"idx must be a 1-D integer array, got {idx.shape} {idx.dtype}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    return (_row_hashes(seed, epoch, idx, np.arange(n)) >> np.uint64(40)).astype(
+        np.float32) * np.float32(2.0**-24)
+
+
+def _row_hashes(seed: int, epoch: int, idx: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``(N, len(cols)) uint64``: the splitmix64 hash of ``(seed, epoch, idx[i], cols[k])``."""
     with np.errstate(over="ignore"):
         key = _mix64(np.array([int(seed) & _MASK64], dtype=np.uint64) + _GOLDEN)
         key = _mix64((key ^ np.uint64(int(epoch) & _MASK64)) + _GOLDEN)
         rows = _mix64((idx.astype(np.int64).view(np.uint64) ^ key) + _GOLDEN)
         # splitmix64 stream per row: the k-th output is mix(state + (k + 1) * golden).
-        steps = (np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN)[None, :]
-        z = _mix64(rows[:, None] + steps)
-    return (z >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)
+        steps = ((np.asarray(cols, dtype=np.uint64) + np.uint64(1)) * _GOLDEN)[None, :]
+        return _mix64(rows[:, None] + steps)
 
+
+def row_seeds(seed: int, epoch: int, idx: np.ndarray, column: int) -> np.ndarray:
+    """Per-image integer seeds: the full hash behind :func:`row_uniforms` column ``column``.
+
+    For code that draws with torch's generator (torchvision ``transforms.v2``): seeding it per
+    image with these gives each image the same draws for the same ``(seed, epoch)`` in any batch
+    or worker, and new draws every epoch (as :func:`row_uniforms`; 63 bits, not 24).
+
+    Returns:
+        ``(N,) int64`` in ``[0, 2**63)``.
+
+    Raises:
+        ValueError: ``idx`` is not 1-D integer, or ``column < 0``.
+    """
+    idx = np.asarray(idx)
+    if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
+        raise ValueError(f"idx must be a 1-D integer array, got {idx.shape} {idx.dtype}")
+    if column < 0:
+        raise ValueError(f"column must be >= 0, got {column}")
+    return (_row_hashes(seed, epoch, idx, np.array([column]))[:, 0] >> np.uint64(1)).astype(
+        np.int64)
 
 def uniform(u: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Map draws ``u`` in ``[0, 1)`` onto ``[lo, hi)``, as float64 (same shape as ``u``)."""

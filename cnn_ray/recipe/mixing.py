@@ -63,8 +63,11 @@ class BatchMixer:
     inside ``torch.random.fork_rng``, seeded from ``seed`` and carried from call to call: the
     draws (Beta lambda, CutMix box, the choice; all on the CPU generator, whatever the batch's
     device) are a function of ``seed`` and the call count, and torch's global generator (model
-    init, dropout) is left untouched. The stream starts afresh when the object is rebuilt (a
-    resumed run draws the first epoch's values again).
+    init, dropout) is left untouched. The fork holds
+    :data:`cnn_ray.data.photo.CPU_RNG_LOCK`, so a memory-cache batch being augmented with
+    torchvision's per-image policies in the background thread never sees this stream. The
+    stream starts afresh when the object is rebuilt (a resumed run draws the first epoch's
+    values again).
 
     Args:
         num_classes: K.
@@ -87,7 +90,9 @@ class BatchMixer:
     def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` ``(N, C, H, W)`` float, ``labels`` ``(N,)`` int64 -> ``(x', (N, K) float32)``
         with target rows summing to 1, on ``labels``' device."""
-        with torch.random.fork_rng(devices=[]):
+        from cnn_ray.data.photo import forked_cpu_rng  # lazy: data imports recipe
+
+        with forked_cpu_rng():
             torch.set_rng_state(self._rng_state)
             out = mix_batch(x, labels, self.num_classes, self.mixup_alpha, self.cutmix_alpha)
             self._rng_state = torch.get_rng_state()
