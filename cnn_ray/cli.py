@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--data", help="data to evaluate (default: the config's validation data)")
             sp.add_argument("--out", help="output directory (default: <run dir>/eval/<checkpoint name>)")
         if name == "benchmark":
-            sp.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+            sp.add_argument("--steps", type=int, default=20, help="timed steps of (a) and "
+                            "(c), after their warm-up steps")
             sp.add_argument("--json", help="write the figures to this JSON file")
             sp.add_argument("--only", nargs="+", metavar="FIGURE",
                             choices=["a", "c", "b", "b_stream", "b_raw", "compile"],
