@@ -45,11 +45,21 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--data", help="data to evaluate (default: the config's validation data)")
             sp.add_argument("--out", help="output directory (default: <run dir>/eval/<checkpoint name>)")
         if name == "benchmark":
-            sp.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+            sp.add_argument("--steps", type=int, default=20, help="timed steps of (a) and "
+                            "(c), after their warm-up steps")
             sp.add_argument("--json", help="write the figures to this JSON file")
-            sp.add_argument("--only", choices=["a", "compile"], help="a: only the pure-compute "
-                            "figure (the machine's images/s for this model, batch and "
-                            "precision); compile: eager vs torch.compile of that step")
+            sp.add_argument("--only", nargs="+", metavar="FIGURE",
+                            choices=["a", "c", "b", "b_stream", "b_raw", "compile"],
+                            help="the figures to run (default all but compile): a pure "
+                            "compute (alone: the machine's images/s for this model, batch and "
+                            "precision, no Ray, no data), c plain PyTorch, b memory cache, "
+                            "b_stream streaming the prepared shards, b_raw streaming and "
+                            "decoding the raw JPEGs; compile (alone): eager vs torch.compile")
+            sp.add_argument("--epochs", type=int, help="epochs each Ray pipeline figure trains "
+                            "(default: optim.epochs); the last one is reported")
+            sp.add_argument("--epoch-steps", type=int, help="at most this many steps (and "
+                            "validation batches) per epoch of the Ray pipeline figures "
+                            "(run.max_steps_per_epoch; default: whole epochs)")
         if name == "doctor":
             sp.add_argument("--steps", type=int, default=20, help="timed training steps (raised "
                             "so that at least --min-images images are timed)")
@@ -172,7 +182,11 @@ def _dispatch(args) -> int:
     if args.command == "benchmark":
         from cnn_ray.benchmark import benchmark_main
 
-        return benchmark_main(cfg, steps=args.steps, json_path=args.json, only=args.only)
+        if (args.epochs is not None and args.epochs < 1) or (
+                args.epoch_steps is not None and args.epoch_steps < 1) or args.steps < 1:
+            raise ConfigError("--steps, --epochs and --epoch-steps must be >= 1")
+        return benchmark_main(cfg, steps=args.steps, json_path=args.json, only=args.only,
+                              epochs=args.epochs, epoch_steps=args.epoch_steps)
     if args.command == "doctor":
         from cnn_ray.doctor.run import doctor_main
 

@@ -148,10 +148,20 @@ class RunConfig(_Strict):
     seed: int = Field(0, ge=0, description="seed of the held-out split, shuffles, "
                       "augmentation draws and model init (rank r: seed + r)")
     smoke: bool = Field(False, description="tiny run on a few batches (same code path)")
+    max_steps_per_epoch: Optional[int] = Field(
+        None, ge=1, description="at most this many training steps and validation batches per "
+        "epoch (the schedule fits them); null = the whole epoch. For throughput benchmarks "
+        "(jobs/benchmark.py --epoch-steps) and short checks; smoke runs take 2")
     log_every: int = Field(50, ge=1, description="steps between rank-0 progress lines")
     progress_every_s: float = Field(
         30.0, ge=0.0, description="seconds between rank-0 progress lines with the time left "
         "(steps of the epoch, ETA of the epoch and of the run's training); 0 = none")
+
+    def steps_cap(self) -> Optional[int]:
+        """Training steps (and validation batches) per epoch at most: 2 in smoke runs, else
+        ``max_steps_per_epoch`` (the smaller of the two when both are set); None = all."""
+        caps = [c for c in (2 if self.smoke else None, self.max_steps_per_epoch) if c is not None]
+        return min(caps) if caps else None
 
     @field_validator("name")
     @classmethod

@@ -92,8 +92,8 @@ def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
     finetune = Finetune(report, roles, attach_freeze_gate(optimizer, roles, cfg))
     spe = steps_per_epoch(data.num_train, world, cfg.per_worker_batch_size(),
                           cfg.optim.grad_accum_steps, drop_last=cfg.data.drop_last)
-    if cfg.run.smoke:
-        spe = min(spe, 2)
+    if cfg.run.steps_cap() is not None:
+        spe = min(spe, cfg.run.steps_cap())
     scheduler, per_step = build_lr_scheduler(optimizer, cfg.optim, spe)
     precision = precision or resolve_precision(cfg.precision.dtype, device)
     if device.type == "cuda":

@@ -191,7 +191,7 @@ def run_worker(loop_config: dict[str, Any], session: Session) -> None:
         f"{parts.threads} threads, channels_last={cfg.model.channels_last}")
     _record_start(inputs, rank, world, progress.start_epoch, entered)
     feed = open_feed(inputs, rank, world, parts.device, log, session=session)
-    smoke = 2 if cfg.run.smoke else None  # steps and validation batches per epoch
+    smoke = cfg.run.steps_cap()  # steps and validation batches per epoch (None: all)
     hooks = build_step_hooks(cfg, parts.model, parts.ema, inputs.data.num_classes,
                              seed=cfg.run.seed + rank,
                              start_step=progress.start_epoch * parts.steps_per_epoch,
