@@ -78,13 +78,19 @@ def row_uniforms(seed: int, epoch: int, idx: np.ndarray, n: int) -> np.ndarray:
     Raises:
         ValueError: ``idx`` is not 1-D integer, or ``n < 0``.
     """
-    idx = np.asarray(idx)
-    if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
-        raise ValueError(f"idx must be a 1-D integer array, got {idx.shape} {idx.dtype}")
+    idx = _row_index(idx)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     return (_row_hashes(seed, epoch, idx, np.arange(n)) >> np.uint64(40)).astype(
         np.float32) * np.float32(2.0**-24)
+
+
+def _row_index(idx) -> np.ndarray:
+    """``idx`` as a 1-D integer array. Raises ValueError naming its shape and dtype otherwise."""
+    idx = np.asarray(idx)
+    if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
+        raise ValueError(f"idx must be a 1-D integer array, got {idx.shape} {idx.dtype}")
+    return idx
 
 
 def _row_hashes(seed: int, epoch: int, idx: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -111,9 +117,7 @@ def row_seeds(seed: int, epoch: int, idx: np.ndarray, column: int) -> np.ndarray
     Raises:
         ValueError: ``idx`` is not 1-D integer, or ``column < 0``.
     """
-    idx = np.asarray(idx)
-    if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
-        raise ValueError(f"idx must be a 1-D integer array, got {idx.shape} {idx.dtype}")
+    idx = _row_index(idx)
     if column < 0:
         raise ValueError(f"column must be >= 0, got {column}")
     return (_row_hashes(seed, epoch, idx, np.array([column]))[:, 0] >> np.uint64(1)).astype(

@@ -37,14 +37,19 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
+
+# torchvision (and torch._dynamo under it) is imported only when a policy or erasing runs:
+# Train workers of runs without them keep their start-up time (tests/test_replay.py).
 
 from cnn_ray.config import AutoAugment, RandomErasing
 from cnn_ray.data.draws import DRAW_COLUMNS, row_seeds
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 __all__ = ["CPU_RNG_LOCK", "auto_augment_", "forked_cpu_rng", "policy_transform",
            "random_erasing_"]
@@ -52,8 +57,6 @@ __all__ = ["CPU_RNG_LOCK", "auto_augment_", "forked_cpu_rng", "policy_transform"
 # One holder at a time of torch's global CPU generator while it is forked and re-seeded.
 CPU_RNG_LOCK = threading.RLock()
 
-# torchvision references/classification's presets pass bilinear (v2's own default is nearest)
-_INTERPOLATION = v2.InterpolationMode.BILINEAR
 
 
 @contextmanager
@@ -63,26 +66,34 @@ def forked_cpu_rng() -> Iterator[None]:
         yield
 
 
-def policy_transform(cfg: AutoAugment) -> v2.Transform:
+def _v2():
+    from torchvision.transforms import v2  # noqa: PLC0415 (lazy: see the imports)
+
+    return v2
+
+
+def policy_transform(cfg: AutoAugment) -> "v2.Transform":
     """The torchvision v2 transform of ``augment.auto_augment`` (``policy`` not ``none``).
 
     Raises:
         ValueError: ``policy`` is ``none``.
     """
+    v2 = _v2()
+    bilinear = v2.InterpolationMode.BILINEAR  # torchvision references/classification's presets
     if cfg.policy == "trivial_augment_wide":
         return v2.TrivialAugmentWide(num_magnitude_bins=cfg.num_magnitude_bins,
-                                     interpolation=_INTERPOLATION)
+                                     interpolation=bilinear)
     if cfg.policy == "rand_augment":
         return v2.RandAugment(num_ops=cfg.num_ops, magnitude=cfg.magnitude,
                               num_magnitude_bins=cfg.num_magnitude_bins,
-                              interpolation=_INTERPOLATION)
+                              interpolation=bilinear)
     if cfg.policy == "auto_augment":
         return v2.AutoAugment(v2.AutoAugmentPolicy(cfg.auto_augment_policy),
-                              interpolation=_INTERPOLATION)
+                              interpolation=bilinear)
     raise ValueError(f"augment.auto_augment.policy={cfg.policy!r}: no transform")
 
 
-def _per_image_(x: np.ndarray, transform: v2.Transform, seeds: np.ndarray) -> None:
+def _per_image_(x: np.ndarray, transform: "v2.Transform", seeds: np.ndarray) -> None:
     """``x[i] = transform(x[i])`` in place on ``(N, H, W, C) uint8``, the generator seeded with
     ``seeds[i]`` before image ``i`` (as ``(C, H, W)`` tensors; one NCHW copy each way)."""
     planar = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
@@ -148,7 +159,7 @@ def random_erasing_(x: np.ndarray, idx: np.ndarray, cfg: RandomErasing, *, seed:
             (:func:`~cnn_ray.data.draws.row_seeds`, column ``random_erasing_seed``).
         cfg: ``augment.random_erasing``.
     """
-    t = v2.RandomErasing(p=cfg.p, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
+    t = _v2().RandomErasing(p=cfg.p, scale=tuple(cfg.scale), ratio=tuple(cfg.ratio),
                          value=cfg.value)
     _per_image_(x, t, row_seeds(seed, epoch, idx, DRAW_COLUMNS["random_erasing_seed"]))
 
