@@ -63,7 +63,8 @@ class DataConfig(_Strict):
         512, ge=1, description="training tiles (512 pixels each) sampled to fit the per-band "
         "scaling and data.pca")
     prepared_dir: Optional[str] = Field(
-        None, description="where prepare writes shards; default <run.storage_path>/prepared/<hash>"
+        None, description="where prepare writes shards; default <run.storage_path>/prepared/"
+        "<training folder name>-<stored side>px-<hash of the data settings>"
     )
     use_raw: bool = Field(False, description="decode raw files every epoch instead of prepared shards")
     shard_size: int = Field(10_000, ge=1, description="images per prepared Parquet shard")
