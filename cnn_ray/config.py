@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cnn_ray.config_augment import (Affine, AugmentConfig, AutoAugment,  # noqa: F401
                                     ColorJitter, Cutout, HFlip, RandomCrop, RandomErasing,
                                     RandomResizedCrop, Rotation)
-from cnn_ray.config_data import DataConfig, PCAConfig  # noqa: F401
+from cnn_ray.config_data import DataConfig, PCAConfig, Progressive  # noqa: F401
 from cnn_ray.config_model import ModelConfig  # noqa: F401
 from cnn_ray.config_recipe import (EMA, EVAL_CROP_RATIO, BatchNormSettings, CutMix,  # noqa: F401
                                    EvalConfig, MixUp, Whitening)
@@ -98,7 +98,16 @@ class OptimConfig(_Strict):
     grad_clip_norm: Optional[float] = Field(None, gt=0.0, description="clip the gradients' "
                                             "global L2 norm to this before each step; None = "
                                             "no clipping")
-    epochs: int = Field(10, ge=1, description="training epochs")
+    epochs: int = Field(10, ge=1, description="training epochs (with budget_s: derived from "
+                        "the budget, and this value is ignored)")
+    budget_s: Optional[float] = Field(
+        None, gt=0.0, description="train to a wall-clock budget (seconds from the first "
+        "training step to the end of the last evaluation) instead of optim.epochs: a short "
+        "calibration on the workers sets the epoch count and so the whole schedule, re-checked "
+        "after every epoch (the schedule's tail shortened if the machine slowed)")
+    budget_calibration_steps: int = Field(
+        8, ge=1, description="with budget_s: timed training steps (after 2 warm-up steps) "
+        "that estimate the first plan's seconds per epoch")
     early_stopping_patience: Optional[int] = Field(None, ge=1, description="epochs without val gain")
     max_bad_steps: int = Field(3, ge=0, description="non-finite losses tolerated before failing")
     eval_batch_size: int = Field(1024, ge=1, description="images per evaluation batch on "

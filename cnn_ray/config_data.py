@@ -32,6 +32,60 @@ class PCAConfig(_Strict):
         return self
 
 
+class Progressive(_Strict):
+    """Progressive resizing: train at a small crop early and grow it to the full size.
+
+    The training crop side is ``start_size`` up to ``start_frac`` of the run, grows linearly to
+    ``end_size`` at ``end_frac`` and stays there, each epoch's value rounded to a multiple of
+    ``step`` (FFCV's ``get_resolution`` in libffcv/ffcv-imagenet: 160 -> 192 px, rounded to 32;
+    Composer's ``ProgressiveResizing``). The ramp is given in shares of the run, not epochs,
+    so that it holds when ``optim.budget_s`` derives the epoch count. Validation keeps
+    ``eval.image_size`` (FixRes, Touvron et al. 2019: testing above the train crop pays).
+    Early epochs cost ~(size / end_size)^2 of a full one."""
+
+    enabled: bool = Field(False, description="grow the training crop over the run "
+                          "(needs data.store_size)")
+    start_size: int = Field(96, ge=8, le=4096, description="training crop side (pixels) up to "
+                            "start_frac of the run")
+    end_size: Optional[int] = Field(None, ge=8, le=4096, description="training crop side "
+                                    "(pixels) from end_frac on; None = data.image_size")
+    start_frac: float = Field(0.0, ge=0.0, le=1.0, description="share of the epochs trained at "
+                              "start_size before the ramp")
+    end_frac: float = Field(0.75, ge=0.0, le=1.0, description="share of the epochs after which "
+                            "the crop is end_size")
+    step: int = Field(32, ge=1, le=512, description="crop sides are rounded to a multiple of "
+                      "this (32 or 16 as FFCV; 8 keeps the stride-32 backbones' maps whole "
+                      "at 8x8 granularity)")
+
+    @model_validator(mode="after")
+    def _ramp(self) -> "Progressive":
+        if self.end_frac < self.start_frac:
+            raise ValueError(f"data.progressive: expected start_frac <= end_frac, got "
+                             f"start_frac={self.start_frac}, end_frac={self.end_frac}")
+        if self.end_size is not None and self.start_size > self.end_size:
+            raise ValueError(f"data.progressive: expected start_size <= end_size, got "
+                             f"start_size={self.start_size}, end_size={self.end_size}")
+        return self
+
+    def size_at(self, epoch: int, epochs: int, image_size: int) -> int:
+        """Training crop side (pixels) of 0-based ``epoch`` of ``epochs``: ``start_size`` before
+        ``start_frac * epochs``, ``end_size`` (default ``image_size``) from ``end_frac *
+        epochs``, linear between, rounded to a multiple of ``step`` and kept within
+        [start_size, end_size]. ``image_size`` when not enabled."""
+        end = self.end_size or image_size
+        if not self.enabled:
+            return image_size
+        lo, hi = self.start_frac * epochs, self.end_frac * epochs
+        if epoch >= hi:
+            size = float(end)
+        elif epoch <= lo:
+            size = float(self.start_size)
+        else:
+            size = self.start_size + (end - self.start_size) * (epoch - lo) / (hi - lo)
+        size = int(round(size / self.step)) * self.step
+        return max(self.start_size, min(end, size))
+
+
 class DataConfig(_Strict):
     """Where the images come from and how they are streamed.
 
@@ -102,6 +156,9 @@ class DataConfig(_Strict):
         default_factory=dict, description="custom Ray resources each Ray Data task (prepare "
         "decoding, streaming augmentation) asks for, e.g. {data_node: 0.001}: keeps Data work "
         "on the CPU-only nodes that advertise it in a mixed CPU/GPU cluster")
+    progressive: Progressive = Field(
+        default_factory=Progressive, description="progressive resizing: the training crop grows "
+        "from start_size to end_size over the run (FFCV, Composer)")
     cache_max_mb: float = Field(
         4096.0, gt=0.0, description="cache: memory refuses data sets larger than this (MB): "
         "the training images at their stored size (store_size) plus the validation images at "
@@ -116,7 +173,28 @@ class DataConfig(_Strict):
                 f"{self.image_size}: expected data.store_size >= data.image_size (the training "
                 "crop is taken from the stored image), or data.store_size: null to store at "
                 "data.image_size")
+        p = self.progressive
+        if p.enabled:
+            if self.store_size is None:
+                raise ValueError("data.progressive.enabled=true crops each epoch's size from "
+                                 "the stored images: expected data.store_size (>= "
+                                 "data.image_size), got null")
+            if (p.end_size or self.image_size) > self.stored_size:
+                raise ValueError(f"data.progressive.end_size={p.end_size} is larger than "
+                                 f"data.store_size={self.store_size}: expected <= store_size")
+            if p.start_size > (p.end_size or self.image_size):
+                raise ValueError(f"data.progressive.start_size={p.start_size} is larger than the "
+                                 f"end size {p.end_size or self.image_size} (data.progressive."
+                                 "end_size, default data.image_size): expected start <= end")
         return self
+
+    def crop_size_at(self, epoch: int, epochs: int) -> Optional[int]:
+        """The side training batches of 0-based ``epoch`` (of ``epochs``) are random-resized
+        cropped to: :meth:`Progressive.size_at` when ``progressive`` is on, else
+        :attr:`train_crop_size` (None: batches keep the stored side)."""
+        if self.progressive.enabled:
+            return self.progressive.size_at(epoch, epochs, self.image_size)
+        return self.train_crop_size
 
     @property
     def stored_size(self) -> int:
