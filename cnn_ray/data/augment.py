@@ -135,6 +135,7 @@ def augment_batch(
     epoch: int,
     padding_mode: str = "zeros",
     out_size: Optional[int] = None,
+    always_resize: bool = False,
 ) -> np.ndarray:
     """Augment a training batch; every draw comes from :func:`row_uniforms` ``(seed, epoch, idx)``.
 
@@ -164,6 +165,9 @@ def augment_batch(
             whole image when ``random_resized_crop`` is off) and resizes it to ``out_size``
             (:func:`~cnn_ray.data.resized_crop.resized_crop`), and the steps above run on the
             result without a second resized crop. None or the images' own side: as before.
+        always_resize: with ``out_size``, take step 0 even when ``out_size`` is the images'
+            own side (``data.progressive``: every epoch of the ramp, the last ones at the
+            stored side included, gets the same random-resized crop).
 
     Returns:
         ``(N, H, W, C) uint8`` (``H = W = out_size`` when given), C-contiguous; ``images``
@@ -176,7 +180,7 @@ def augment_batch(
     images, idx = _check_batch(images, idx, padding_mode)
     n, h, w, c = images.shape
     u = None
-    if out_size is not None and (h, w) != (out_size, out_size):
+    if out_size is not None and (always_resize or (h, w) != (out_size, out_size)):
         u = row_uniforms(seed, epoch, idx, N_DRAWS)
         first = _Steps.of(cfg, c)
         flips = None  # flip only (no shift): mirrored as part of the resize, no second pass

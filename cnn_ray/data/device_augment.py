@@ -117,7 +117,8 @@ def _steps(cfg: AugmentConfig) -> tuple[bool, bool, bool]:
 
 
 def augment_params(idx: np.ndarray, cfg: AugmentConfig, *, seed: int, epoch: int,
-                   size: tuple[int, int], out_size: Optional[int] = None) -> np.ndarray:
+                   size: tuple[int, int], out_size: Optional[int] = None,
+                   always_resize: bool = False) -> np.ndarray:
     """Per-row augmentation parameters, computed on the host with the numpy path's draws.
 
     Args:
@@ -125,7 +126,8 @@ def augment_params(idx: np.ndarray, cfg: AugmentConfig, *, seed: int, epoch: int
         cfg: the augmentation (see :func:`check_device_augment` for what is supported).
         seed: augmentation seed. epoch: 0-based epoch. size: ``(H, W)`` of the images.
         out_size: the training side when it differs from ``size`` (stored larger): the
-            random-resized-crop box is added.
+            random-resized-crop box is added. always_resize: add it even when ``out_size``
+            equals ``size`` (``data.progressive``, as :func:`~cnn_ray.data.augment.augment_batch`).
 
     Returns:
         ``(N, 6) int64``, columns :data:`PARAM_COLUMNS`: shifts in pixels (``[-padding,
@@ -136,7 +138,7 @@ def augment_params(idx: np.ndarray, cfg: AugmentConfig, *, seed: int, epoch: int
     Raises:
         ValueError: an unsupported technique is enabled (:func:`check_device_augment`).
     """
-    resize = out_size is not None and tuple(size) != (out_size, out_size)
+    resize = out_size is not None and (always_resize or tuple(size) != (out_size, out_size))
     check_device_augment(cfg, resize=resize)
     idx = np.asarray(idx, dtype=np.int64)
     crop, flip, cutout = _steps(cfg)
@@ -319,7 +321,8 @@ def apply_params(images: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
 def augment_batch_torch(images: torch.Tensor, idx: np.ndarray, cfg: AugmentConfig, *,
                         seed: int, epoch: int, layout: str = "nhwc",
                         padding_mode: str = "reflect",
-                        out_size: Optional[int] = None) -> torch.Tensor:
+                        out_size: Optional[int] = None,
+                        always_resize: bool = False) -> torch.Tensor:
     """:func:`cnn_ray.data.augment.augment_batch` for a batch on any device (crop/flip/cutout,
     and the random-resized crop to ``out_size`` from larger stored images).
 
@@ -332,6 +335,8 @@ def augment_batch_torch(images: torch.Tensor, idx: np.ndarray, cfg: AugmentConfi
         idx: ``(N,)`` int64 global row indices, a HOST array (the draws are made on the host).
         seed, epoch: the draws' key. layout, padding_mode: as :func:`batch_crop_flip`.
         out_size: the training side when the images are stored larger; None: their own.
+        always_resize: resize to ``out_size`` even at the images' own side (as
+            :func:`augment_params`).
 
     Returns:
         A new tensor of the same shape (``out_size`` sides when given), dtype and device.
@@ -343,6 +348,7 @@ def augment_batch_torch(images: torch.Tensor, idx: np.ndarray, cfg: AugmentConfi
         raise ValueError(f"idx has {len(idx)} entries for a batch of {images.shape[0]}")
     size = tuple(images.shape[1:3] if layout == "nhwc" else images.shape[2:4])
     params = host_to_device(augment_params(idx, cfg, seed=seed, epoch=epoch, size=size,
-                                           out_size=out_size), images.device)
+                                           out_size=out_size, always_resize=always_resize),
+                            images.device)
     return apply_params(images, params, cfg, layout=layout, padding_mode=padding_mode,
                         out_size=out_size)

@@ -29,6 +29,11 @@ read (:class:`~cnn_ray.data.preprocess.EvalTransform`), so they take ``eval.imag
 squared times C bytes each. :func:`check_cache_fits` refuses, before training, a data set
 that does not fit ``data.cache_max_mb`` (never a silent fallback to streaming).
 
+Progressive resizing (``data.progressive``): the worker passes each epoch's side
+(:meth:`~cnn_ray.config.DataConfig.crop_size_at`) as ``out_size`` with ``always_resize``, so
+every epoch of the ramp takes the same random-resized crop from the stored rows, the epochs at
+the stored side included (FFCV's progressive resizing crops at decode time the same way).
+
 GPU-resident variant (:class:`DeviceShard`, chosen by :func:`shard_for_device`): on a CUDA
 worker the share is copied to the GPU once (uint8) and every batch is gathered, cropped,
 flipped (and cut out) there by :mod:`cnn_ray.data.device_augment` -- the same rows in the same
@@ -151,14 +156,15 @@ class InMemoryShard:
 
     def batches(self, batch_size: int, *, augment: Optional[AugmentConfig] = None, seed: int = 0,
                 epoch: int = 0, rank: int = 0, shuffle: bool = True, drop_last: bool = False,
-                prefetch: int = 2,
-                out_size: Optional[int] = None) -> Iterator[dict[str, torch.Tensor]]:
+                prefetch: int = 2, out_size: Optional[int] = None,
+                always_resize: bool = False) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of ``{"image": (B, H, W, C) uint8, "label": (B,) int64}`` torch batches.
 
         ``augment`` (training) applies :func:`augment_batch` with draws from
         ``(seed, epoch, idx)``, resizing the stored images to ``out_size`` (the training side,
-        ``data.image_size``; random-resized crop from larger stored images) when given; None
-        (evaluation) yields the stored images. With ``prefetch``
+        ``data.image_size``, or the epoch's side of ``data.progressive``; random-resized crop
+        from larger stored images) when given, also at the stored side with ``always_resize``;
+        None (evaluation) yields the stored images. With ``prefetch``
         > 0 batches are prepared by one background thread up to ``prefetch`` ahead (numpy
         copies and torch kernels release the GIL, so this overlaps with the model step).
 
@@ -177,7 +183,7 @@ class InMemoryShard:
             images = self.images[sel]
             if augment is not None:
                 images = augment_batch(images, self.idx[sel], augment, seed=seed, epoch=epoch,
-                                       out_size=out_size)
+                                       out_size=out_size, always_resize=always_resize)
             return {"image": torch.from_numpy(np.ascontiguousarray(images)),
                     "label": torch.from_numpy(self.labels[sel])}
 
@@ -222,7 +228,8 @@ class DeviceShard:
     def batches(self, batch_size: int, *, augment: Optional[AugmentConfig] = None, seed: int = 0,
                 epoch: int = 0, rank: int = 0, shuffle: bool = True, drop_last: bool = False,
                 prefetch: int = 0, padding_mode: str = "reflect",
-                out_size: Optional[int] = None) -> Iterator[dict[str, torch.Tensor]]:
+                out_size: Optional[int] = None,
+                always_resize: bool = False) -> Iterator[dict[str, torch.Tensor]]:
         """One epoch of ``{"image": (B, H, W, C) uint8, "label": (B,) int64}`` on ``device``.
 
         Drop-in for :meth:`InMemoryShard.batches` with the same rows in the same order
@@ -231,7 +238,8 @@ class DeviceShard:
         pixels with 0 instead of reflecting); with ``out_size`` below the stored side the same
         random-resized-crop boxes, resampled on the device
         (:func:`~cnn_ray.data.resized_crop.resized_crop_torch`: close to the host's pixels,
-        not identical). ``prefetch`` is accepted and ignored.
+        not identical), also at the stored side with ``always_resize`` (``data.progressive``).
+        ``prefetch`` is accepted and ignored.
 
         Raises:
             ValueError: ``batch_size`` < 1; ``augment`` enables a technique the device path
@@ -240,7 +248,8 @@ class DeviceShard:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         size = tuple(self.images.shape[1:3])
-        out_size = out_size if augment is not None and out_size not in (None, size[0]) else None
+        resize = out_size is not None and (always_resize or out_size != size[0])
+        out_size = out_size if augment is not None and resize else None
         if augment is not None:
             check_device_augment(augment, resize=out_size is not None)
         rows = epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch, rank=rank)
@@ -249,7 +258,7 @@ class DeviceShard:
         table = rows[:, None]
         if augment is not None:
             params = augment_params(self._idx_host[rows], augment, seed=seed, epoch=epoch,
-                                    size=size, out_size=out_size)
+                                    size=size, out_size=out_size, always_resize=True)
             table = np.concatenate([table, params], axis=1)
         return self._gathered(host_to_device(table, self.device), batch_size, augment,
                               drop_last, padding_mode, out_size)
@@ -284,8 +293,8 @@ class DeviceShard:
 
 def shard_for_device(shard: InMemoryShard, device: torch.device | str,
                      augment: Optional[AugmentConfig] = None, *,
-                     prefer_device: Optional[bool] = None,
-                     out_size: Optional[int] = None) -> InMemoryShard | DeviceShard:
+                     prefer_device: Optional[bool] = None, out_size: Optional[int] = None,
+                     always_resize: bool = False) -> InMemoryShard | DeviceShard:
     """The shard a worker on ``device`` should draw batches from.
 
     Args:
@@ -297,6 +306,9 @@ def shard_for_device(shard: InMemoryShard, device: torch.device | str,
             implements every technique); True: always the device path; False: never.
         out_size: the training side its batches are resized to (``data.image_size``), when
             the rows are stored larger: ``random_resized_crop`` then runs on the device too.
+        always_resize: the batches are resized whatever ``out_size`` is (``data.progressive``:
+            each epoch its own side, the stored one included), so the device path is chosen
+            (and checked) for the resize, valid for every size of the ramp.
 
     Returns:
         ``shard`` itself or ``shard.to_device(device)``; both have ``batches(...)`` with the
@@ -306,7 +318,8 @@ def shard_for_device(shard: InMemoryShard, device: torch.device | str,
         ValueError: ``prefer_device=True`` with an ``augment`` the device path does not support.
     """
     device = torch.device(device)
-    resize = out_size is not None and shard.images.shape[1:3] != (out_size, out_size)
+    resize = out_size is not None and (always_resize
+                                       or shard.images.shape[1:3] != (out_size, out_size))
     if prefer_device is None:
         prefer_device = device.type == "cuda" and device_supports(augment, resize=resize)
     if not prefer_device:

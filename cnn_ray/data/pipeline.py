@@ -14,11 +14,18 @@ new run) plus Ray Data's execution counter (:func:`cnn_ray.compat.data_execution
 counter behind ``RandomSeedConfig(reseed_after_execution=True)``, which restarts at 0 with
 every new worker group): every ``iter_torch_batches`` pass over a Train shard is a new
 execution. So a resumed run draws the augmentations of its own epochs, not epoch 0's again.
+
+Progressive resizing (``data.progressive``; FFCV, Composer): the training side of an epoch is
+:meth:`~cnn_ray.config.DataConfig.crop_size_at` of that same execution epoch and the run's
+planned epochs, so a resumed run continues the ramp. The driver knows the epoch count unless
+``optim.budget_s`` derives it on the workers; then the tasks crop every epoch at the ramp's end
+size and each worker resizes its batches down to its epoch's side before the step
+(:func:`~cnn_ray.data.resized_crop.resize_batch`). See :func:`train_sizes`.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -53,12 +60,15 @@ class AugmentBatches:
     ``eval_transform`` (:class:`~cnn_ray.data.preprocess.EvalTransform`; None: as stored).
     The epoch used for the draws is ``epoch_offset`` plus the worker group's start epoch
     (:data:`AUGMENT_START_EPOCH` on the executing ``DataContext``) plus Ray Data's execution
-    counter.
+    counter. ``sizes`` (``data.progressive``): the training side of each 0-based epoch
+    (epochs past its end take the last; None: ``out_size`` every epoch); ``always_resize``:
+    crop to that side also when it is the stored one (see :func:`train_sizes`).
     """
 
     def __init__(self, cfg: AugmentConfig, *, image_shape: tuple[int, int, int], seed: int,
                  epoch_offset: int = 0, train: bool = True, out_size: Optional[int] = None,
-                 eval_transform: Optional[EvalTransform] = None):
+                 eval_transform: Optional[EvalTransform] = None,
+                 sizes: Optional[Sequence[int]] = None, always_resize: bool = False):
         self.cfg = cfg
         self.image_shape = tuple(int(v) for v in image_shape)
         self.seed = seed
@@ -66,6 +76,15 @@ class AugmentBatches:
         self.train = train
         self.out_size = out_size
         self.eval_transform = eval_transform
+        self.sizes = tuple(int(v) for v in sizes) if sizes else None
+        self.always_resize = always_resize
+
+    def size_at(self, epoch: int) -> Optional[int]:
+        """The training side of 0-based ``epoch``: ``sizes[epoch]`` (the last one past the
+        end), else ``out_size``."""
+        if self.sizes:
+            return self.sizes[min(max(epoch, 0), len(self.sizes) - 1)]
+        return self.out_size
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         import torch
@@ -74,12 +93,34 @@ class AugmentBatches:
             torch.set_num_threads(1)
         images, labels, idx = read_shard_images(batch, self.image_shape)
         if self.train:
-            images = augment_batch(images, idx, self.cfg, seed=self.seed,
-                                   epoch=self.epoch_offset + _execution_epoch(),
-                                   out_size=self.out_size)
+            epoch = self.epoch_offset + _execution_epoch()
+            images = augment_batch(images, idx, self.cfg, seed=self.seed, epoch=epoch,
+                                   out_size=self.size_at(epoch),
+                                   always_resize=self.always_resize)
         elif self.eval_transform is not None:
             images = self.eval_transform.apply(images)
         return {"image": images, "label": labels}
+
+
+def train_sizes(data: DataConfig, epochs: Optional[int]) -> dict[str, Any]:
+    """The training-side arguments of :class:`AugmentBatches` for a streamed run.
+
+    Without ``data.progressive``: ``out_size`` is ``data.train_crop_size`` (None: batches keep
+    the stored side). With it, ``always_resize`` and, when the driver knows the run's
+    ``epochs``, one side per epoch (``sizes[e] = data.crop_size_at(e, epochs)``); with
+    ``epochs`` None (``optim.budget_s``: the epoch count is derived on the workers) every epoch
+    is cropped at the ramp's end size and the worker resizes each batch down to its epoch's
+    side (:func:`~cnn_ray.data.resized_crop.resize_batch`) before the step.
+
+    Returns:
+        ``{"out_size": int | None, "sizes": tuple[int, ...] | None, "always_resize": bool}``.
+    """
+    p = data.progressive
+    if not p.enabled:
+        return {"out_size": data.train_crop_size, "sizes": None, "always_resize": False}
+    end = p.end_size or data.image_size
+    sizes = tuple(data.crop_size_at(e, epochs) for e in range(epochs)) if epochs else None
+    return {"out_size": end, "sizes": sizes, "always_resize": True}
 
 
 def read_shards(files: list[str], data: DataConfig, *, seed: int, train: bool) -> Dataset:
@@ -92,10 +133,11 @@ def read_shards(files: list[str], data: DataConfig, *, seed: int, train: bool) -
 
 def build_train_dataset(files: list[str], data: DataConfig, augment: AugmentConfig, *,
                         image_shape: tuple[int, int, int], seed: int, epoch_offset: int = 0,
-                        batch_rows: int = 256) -> Dataset:
+                        batch_rows: int = 256, epochs: Optional[int] = None) -> Dataset:
     """The streaming, augmented training dataset over prepared shards (stored at
     ``image_shape``; batches leave at ``data.image_size``, random-resized cropped from larger
-    stored images in the Ray Data tasks).
+    stored images in the Ray Data tasks; with ``data.progressive`` at each epoch's side of the
+    run's ``epochs``, or the end size when ``epochs`` is None: :func:`train_sizes`).
 
     ``data.shuffle``: ``none``; ``files`` (shard order per epoch); ``local`` (plus the shuffle
     buffer in ``iter_torch_batches``, applied by the worker); ``full`` (a ``random_shuffle``
@@ -106,7 +148,7 @@ def build_train_dataset(files: list[str], data: DataConfig, augment: AugmentConf
         ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
     return ds.map_batches(
         AugmentBatches(augment, image_shape=image_shape, seed=seed, epoch_offset=epoch_offset,
-                       train=True, out_size=data.train_crop_size),
+                       train=True, **train_sizes(data, epochs)),
         batch_format="pyarrow", batch_size=batch_rows, num_cpus=data.data_cpus, resources=data.resources or None,
         zero_copy_batch=True,
     )
@@ -137,9 +179,11 @@ class _RawBatches:
 
     def __init__(self, cfg: AugmentConfig, *, image_shape, seed: int, train: bool, policy: str,
                  bad_dir: Optional[str] = None, split: str = "train",
-                 out_size: Optional[int] = None, eval_transform: Optional[EvalTransform] = None):
+                 out_size: Optional[int] = None, eval_transform: Optional[EvalTransform] = None,
+                 sizes: Optional[Sequence[int]] = None, always_resize: bool = False):
         self.inner = AugmentBatches(cfg, image_shape=image_shape, seed=seed, train=train,
-                                    out_size=out_size, eval_transform=eval_transform)
+                                    out_size=out_size, eval_transform=eval_transform,
+                                    sizes=sizes, always_resize=always_resize)
         self.policy = policy
         self.bad_dir, self.split = bad_dir, split
 
@@ -214,7 +258,8 @@ def decode_raw_dataset(source, data: DataConfig, *, seed: int = 0, train: bool =
 def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig] = None, *,
                       seed: int = 0, train: bool = False, rows_per_block: int = 256,
                       bad_dir: Optional[str] = None, bands: Optional[dict] = None,
-                      transform: Optional[EvalTransform] = None) -> Dataset:
+                      transform: Optional[EvalTransform] = None,
+                      epochs: Optional[int] = None) -> Dataset:
     """Decode a raw folder/manifest/Parquet :class:`~cnn_ray.data.sources.Source` every pass.
 
     The ``data.use_raw`` path and ``jobs/evaluate.py --data``: no prepare step, decoding
@@ -222,7 +267,8 @@ def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig]
     ``data.bad_input`` (``skip`` drops them, and with ``bad_dir`` lists each once there, see
     :class:`_RawBatches`; ``fail`` raises ``BadInputError`` naming the file).
     Output rows as :func:`build_train_dataset` / :func:`build_eval_dataset` (``transform``:
-    the validation transform of evaluation, as there).
+    the validation transform of evaluation, as there; ``epochs``: the training sides of
+    ``data.progressive``, :func:`train_sizes`).
     """
     ds = decode_raw_dataset(source, data, seed=seed, train=train, rows_per_block=rows_per_block,
                             bands=bands)
@@ -232,7 +278,7 @@ def build_raw_dataset(source, data: DataConfig, augment: Optional[AugmentConfig]
     return ds.map_batches(
         _RawBatches(augment or AugmentConfig(), image_shape=shape, seed=seed, train=train,
                     policy=data.bad_input, bad_dir=bad_dir, split="train" if train else "val",
-                    out_size=data.train_crop_size, eval_transform=None if train else transform),
+                    eval_transform=None if train else transform, **train_sizes(data, epochs)),
         batch_format="pyarrow", batch_size=None, num_cpus=data.data_cpus, resources=data.resources or None, zero_copy_batch=True,
     )
 

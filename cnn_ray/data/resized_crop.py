@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from cnn_ray.config import RandomResizedCrop
 from cnn_ray.data.draws import DRAW_COLUMNS, uniform
 
-__all__ = ["ATTEMPTS", "resized_crop", "resized_crop_boxes", "resized_crop_torch"]
+__all__ = ["ATTEMPTS", "resize_batch", "resized_crop", "resized_crop_boxes", "resized_crop_torch"]
 
 ATTEMPTS = 10  # torchvision RandomResizedCrop.get_params
 # draw columns of attempts 0..9 (cnn_ray.data.draws)
@@ -196,6 +196,45 @@ def resized_crop_torch(images: torch.Tensor, boxes: torch.Tensor, size: int, *,
     out = roi_align(planar, rois, (size, size), spatial_scale=1.0, sampling_ratio=-1,
                     aligned=True).round_().clamp_(0, 255).to(torch.uint8)
     return out.permute(0, 2, 3, 1).contiguous() if layout == "nhwc" else out
+
+
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a whole training batch to ``size`` x ``size`` (the worker-side step of progressive
+    resizing on the streaming path).
+
+    With ``optim.budget_s`` the epoch count, and so each epoch's side of ``data.progressive``,
+    is only known on the workers: the Ray Data tasks then crop at the ramp's end size and the
+    worker resizes each batch down to its epoch's side with this before the step (FFCV and
+    Composer's ``ProgressiveResizing`` resize the batch the same way; antialiased bilinear, as
+    :func:`resized_crop`). ``torch.nn.functional.interpolate(mode="bilinear",
+    antialias=True, align_corners=False)``: on a CPU tensor torch's uint8 kernel on a
+    channels-last view, elsewhere in float32, rounded back to uint8.
+
+    Args:
+        images: ``(N, H, W, C) uint8`` tensor (NHWC, as batches leave the pipeline), any
+            device; not modified.
+        size: output side in pixels.
+
+    Returns:
+        ``(N, size, size, C) uint8`` on the same device, contiguous; ``images`` itself when
+        it is already ``size`` x ``size``.
+
+    Raises:
+        ValueError: not a 4-D uint8 tensor, or ``size`` < 1.
+    """
+    if images.ndim != 4 or images.dtype != torch.uint8 or size < 1:
+        raise ValueError(f"resize_batch: need (N, H, W, C) uint8 and size >= 1, got "
+                         f"{tuple(images.shape)} {images.dtype}, size {size}")
+    if tuple(images.shape[1:3]) == (size, size):
+        return images
+    planar = images.permute(0, 3, 1, 2)  # NCHW view of NHWC: channels_last
+    if images.device.type != "cpu":
+        planar = planar.float()
+    out = F.interpolate(planar, size=(size, size), mode="bilinear", antialias=True,
+                        align_corners=False)
+    if out.dtype != torch.uint8:
+        out = out.round_().clamp_(0, 255).to(torch.uint8)
+    return out.permute(0, 2, 3, 1).contiguous()
 
 
 def _check(shape: tuple, is_uint8: bool, boxes: np.ndarray, size: int) -> None:

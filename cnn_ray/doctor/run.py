@@ -79,14 +79,17 @@ def _memory_batches(cfg: TrainConfig, data, device: torch.device):
 
     p = data.prepared
     resize, crop = cfg.eval_sizes()
+    # the training side (data.progressive: the ramp's end size, that of "epoch" epochs)
+    end = cfg.data.crop_size_at(cfg.optim.epochs, cfg.optim.epochs)
+    always = cfg.data.progressive.enabled
     train = shard_for_device(InMemoryShard.from_arrays(read_prepared_arrays(p.train_files, p.image_shape)),
-                             device, cfg.augment, out_size=cfg.data.train_crop_size)
+                             device, cfg.augment, out_size=end, always_resize=always)
     val = shard_for_device(InMemoryShard.from_arrays(read_prepared_arrays(
         p.val_files, p.image_shape, image_size=crop, resize_size=resize)), device)
     tr = train.batches(cfg.per_worker_batch_size(), augment=cfg.augment, seed=cfg.run.seed,
                        shuffle=cfg.data.shuffle != "none",
-                       prefetch=max(1, cfg.data.prefetch_batches),
-                       out_size=cfg.data.train_crop_size)
+                       prefetch=max(1, cfg.data.prefetch_batches), out_size=end,
+                       always_resize=always)
     return tr, val.batches(cfg.optim.eval_batch_size, shuffle=False, prefetch=1), None
 
 

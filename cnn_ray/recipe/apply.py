@@ -50,7 +50,9 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, stem_weights=None, *,
     - ``model.channels_last``: :func:`~cnn_ray.train.techniques.apply_channels_last`;
     - ``model.compile`` (or ``compile`` when given): ``model.compile()`` in place, so the module
       stays what :func:`~cnn_ray.train.techniques.unwrap_model` returns and its state dict has
-      no ``_orig_mod.`` prefixes. Compile before DDP wraps the model.
+      no ``_orig_mod.`` prefixes. Compile before DDP wraps the model. With
+      ``data.progressive`` the input side changes during the run: dynamo's recompile limit is
+      raised to cover every side of the ramp (:func:`allow_size_recompiles`).
 
     Args:
         stem_weights: ``(2*C*k*k, C, k, k)`` float array/tensor from :func:`compute_stem_weights`.
@@ -68,8 +70,39 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, stem_weights=None, *,
     if cfg.model.channels_last:
         apply_channels_last(model)
     if cfg.model.compile if compile is None else compile:
+        allow_size_recompiles(cfg)
         model.compile()
     return model
+
+
+def allow_size_recompiles(cfg: TrainConfig) -> int:
+    """Let ``torch.compile`` follow ``data.progressive``'s changing input side.
+
+    Dynamo guards each compiled graph on its input shapes. With its default automatic dynamic
+    shapes, the first new side recompiles once with a symbolic height/width (one graph for the
+    rest of the ramp); with ``torch._dynamo.config.automatic_dynamic_shapes`` off, or shapes
+    marked static, every side gets its own graph (specialised kernels, one compile each, as
+    FFCV's fixed-size steps). Either way the frame must not hit
+    ``torch._dynamo.config.recompile_limit`` (8 by default; past it dynamo falls back to eager
+    for that frame, or raises with ``fail_on_recompile_limit_hit``): this raises it to at least
+    two graphs per distinct side (full and last partial batch) plus the default's 8 (the
+    evaluation shapes), and never lowers it.
+
+    Returns:
+        The limit in force (unchanged without ``data.progressive``).
+    """
+    import torch._dynamo.config as dynamo_config
+
+    limit = int(dynamo_config.recompile_limit)
+    p, image_size = cfg.data.progressive, cfg.data.image_size
+    if not p.enabled:
+        return limit
+    end = p.end_size or image_size
+    sides = {max(p.start_size, min(end, k * p.step))
+             for k in range(p.start_size // p.step, -(-end // p.step) + 1)}
+    limit = max(limit, 2 * len(sides) + 8)
+    dynamo_config.recompile_limit = limit
+    return limit
 
 
 def apply_batchnorm_settings(model: nn.Module, cfg: TrainConfig) -> int:

@@ -48,6 +48,14 @@ def _summary(prepared, *, raw: bool) -> DataSummary:
         bands=getattr(prepared, "bands", None))
 
 
+def driver_epochs(cfg: TrainConfig) -> Optional[int]:
+    """The run's epoch count as the driver knows it, for the per-epoch training sides of
+    ``data.progressive`` in the Ray Data tasks: ``optim.epochs``, or None with
+    ``optim.budget_s`` (the workers derive the count; the tasks then crop at the end size
+    and the workers resize down, :func:`cnn_ray.data.pipeline.train_sizes`)."""
+    return None if cfg.optim.budget_s is not None else cfg.optim.epochs
+
+
 def _quiet(datasets: dict[str, ray.data.Dataset]) -> dict[str, ray.data.Dataset]:
     for ds in datasets.values():
         ds.context.enable_progress_bars = False  # rank 0 prints one line per epoch instead
@@ -73,7 +81,8 @@ class ShardData:
         p = self.prepared
         transform = EvalTransform.of(cfg)
         train = build_train_dataset(p.train_files, cfg.data, cfg.augment,
-                                    image_shape=p.image_shape, seed=cfg.run.seed)
+                                    image_shape=p.image_shape, seed=cfg.run.seed,
+                                    epochs=driver_epochs(cfg))
         val = build_eval_dataset(p.val_files, cfg.data, image_shape=p.image_shape,
                                  transform=transform)
         if p.num_val * transform.image_size**2 * p.image_shape[2] <= MATERIALIZE_VAL_BYTES:
@@ -176,7 +185,7 @@ class RawFiles:
         """``{"train", "val"}`` Ray Datasets decoding the files; files that fail to decode are
         recorded under ``bad_dir`` when given."""
         train = build_raw_dataset(self.raw.train_source, cfg.data, cfg.augment, seed=cfg.run.seed,
-                                  train=True, bad_dir=bad_dir)
+                                  train=True, bad_dir=bad_dir, epochs=driver_epochs(cfg))
         val = build_raw_dataset(self.raw.val_source, cfg.data, train=False, bad_dir=bad_dir,
                                 transform=EvalTransform.of(cfg))
         return _quiet({"train": train, "val": val})

@@ -51,7 +51,8 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
             can serve as ``model.pretrained`` of a later run.
     Returns:
         ``{"train_s": seconds from the first to the last training step (evaluation excluded),
-        "eval_s", "epochs", "val_top1" (last epoch), "val_top1_by_epoch", "tta_views",
+        "eval_s", "epochs", "val_top1" (last epoch), "val_top1_by_epoch",
+        "train_image_size_by_epoch" (the side trained each epoch, ``data.progressive``), "tta_views",
         "images_per_sec", "precision", "checkpoint" (the directory written, or None)}``.
     """
     log = log or (lambda msg: print(f"[cnn_ray.local] {msg}", flush=True))
@@ -60,22 +61,26 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
     parts = build_parts(cfg, summary, 0, 1, device=device, stem_weights=stem)
     record_pretrained(parts.finetune.report, None, log)
     host = InMemoryShard(train[0], train[1], np.arange(len(train[0]), dtype=np.int64))
-    shard = shard_for_device(host, device, cfg.augment, out_size=cfg.data.train_crop_size)
+    epochs, resize = cfg.optim.epochs, cfg.data.progressive.enabled
+    shard = shard_for_device(host, device, cfg.augment, always_resize=resize,
+                             out_size=cfg.data.crop_size_at(epochs, epochs))  # (the end size)
     val_images = EvalTransform.of(cfg).apply(val[0])  # as stored -> the validation transform
     val_shard = shard_for_device(InMemoryShard(val_images, val[1], np.arange(len(val[0]))),
                                  device)
     hooks = build_step_hooks(cfg, parts.model, parts.ema, summary.num_classes, seed=cfg.run.seed,
                              steps_per_epoch=parts.steps_per_epoch)
     train_s = eval_s = 0.0
-    images, by_epoch = 0, []
-    for epoch in range(cfg.optim.epochs):
+    images, by_epoch, sizes = 0, [], []
+    for epoch in range(epochs):
         begin_epoch(parts, cfg, epoch, 1, log)
+        size = cfg.data.crop_size_at(epoch, epochs)  # data.progressive: this epoch's side
+        sizes.append(int(size or train[0].shape[1]))
         t0 = time.perf_counter()
         stats = train_one_epoch(
             parts.model, shard.batches(cfg.per_worker_batch_size(), augment=cfg.augment,
                                        seed=cfg.run.seed, epoch=epoch, shuffle=True,
-                                       drop_last=cfg.data.drop_last,
-                                       out_size=cfg.data.train_crop_size),
+                                       drop_last=cfg.data.drop_last, out_size=size,
+                                       always_resize=resize),
             parts.optimizer, parts.settings, scheduler=parts.scheduler,
             scheduler_per_step=parts.per_step, scaler=parts.scaler, hooks=hooks)
         train_s += time.perf_counter() - t0
@@ -88,7 +93,8 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
         eval_s += time.perf_counter() - t0
         by_epoch.append(round(ev.correct1 / max(1, ev.num_images), 4))
         log(f"epoch {epoch + 1}: val_top1 {by_epoch[-1]:.4f} train {stats.wall_s:.1f}s "
-            f"({stats.num_images / max(stats.wall_s, 1e-9):.0f} images/s)")
+            f"({stats.num_images / max(stats.wall_s, 1e-9):.0f} images/s"
+            + (f", size {size}px)" if resize else ")"))
     if checkpoint_dir is not None:
         save_checkpoint(checkpoint_dir, model=parts.model, epoch=cfg.optim.epochs,
                         config=cfg.to_dict(), class_names=list(summary.class_names),
@@ -99,6 +105,7 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
                         ema=parts.ema, eval_transform=EvalTransform.of(cfg).to_dict())
     return {"train_s": round(train_s, 2), "eval_s": round(eval_s, 2), "epochs": cfg.optim.epochs,
             "val_top1": by_epoch[-1] if by_epoch else None, "val_top1_by_epoch": by_epoch,
+            "train_image_size_by_epoch": sizes,
             "tta_views": tta_views(cfg.eval.tta_at(cfg.optim.epochs - 1, cfg.optim.epochs)), "precision": parts.settings.precision,
             "images_per_sec": round(images / max(train_s, 1e-9)),
             "checkpoint": str(checkpoint_dir) if checkpoint_dir is not None else None}

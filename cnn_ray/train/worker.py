@@ -198,20 +198,21 @@ def run_worker(loop_config: dict[str, Any], session: Session) -> None:
                              steps_per_epoch=parts.steps_per_epoch)
 
     watch = RunWatch(inputs.run_dir, progress.start_epoch, log) if rank == 0 else None
-    for epoch in range(progress.start_epoch, cfg.optim.epochs):
+    planned_epochs = cfg.optim.epochs  # the epoch count of the schedules and the size ramp
+    for epoch in range(progress.start_epoch, planned_epochs):
         begin_epoch(parts, cfg, epoch, world, log, session=session)
         metrics = run_epoch(parts, feed, inputs, epoch, rank, world,
                             hooks=_with_progress(hooks, cfg, parts, epoch, rank, log),
-                            max_steps=smoke, log=log)
+                            max_steps=smoke, log=log, planned_epochs=planned_epochs)
         if not parts.per_step:
             parts.scheduler.step(metrics["val_loss"])
         metrics.update(progress.update(metrics["val_top1"]))
         stop = progress.should_stop(cfg.optim.early_stopping_patience)
         if rank == 0:
-            log(_format_metrics(metrics))
+            log(_format_metrics(metrics, size=cfg.data.progressive.enabled))
             if inputs.run_dir:
                 _append_jsonl(inputs.run_dir, "metrics.jsonl", metrics)
-        last = epoch + 1 == cfg.optim.epochs or stop
+        last = epoch + 1 == planned_epochs or stop
         _report(inputs, metrics, rank, parts, best=progress.best,
                 save=(epoch + 1) % cfg.run.checkpoint_every == 0 or last, session=session)
         if watch is not None:
@@ -226,14 +227,19 @@ def run_worker(loop_config: dict[str, Any], session: Session) -> None:
 
 
 def run_epoch(parts: "TrainParts", feed, inputs: WorkerInputs, epoch: int, rank: int, world: int,
-              *, hooks, max_steps: Optional[int], log) -> dict[str, Any]:
+              *, hooks, max_steps: Optional[int], log,
+              planned_epochs: Optional[int] = None) -> dict[str, Any]:
     """Train one epoch (0-based ``epoch``) on this worker's batches with the recipe's step
     ``hooks``, evaluate its share of the validation set (the EMA weights when kept, with
     test-time augmentation on the epochs ``eval.tta_epochs`` says) and return the epoch's
-    metrics summed over ranks (``tta_views``: forward passes per validation image). ``max_steps``: smoke runs'
+    metrics summed over ranks (``tta_views``: forward passes per validation image;
+    ``train_image_size``: the side trained, ``data.crop_size_at(epoch, planned_epochs)``,
+    default ``optim.epochs``, else the stored side). ``max_steps``: smoke runs'
     steps and validation batches per epoch (None: all)."""
-    tta = inputs.config.eval.tta_at(epoch, inputs.config.optim.epochs)
-    batches = _with_fault(feed.train_batches(epoch), inputs.fault, rank, epoch + 1)
+    cfg = inputs.config
+    tta = cfg.eval.tta_at(epoch, cfg.optim.epochs)
+    size = cfg.data.crop_size_at(epoch, planned_epochs or cfg.optim.epochs)
+    batches = _with_fault(feed.train_batches(epoch, size), inputs.fault, rank, epoch + 1)
     train_stats = train_one_epoch(
         parts.model, batches, parts.optimizer, parts.settings, scheduler=parts.scheduler,
         scheduler_per_step=parts.per_step, scaler=parts.scaler, max_steps=max_steps, log=log,
@@ -244,8 +250,8 @@ def run_epoch(parts: "TrainParts", feed, inputs: WorkerInputs, epoch: int, rank:
                          predict=tta_predictor(tta)).reduce(distributed_reduce, parts.device)
     metrics = _epoch_metrics(epoch, train_stats, val_stats, inputs.data.num_classes,
                              parts.optimizer, world)
-    metrics.update(bad_inputs=_bad_inputs(inputs, rank),
-                   tta_views=tta_views(tta))
+    metrics.update(bad_inputs=_bad_inputs(inputs, rank), tta_views=tta_views(tta),
+                   train_image_size=int(size or inputs.data.image_shape[0]))
     return metrics
 
 
@@ -317,22 +323,30 @@ def _record_start(inputs: WorkerInputs, rank: int, world: int, start_epoch: int,
 # ------------------------------------------------------------------------------ batches
 class _StreamFeed:
     """This worker's Ray Data shards (``data.cache: none``): ``iter_torch_batches`` with the
-    local shuffle seeded by (``run.seed``, epoch, rank)."""
+    local shuffle seeded by (``run.seed``, epoch, rank). The tasks crop each epoch's side of
+    ``data.progressive``, except with ``optim.budget_s`` (the epoch count is not known to the
+    driver): they crop at the end size and each batch is resized down to ``size`` here
+    (:func:`cnn_ray.data.pipeline.train_sizes`)."""
 
     def __init__(self, cfg: TrainConfig, rank: int, device: torch.device, session):
         self.cfg, self.rank, self.device = cfg, rank, device
         self.train = session.dataset_shard("train")
         self.val = session.dataset_shard("val")
 
-    def train_batches(self, epoch: int) -> Iterable[dict]:
+    def train_batches(self, epoch: int, size: Optional[int] = None) -> Iterable[dict]:
         d, local = self.cfg.data, self.cfg.data.shuffle == "local"
-        return self.train.iter_torch_batches(
+        batches = self.train.iter_torch_batches(
             batch_size=self.cfg.per_worker_batch_size(), prefetch_batches=d.prefetch_batches,
             drop_last=d.drop_last, local_shuffle_buffer_size=(d.shuffle_buffer or None) if local else None,
             local_shuffle_seed=self.cfg.run.seed * 100_003 + epoch * 1_009 + self.rank
             if local and d.shuffle_buffer else None,
             pin_memory=self.device.type == "cuda",
         )
+        if size is None or not d.progressive.enabled or self.cfg.optim.budget_s is None:
+            return batches
+        from cnn_ray.data.resized_crop import resize_batch
+
+        return ({**b, "image": resize_batch(b["image"], size)} for b in batches)
 
     def val_batches(self) -> Iterable[dict]:
         return self.val.iter_torch_batches(batch_size=self.cfg.optim.eval_batch_size,
@@ -356,20 +370,22 @@ class _MemoryFeed:
                                                equal=True)
         self.val = InMemoryShard.from_arrays(ray.get(refs["val"]), rank=rank, world=world,
                                              equal=False)
-        self.train = shard_for_device(self.train, device, cfg.augment,
-                                      out_size=cfg.data.train_crop_size)
+        self.resize = cfg.data.progressive.enabled  # every epoch's side, the stored one too
+        self.train = shard_for_device(self.train, device, cfg.augment, always_resize=self.resize,
+                                      out_size=cfg.data.crop_size_at(cfg.optim.epochs,
+                                                                     cfg.optim.epochs))
         self.val = shard_for_device(self.val, device)
         log(f"data in memory ({type(self.train).__name__}): {len(self.train)} train + "
             f"{len(self.val)} val images per worker "
             f"({(self.train.nbytes + self.val.nbytes) / 1e6:.0f} MB) in "
             f"{time.perf_counter() - t0:.2f}s")
 
-    def train_batches(self, epoch: int) -> Iterable[dict]:
+    def train_batches(self, epoch: int, size: Optional[int] = None) -> Iterable[dict]:
         c = self.cfg
         return self.train.batches(
             c.per_worker_batch_size(), augment=c.augment, seed=c.run.seed, epoch=epoch,
             rank=self.rank, shuffle=c.data.shuffle != "none", drop_last=c.data.drop_last,
-            prefetch=max(1, c.data.prefetch_batches), out_size=c.data.train_crop_size)
+            prefetch=max(1, c.data.prefetch_batches), out_size=size, always_resize=self.resize)
 
     def val_batches(self) -> Iterable[dict]:
         return self.val.batches(self.cfg.optim.eval_batch_size, shuffle=False, prefetch=1)
@@ -377,7 +393,8 @@ class _MemoryFeed:
 
 def open_feed(inputs: WorkerInputs, rank: int, world: int, device: torch.device, log, *,
               session: Session):
-    """This worker's batches: ``train_batches(epoch)`` (0-based epoch) and ``val_batches()``,
+    """This worker's batches: ``train_batches(epoch, size)`` (0-based epoch; ``size``: its
+    training side, :meth:`~cnn_ray.config.DataConfig.crop_size_at`) and ``val_batches()``,
     each an iterable of ``{"image": (N, H, W, C) uint8, "label": (N,) int64}`` torch batches."""
     if inputs.memory is not None:
         return _MemoryFeed(inputs.memory, inputs.config, rank, world, log, device)
@@ -472,8 +489,9 @@ def _wait_until_committed(rank: int, timeout_s: float = 300.0) -> None:
             say(f"checkpoint commit not confirmed ({type(exc).__name__}: {exc}); continuing")
 
 
-def _format_metrics(m: dict) -> str:
-    parts = [f"epoch {m['epoch']}"]
+def _format_metrics(m: dict, *, size: bool = False) -> str:
+    """The rank-0 line of an epoch; ``size``: with its training side (``data.progressive``)."""
+    parts = [f"epoch {m['epoch']}"] + ([f"size {m['train_image_size']}px"] if size else [])
     for k in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5"):
         if k in m:
             parts.append(f"{k} {m[k]:.4f}")
