@@ -48,6 +48,9 @@ def test_ffcv_like_ramp_160_to_192_rounded_to_32():
     sizes = [p.size_at(e, 16, 224) for e in range(16)]
     # ramp from epoch 4 to 12: 160 + 32 * (e - 4) / 8; 176 (epoch 8) rounds half to even -> 192
     assert sizes == [160] * 8 + [192] * 8
+    # ffcv-imagenet's rn50_16_epochs.yaml: start_ramp 11, end_ramp 13 -> its get_resolution
+    ffcv = p.model_copy(update={"start_frac": 11 / 16, "end_frac": 13 / 16})
+    assert [ffcv.size_at(e, 16, 224) for e in range(16)] == [160] * 12 + [192] * 4
 
 
 def test_step_16_ramp_and_the_fraction_edges():
