@@ -60,10 +60,10 @@ class Progressive(_Strict):
     @model_validator(mode="after")
     def _ramp(self) -> "Progressive":
         if self.end_frac < self.start_frac:
-            raise ValueError(f"data.progressive: expected start_frac <= end_frac, got "
+            raise ValueError(f"expected start_frac <= end_frac, got "
                              f"start_frac={self.start_frac}, end_frac={self.end_frac}")
         if self.end_size is not None and self.start_size > self.end_size:
-            raise ValueError(f"data.progressive: expected start_size <= end_size, got "
+            raise ValueError(f"expected start_size <= end_size, got "
                              f"start_size={self.start_size}, end_size={self.end_size}")
         return self
 
