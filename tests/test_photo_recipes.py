@@ -275,3 +275,35 @@ def test_finetune_recipe_smoke_trains_from_placed_weights(tmp_path):
     assert report["applied"] is True and report["skipped"] == ["fc.bias", "fc.weight"]
     meta = json.loads(sorted(run.glob("checkpoint_*/meta.json"))[-1].read_text())
     assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406])  # the weights' normalisation
+
+
+def test_ray_free_trainer_crops_each_epoch_at_its_progressive_size(monkeypatch):
+    """cnn_ray.train.local (the ablation's trainer): epoch e's batches are cropped to
+    data.crop_size_at(e, epochs), so the no_progressive row differs from the recipe."""
+    import numpy as np
+    import torch
+
+    from cnn_ray.config import TrainConfig
+    from cnn_ray.data.memory import InMemoryShard
+    from cnn_ray.train.local import train_arrays
+
+    cfg = TrainConfig.from_dict({
+        "data": {"train": "unused", "store_size": 40, "image_size": 32,
+                 "progressive": {"enabled": True, "start_size": 16, "end_size": 32,
+                                 "end_frac": 0.75, "step": 8}},
+        "augment": {"random_resized_crop": {"enabled": True}, "random_crop": {"enabled": False}},
+        "model": {"name": "simple_cnn"}, "optim": {"epochs": 4, "batch_size": 8},
+        "precision": {"dtype": "fp32"}, "scaling": {"torch_threads": 1}}, check_paths=False)
+    sizes, original = [], InMemoryShard.batches
+
+    def recording(self, *args, **kwargs):
+        if kwargs.get("augment") is not None:  # training batches, not validation
+            sizes.append(kwargs.get("out_size"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(InMemoryShard, "batches", recording)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (16, 40, 40, 3), dtype=np.uint8)
+    y = np.arange(16, dtype=np.int64) % 2
+    train_arrays(cfg, (x, y), (x[:4], y[:4]), device=torch.device("cpu"), log=lambda m: None)
+    assert sizes == [cfg.data.crop_size_at(e, 4) for e in range(4)] == [16, 24, 24, 32]
