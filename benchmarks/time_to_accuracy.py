@@ -21,6 +21,15 @@ after it and after every plain epoch, ``"complete": false`` until the end):
     Train worker) with ``eval.tta_epochs=all``, so every epoch's top-1 is the TTA figure; the
     per-epoch figures come from the run's ``metrics.jsonl``. Runs the recipe's epochs.
 
+``--recipe photo`` (chosen by itself when ``--config`` sets ``data.store_size``): the fast
+side is ``jobs/configs/flowers.yaml`` and the plain side the torchvision photo recipe of
+``benchmarks/photo_plain.py`` (``RandomResizedCrop(128)`` per image, ``resnet18(num_classes=K)``,
+SGD + cosine over ``--plain-max-epochs``, default 24, capped by ``--plain-max-minutes``, default
+40; it runs its whole schedule, since its best top-1 is a target); the targets are the
+thresholds (default 50% and 60%) plus the plain run's best top-1 (``"plain_best": true``).
+
+    python benchmarks/time_to_accuracy.py --recipe photo --json tta_photo.json
+
 Prints, for each threshold (default 80% and 85%), the wall time each recipe needs to reach it
 from its start (data loading / Ray start / prepare included) and the training time alone
 (evaluation excluded), and the ratio plain / fast ("not reached within N epochs" otherwise, with
@@ -42,7 +51,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "jobs" / "configs" / "cifar10.yaml"
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10, as tutorials write
+PHOTO_CONFIG = REPO / "jobs" / "configs" / "flowers.yaml"
+# per recipe: the fast config, thresholds, plain epochs and minutes when not given
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cifar": {"config": DEFAULT_CONFIG, "thresholds": [0.80, 0.85], "plain_max_epochs": 40,
+              "plain_max_minutes": None},
+    "photo": {"config": PHOTO_CONFIG, "thresholds": [0.50, 0.60], "plain_max_epochs": 24,
+              "plain_max_minutes": 40.0},
+}
+
+from benchmarks.plain_recipes import (MEAN, STD, plain_loaders, plain_test_top1,  # noqa: E402,F401
+                                      run_plain)
 
 # A curve: one dict per epoch, {"epoch" (1-based), "val_top1" (fraction), "wall_s" (seconds from
 # the recipe's start to the end of this epoch's evaluation), "train_s" (training seconds so far)}.
@@ -112,86 +131,6 @@ def describe(row: dict[str, Any], plain_epochs: int, fast_epochs: int) -> str:
     return text
 
 
-# ------------------------------------------------------------------------------ plain recipe
-def plain_loaders(train_dir: str, test_dir: str, batch_size: int, workers: int = 2):
-    """``(train_loader, test_loader, num_classes)`` as the tutorials build them."""
-    import torch
-    import torchvision
-    from torchvision import transforms as T
-
-    norm = T.Normalize(MEAN, STD)
-    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                          norm])
-    train = torchvision.datasets.ImageFolder(train_dir, transform=train_tf)
-    test = torchvision.datasets.ImageFolder(test_dir, transform=T.Compose([T.ToTensor(), norm]))
-    loader = torch.utils.data.DataLoader
-    return (loader(train, batch_size=batch_size, shuffle=True, num_workers=workers),
-            loader(test, batch_size=batch_size, shuffle=False, num_workers=workers),
-            len(train.classes))
-
-
-def plain_test_top1(model, loader, device) -> float:
-    """Top-1 (fraction) of ``model`` over ``loader``, in eval mode, without gradients."""
-    import torch
-
-    model.eval()
-    correct = seen = 0
-    with torch.no_grad():
-        for x, y in loader:
-            pred = model(x.to(device)).argmax(1).cpu()
-            correct += int((pred == y).sum())
-            seen += len(y)
-    return correct / max(seen, 1)
-
-
-def run_plain(cfg, *, batch_size: int, thresholds: Sequence[float], max_epochs: int,
-              device, seed: int = 0, max_s: Optional[float] = None,
-              on_epoch: Optional[Callable[[Curve], None]] = None,
-              log: Callable[[str], None] = print) -> Curve:
-    """Train the plain recipe (module docstring, (i)) on ``cfg.data.train`` and evaluate on
-    ``cfg.data.val`` after every epoch, until every threshold is reached, ``max_epochs`` ran or
-    the wall time from the start passed ``max_s`` seconds (checked after each epoch).
-    ``on_epoch(curve)`` is called after each epoch's evaluation (the caller saves the partial
-    curve: a run stopped from outside keeps its epochs)."""
-    import torch
-    import torch.nn.functional as F
-
-    from cnn_ray.models import create_model
-
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    train, test, classes = plain_loaders(os.path.expanduser(cfg.data.train),
-                                         os.path.expanduser(cfg.data.val), batch_size)
-    model = create_model(cfg.model.name, num_classes=classes, in_channels=3,
-                         **cfg.model.build_knobs(cfg.data.image_size)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    curve: Curve = []
-    train_s = 0.0
-    for epoch in range(1, max_epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        for x, y in train:
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        train_s += time.perf_counter() - t0
-        top1 = plain_test_top1(model, test, device)
-        curve.append({"epoch": epoch, "val_top1": round(top1, 4), "train_s": round(train_s, 2),
-                      "wall_s": round(time.perf_counter() - start, 2)})
-        log(f"[tta] plain epoch {epoch}: test top-1 {top1:.4f}, {train_s:.0f} s training, "
-            f"{curve[-1]['wall_s']:.0f} s from start")
-        if on_epoch is not None:
-            on_epoch(curve)
-        if all(time_to(curve, t) for t in thresholds):
-            break
-        if max_s is not None and curve[-1]["wall_s"] >= max_s:
-            log(f"[tta] plain: stopped after epoch {epoch}, {curve[-1]['wall_s']:.0f} s >= "
-                f"--plain-max-minutes")
-            break
-    return curve
-
-
 # ------------------------------------------------------------------------------ fast recipe
 def run_fast(cfg, *, force_prepare: bool = False,
              log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -249,15 +188,22 @@ def earlier_plain(path: str, machine: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ command line
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="the fast recipe (YAML)")
+    p.add_argument("--recipe", choices=sorted(RECIPE_DEFAULTS),
+                   help="cifar (plain: Adam, the fast recipe's network) or photo (plain: "
+                        "torchvision ResNet-18, RandomResizedCrop, SGD + cosine; targets include "
+                        "its best top-1); default: photo when --config sets data.store_size")
+    p.add_argument("--config", help="the fast recipe (YAML; default: jobs/configs/cifar10.yaml, "
+                                    "photo: jobs/configs/flowers.yaml)")
     p.add_argument("--batch-size", type=int,
                    help="batch size of both recipes (default: the fast recipe's optim.batch_size)")
-    p.add_argument("--thresholds", type=float, nargs="+", default=[0.80, 0.85],
-                   help="test top-1 fractions to time")
-    p.add_argument("--plain-max-epochs", type=int, default=40)
+    p.add_argument("--thresholds", type=float, nargs="+",
+                   help="test top-1 fractions to time (default: cifar 0.80 0.85, photo 0.50 "
+                        "0.60)")
+    p.add_argument("--plain-max-epochs", type=int,
+                   help="plain epochs (default: cifar 40; photo 24, its cosine's length)")
     p.add_argument("--plain-max-minutes", type=float,
                    help="also stop the plain run after the epoch that passes this wall time "
-                        "(the times it did not reach are then lower bounds)")
+                        "(the times it did not reach are then lower bounds; default: photo 40)")
     p.add_argument("--only", choices=["plain", "fast"], help="run one recipe only")
     p.add_argument("--plain-from", metavar="JSON",
                    help="take the plain curve from an earlier --json of this command on this "
@@ -271,9 +217,33 @@ def _parser() -> argparse.ArgumentParser:
                    help="timed steps of the pure-compute images/s (0: skip)")
     p.add_argument("--seed", type=int, default=0, help="seed of both recipes")
     p.add_argument("--smoke", action="store_true",
-                   help="20 train / 10 test images per class, 1 epoch each, batch 64")
+                   help="20 train / 10 test images per class (photo: 8 / 3 photos of 4 "
+                        "classes), 1 epoch each, batch 64")
     p.add_argument("--json", help="write the figures to this JSON file")
     return p
+
+
+def resolve_recipe(args: argparse.Namespace) -> None:
+    """Fill what ``args`` leaves unset from :data:`RECIPE_DEFAULTS`: ``recipe`` (``photo`` when
+    ``--config`` sets ``data.store_size``, else ``cifar``), ``config``, ``thresholds``,
+    ``plain_max_epochs`` and ``plain_max_minutes``.
+
+    Raises:
+        cnn_ray.config.ConfigError: ``--config`` does not validate.
+    """
+    if getattr(args, "recipe", None) is None:
+        recipe = "cifar"
+        if args.config:
+            from cnn_ray.config_io import load_train_config
+
+            if load_train_config(args.config, check_paths=False).data.store_size:
+                recipe = "photo"
+        args.recipe = recipe
+    defaults = RECIPE_DEFAULTS[args.recipe]
+    args.config = args.config or str(defaults["config"])
+    for key in ("thresholds", "plain_max_epochs", "plain_max_minutes"):
+        if getattr(args, key, None) is None:
+            setattr(args, key, defaults[key])
 
 
 def fast_config(args: argparse.Namespace, device):
@@ -288,7 +258,12 @@ def fast_config(args: argparse.Namespace, device):
 
     overrides = ["eval.tta_epochs=all", *args.set, f"run.seed={args.seed}",
                  f"run.name=time_to_accuracy_{time.strftime('%Y%m%d_%H%M%S')}"]
-    if args.smoke:
+    if args.smoke and getattr(args, "recipe", "cifar") == "photo":
+        from cnn_ray.datasets import flowers102_subset
+
+        overrides += [f"data.train={flowers102_subset('train', 8, classes=4)}",
+                      f"data.val={flowers102_subset('val', 3, classes=4)}", "optim.epochs=1"]
+    elif args.smoke:
         from cnn_ray.datasets import cifar10_subset
 
         overrides += [f"data.train={cifar10_subset('train', 20)}",
@@ -322,17 +297,25 @@ def measure(args: argparse.Namespace, cfg, device,
 
     from cnn_ray.benchmark import hardware_summary
 
+    recipe = getattr(args, "recipe", None) or "cifar"
     plain_epochs = 1 if args.smoke else args.plain_max_epochs
     doc: dict[str, Any] = {
-        "config": str(args.config), "set": list(args.set), "eval": cfg.eval.tta_epochs,
+        "recipe": recipe, "config": str(args.config), "set": list(args.set), "eval": cfg.eval.tta_epochs,
         "batch_size": cfg.optim.batch_size, "thresholds": list(args.thresholds),
         "seed": args.seed, "smoke": args.smoke, "device": str(device),
         "train_dir": cfg.data.train, "test_dir": cfg.data.val, "plain": None, "fast": None,
         "complete": False, "machine": hardware_summary()}
 
     def update() -> None:
-        doc["comparison"] = compare(doc["plain"]["curve"] if doc["plain"] else [],
-                                    doc["fast"]["curve"] if doc["fast"] else [], args.thresholds)
+        plain = doc["plain"]["curve"] if doc["plain"] else []
+        fast = doc["fast"]["curve"] if doc["fast"] else []
+        if recipe == "photo":  # the plain run's best top-1 is a target too
+            from benchmarks.plain_recipes import mark_plain_best, targets_with_plain_best
+
+            doc["comparison"] = mark_plain_best(
+                compare(plain, fast, targets_with_plain_best(plain, args.thresholds)), plain)
+        else:
+            doc["comparison"] = compare(plain, fast, args.thresholds)
         if save is not None:
             save(doc)
 
@@ -355,7 +338,7 @@ def measure(args: argparse.Namespace, cfg, device,
         run_plain(cfg, batch_size=cfg.optim.batch_size, seed=args.seed,
                   thresholds=args.thresholds, max_epochs=plain_epochs, device=device,
                   max_s=None if args.plain_max_minutes is None else 60 * args.plain_max_minutes,
-                  on_epoch=on_epoch)
+                  on_epoch=on_epoch, recipe=recipe)
     doc["pure_compute_images_per_sec"] = _pure_compute(cfg, 1 if args.smoke else
                                                        args.compute_steps)
     doc["complete"] = True
@@ -375,6 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     prior = None
     try:
+        resolve_recipe(args)
         cfg = fast_config(args, device)
         if args.plain_from:  # checked before anything trains
             from cnn_ray.benchmark import hardware_summary
@@ -395,7 +379,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\n[tta] batch {doc['batch_size']}, seed {doc['seed']}, device {doc['device']}, "
           f"train {doc['train_dir']}, test {doc['test_dir']}")
     for row in doc["comparison"]:
-        print("[tta] " + describe(row, plain_n, fast_n))
+        print("[tta] " + ("plain's best: " if row.get("plain_best") else "")
+              + describe(row, plain_n, fast_n))
     if doc["fast"]:
         print(f"[tta] fast: Ray start {doc['fast']['ray_init_s']} s, prepare "
               f"{doc['fast']['prepare_s']} s, whole run {doc['fast']['total_s']} s")

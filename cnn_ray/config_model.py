@@ -45,6 +45,11 @@ class ModelConfig(_Strict):
                                  "initialisation of the first conv")
     batchnorm: BatchNormSettings = Field(default_factory=BatchNormSettings,
                                          description="BatchNorm settings of the whole model")
+    blurpool: bool = Field(
+        False, description="BlurPool: a fixed 3x3 binomial blur (stride 1) before every strided "
+        "conv with >= 16 input channels (not the stem), for shift-invariant downsampling "
+        "(Zhang, ICML 2019; FFCV's BlurPoolConv2d, Composer's BlurPool; "
+        "cnn_ray.recipe.blurpool). Parameter names and the state dict are unchanged")
     compile: bool = Field(False, description="torch.compile the model")
     pretrained: Optional[str] = Field(
         None, description="fine-tune from pretrained weights: imagenet (or true: the family's "

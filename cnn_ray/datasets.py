@@ -1,8 +1,10 @@
-"""Local data helpers: unpack the CIFAR-10 JPEG archive and take seeded ImageFolder subsets.
+"""Local data helpers: unpack the CIFAR-10 JPEG archive, take seeded ImageFolder subsets of it
+and of the Oxford Flowers-102 archive, decode image folders into arrays.
 
-No downloads: the archive (``cifar10-jpg.tar.gz``, the CIFAR-10 data set of Krizhevsky, 2009,
-re-encoded as JPEG in the ImageFolder layout ``cifar10/{train,test}/<class>/NNNN.jpg``) must be on
-disk already.
+No downloads: the archives (``cifar10-jpg.tar.gz``, the CIFAR-10 data set of Krizhevsky, 2009,
+re-encoded as JPEG in the ImageFolder layout ``cifar10/{train,test}/<class>/NNNN.jpg``;
+``oxford_flowers102.tar.gz``, Nilsback & Zisserman 2008, ``oxford_flowers102/{train,val}/<class>/
+image_NNNNN.jpg`` at 160 px on the short side) must be on disk already.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ def default_archive() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+
+def default_flowers_archive() -> Path:
+    """``$CNN_RAY_FLOWERS_TAR``, else ``<repo>/../shared/data/oxford_flowers102.tar.gz``."""
+    env = os.environ.get("CNN_RAY_FLOWERS_TAR")
+    if env:
+        return Path(env)
+    return default_archive().with_name("oxford_flowers102.tar.gz")
 
 
 def default_cache_dir() -> Path:
@@ -96,6 +106,93 @@ def cifar10_subset(split: str, per_class: int, *, seed: int = 0) -> Path:
         make_subset(extract_cifar10() / split, dst, per_class, seed=seed)
         (dst / ".complete").touch()
     return dst
+
+
+def flowers102_subset(split: str, per_class: int, *, classes: int | None = None, seed: int = 0,
+                      archive: str | os.PathLike | None = None) -> Path:
+    """A seeded ImageFolder subset of the real Oxford Flowers-102 photos, read straight from the
+    archive (nothing else is extracted) once and then reused.
+
+    ``split``: ``train`` or ``val``; ``classes``: the first ``classes`` class folders in sorted
+    order (None: all 102); ``per_class`` files drawn from each with ``random.Random(seed)``
+    (a class with fewer keeps all). Lives at ``<cache>/subsets/flowers102-<split>-<n>pc-
+    <k>cls-seed<s>``, written to a temporary sibling and renamed into place with a
+    ``.complete`` marker, so an interrupted copy is redone, not reused.
+
+    Raises:
+        ValueError: ``split`` is not ``train`` or ``val``. FileNotFoundError: no archive (set
+            ``CNN_RAY_FLOWERS_TAR``).
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    tag = "all" if classes is None else str(classes)
+    dst = default_cache_dir() / "subsets" / f"flowers102-{split}-{per_class}pc-{tag}cls-seed{seed}"
+    if (dst / ".complete").exists():
+        return dst
+    archive = Path(archive) if archive else default_flowers_archive()
+    if not archive.exists():
+        raise FileNotFoundError(f"Oxford Flowers-102 archive not found: {archive} "
+                                "(set CNN_RAY_FLOWERS_TAR)")
+    prefix = f"oxford_flowers102/{split}/"
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith(prefix)]
+        by_class: dict[str, list[tarfile.TarInfo]] = {}
+        for m in members:
+            by_class.setdefault(m.name[len(prefix):].split("/")[0], []).append(m)
+        names = sorted(by_class)[:classes]
+        rng = random.Random(seed)
+        chosen = []
+        for name in names:
+            files = sorted(by_class[name], key=lambda m: m.name)
+            chosen += rng.sample(files, min(per_class, len(files)))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{dst.name}.tmp.", dir=dst.parent) as tmp:
+            inner = Path(tmp) / "subset"
+            for m in chosen:
+                out = inner / m.name[len(prefix):]
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(tar.extractfile(m).read())
+            (inner / ".complete").touch()
+            replace_directory(inner, dst)
+    return dst
+
+
+def image_folder_arrays(root: str | os.PathLike, size: int, *, processes: int | None = None):
+    """Decode an ImageFolder tree (``<root>/<class>/<file>``) into stored squares, as the
+    prepare step stores them with ``data.store_size`` (:func:`cnn_ray.data.decode.decode_image`:
+    the centre square resized to ``size``), for Ray-free runs (``benchmarks/ablate.py
+    --recipe photo``).
+
+    Returns:
+        ``(x, y, class_names)``: ``(N, size, size, 3) uint8`` images in sorted (class, file)
+        order, ``(N,) int64`` labels indexing the sorted class names.
+    Raises:
+        FileNotFoundError: ``root`` is not a folder. BadInputError: an undecodable file (named).
+    """
+    import functools
+    import multiprocessing
+
+    import numpy as np
+
+    base = Path(os.path.expanduser(str(root)))
+    if not base.is_dir():
+        raise FileNotFoundError(f"image folder not found: {base}")
+    names = sorted(p.name for p in base.iterdir() if p.is_dir())
+    files, labels = [], []
+    for label, name in enumerate(names):
+        for f in sorted(p for p in (base / name).iterdir() if p.is_file()):
+            files.append(str(f))
+            labels.append(label)
+    decode = functools.partial(_decode_square, size=size)
+    with multiprocessing.get_context("spawn").Pool(processes or os.cpu_count()) as pool:
+        x = np.stack(pool.map(decode, files, chunksize=64))
+    return x, np.asarray(labels, dtype=np.int64), names
+
+
+def _decode_square(path: str, size: int):
+    from cnn_ray.data.decode import decode_image
+
+    return decode_image(Path(path).read_bytes(), size=size, path=path)
 
 
 def _decode_rgb(path: str):

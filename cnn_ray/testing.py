@@ -14,9 +14,12 @@ must make of them; judging the outcome is the caller's job.
   recipes with a typo or an impossible value;
 - :func:`write_id_manifest`, :func:`write_mostly_missing_manifest`: manifests as they come
   (``id,breed`` columns, images at ``images/<id>.jpg``) and one whose files are 90% missing;
-- :func:`kill_during_save`: checkpoints cut short by SIGKILLs of a process writing them.
+- :func:`kill_during_save`: checkpoints cut short by SIGKILLs of a process writing them;
+- :func:`place_resnet18_weights`: a seeded ResNet-18 state dict where torchvision looks for
+  its ImageNet weights, so fine-tuning runs offline.
 
-No Ray here (numpy, Pillow, pyarrow, PyYAML; torch only in :func:`kill_during_save`).
+No Ray here (numpy, Pillow, pyarrow, PyYAML; torch only in :func:`kill_during_save` and
+:func:`place_resnet18_weights`).
 """
 
 from __future__ import annotations
@@ -321,3 +324,24 @@ def kill_during_save(root: Path, kills: int = 10, seed: int = 0) -> dict:
     return {"kills": kills, "newest_loaded_after_kill": loaded, "partial_looked_complete":
             partial_visible, "checkpoints_lost": lost, "interrupted_tmp_dirs_left": len(leftovers),
             "survived": loaded == kills and lost == 0}
+
+
+def place_resnet18_weights(torch_home: Path, seed: int = 1) -> tuple[dict, Path]:
+    """A seeded, randomly initialised torchvision ResNet-18 state dict saved where torchvision
+    looks for ``ResNet18_Weights.IMAGENET1K_V1``: ``<torch_home>/hub/checkpoints/
+    resnet18-f37072fd.pth`` (the file name of the weights' URL). torchvision checks the hash
+    in the name only when it downloads, so a placed file is read as it is. Returns
+    ``(state_dict, path)``."""
+    import os
+    from urllib.parse import urlparse
+
+    import torch
+    import torchvision.models as tvm
+
+    name = os.path.basename(urlparse(tvm.ResNet18_Weights.IMAGENET1K_V1.url).path)
+    torch.manual_seed(seed)
+    state = tvm.resnet18(weights=None).state_dict()
+    path = Path(torch_home) / "hub" / "checkpoints" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state, path

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import urlparse
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ import yaml
 from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.config_io import merge_dotted
 from cnn_ray.models import WeightsError, create_model, load_named_weights, resolve_weights
+from cnn_ray.testing import place_resnet18_weights
 from cnn_ray.train.finetune import keep_pretrained_normalization, pretrained_preprocessing
 from cnn_ray.train.inputs import DataSummary
 from cnn_ray.train.parts import begin_epoch, build_parts
@@ -53,17 +53,10 @@ def caches(tmp_path, monkeypatch):
 
 def _place_resnet18(torch_home: Path) -> tuple[dict, Path]:
     """A seeded torchvision ResNet-18 state dict where torchvision looks for IMAGENET1K_V1."""
-    import torchvision.models as tvm
-
-    name = os.path.basename(urlparse(tvm.ResNet18_Weights.IMAGENET1K_V1.url).path)
+    state, path = place_resnet18_weights(torch_home)
     # torchvision's file name carries the SHA-256 prefix torch.hub checks on download; a file
     # already in the cache is loaded without re-hashing, so a placed one is read as it is
-    assert name == "resnet18-f37072fd.pth"
-    torch.manual_seed(1)
-    state = tvm.resnet18(weights=None).state_dict()
-    path = torch_home / "hub" / "checkpoints" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
+    assert path.name == "resnet18-f37072fd.pth"
     return state, path
 
 

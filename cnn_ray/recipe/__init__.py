@@ -6,6 +6,7 @@ David Page's "How to train your ResNet" (2018).
 """
 
 from .batchnorm import bn_bias_param_groups, bn_bias_params, configure_batchnorm
+from .blurpool import BlurPoolConv2d, apply_blurpool, binomial_kernel
 from .ema import (copy_ema_to_model, ema_decay_at, ema_state_dict, load_ema_state_dict, make_ema,
                   update_ema)
 from .flip import alternating_flip, alternating_flip_mask, first_epoch_flips, flip_batch
@@ -16,10 +17,11 @@ from .tta import TTA_MODES, predict_tta, tta_views
 from .whitening import apply_patch_whitening, first_conv, patch_whitening_weights
 
 __all__ = [
-    "MuonSGD", "RungAnnealed", "TTA_MODES", "WarmupLinearDecay", "WarmupStableDecay", "alternating_flip", "alternating_flip_mask",
-    "apply_patch_whitening", "bn_bias_param_groups", "bn_bias_params", "configure_batchnorm",
-    "copy_ema_to_model", "decoupled_sgd_hparams", "ema_decay_at", "ema_state_dict",
-    "first_conv", "first_epoch_flips", "flip_batch", "load_ema_state_dict", "make_ema",
-    "mix_batch", "orthogonalize", "patch_whitening_weights", "predict_tta",
+    "BlurPoolConv2d", "MuonSGD", "RungAnnealed", "TTA_MODES", "WarmupLinearDecay",
+    "WarmupStableDecay", "alternating_flip", "alternating_flip_mask", "apply_blurpool",
+    "apply_patch_whitening", "binomial_kernel", "bn_bias_param_groups", "bn_bias_params",
+    "configure_batchnorm", "copy_ema_to_model", "decoupled_sgd_hparams", "ema_decay_at",
+    "ema_state_dict", "first_conv", "first_epoch_flips", "flip_batch", "load_ema_state_dict",
+    "make_ema", "mix_batch", "orthogonalize", "patch_whitening_weights", "predict_tta",
     "soft_target_cross_entropy", "split_muon_groups", "tta_views", "update_ema",
 ]

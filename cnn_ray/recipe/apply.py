@@ -5,7 +5,8 @@ step loop. The decisions live here; the Ray glue (:mod:`cnn_ray.train.worker`,
 Order of operations in a worker (every rank the same, so ranks agree):
 
 1. :func:`prepare_model` on the fresh model: BatchNorm settings, patch-whitening of the first
-   conv from the driver's :func:`compute_stem_weights`, ``channels_last``, ``torch.compile``
+   conv from the driver's :func:`compute_stem_weights`, BlurPool, ``channels_last``,
+   ``torch.compile``
    (in place, ``nn.Module.compile``, so the module keeps its class and its state-dict keys);
 2. DDP wrapping (PyTorch's "where to apply torch.compile": compile the inner module, then wrap);
 3. :func:`make_model_ema` on the unwrapped, device-placed model;
@@ -26,6 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from cnn_ray.config import TrainConfig
 from cnn_ray.config_recipe import EMA
 from cnn_ray.recipe.batchnorm import batchnorm_modules
+from cnn_ray.recipe.blurpool import apply_blurpool
 from cnn_ray.recipe.ema import copy_ema_to_model, ema_decay_at, make_ema
 from cnn_ray.recipe.mixing import mixing_transform
 from cnn_ray.recipe.tta import predict_tta, tta_views
@@ -47,6 +49,8 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, stem_weights=None, *,
       ``stem_weights`` and frozen; its bias (added as zeros if the conv has none) stays
       trainable until :func:`freeze_whitening_bias`. ``stem_weights=None`` only adds the bias
       and freezes the weight: the structure a checkpoint of a whitened model loads into;
+    - ``model.blurpool``: :func:`cnn_ray.recipe.blurpool.apply_blurpool` (a blur before each
+      strided conv past the stem; the state-dict keys stay the same);
     - ``model.channels_last``: :func:`~cnn_ray.train.techniques.apply_channels_last`;
     - ``model.compile`` (or ``compile`` when given): ``model.compile()`` in place, so the module
       stays what :func:`~cnn_ray.train.techniques.unwrap_model` returns and its state dict has
@@ -67,6 +71,8 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, stem_weights=None, *,
         set_stem_weights(model, stem_weights, model_name=cfg.model.name)
     elif stem_weights is not None:
         raise ValueError("stem_weights given but model.whitening.enabled is false")
+    if cfg.model.blurpool:
+        apply_blurpool(model)
     if cfg.model.channels_last:
         apply_channels_last(model)
     if cfg.model.compile if compile is None else compile:

@@ -40,7 +40,8 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
     Args:
         train, val: ``(images (N, H, W, C) uint8, labels (N,) int64)`` as stored (training
             images larger than ``data.image_size`` are random-resized cropped to it per
-            batch; validation images get the run's validation transform once).
+            batch, to each epoch's ``data.crop_size_at`` with ``data.progressive``; validation
+            images get the run's validation transform once).
         device: where to train (``cuda``: rows and augmentation on the GPU).
         Fine-tuning keys (``model.pretrained``, ``model.freeze``, ``model.unfreeze_epoch``,
         ``optim.backbone_lr_mult``) act as in a Ray Train run (:mod:`cnn_ray.train.finetune`):
