@@ -300,5 +300,33 @@ def test_budget_too_small_for_one_epoch_is_one_message(ray_session, tmp_path, ca
     err = capsys.readouterr().err
     line = err[err.index("cnn-ray train: "):]
     assert line.startswith("cnn-ray train: optim.budget_s=0.001: not even one epoch fits")
-    assert len(line.strip().splitlines()) == 1 and "Traceback" not in err
+    assert len(line.strip().splitlines()) == 1
+    assert "BudgetTooSmall" not in err and "Error in training function" not in err  # no trace
     assert not list((tmp_path / "runs" / "budget").glob("checkpoint_*"))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_benchmark_smoke_prints_the_table_and_writes_the_json(ray_session, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "budget_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "budget.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump(_recipe(tmp_path)))
+    out = tmp_path / "budget.json"
+    assert bench.main(["--config", str(config), "--smoke", "--budgets", "6",
+                       "--storage", str(tmp_path / "runs"), "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["complete"] and doc["pure_compute_images_per_sec"] > 0 and doc["machine"]
+    (row,) = doc["runs"]
+    assert row["budget_s"] == 6.0 and row["ratio"] == pytest.approx(row["used_s"] / 6.0, abs=1e-3)
+    assert row["startup_s"] > 0 and row["epochs"] >= 1 and 0.0 <= row["val_top1"] <= 1.0
+    printed = capsys.readouterr().out
+    assert "| budget s | used s | used / budget | start-up s |" in printed
+    assert f"| 6 | {row['used_s']:.1f} | {row['ratio']:.3f} |" in printed
+    assert "[budget] machine: " in printed
+    assert bench.main(["--config", str(config), "--set", "optim.no_such_key=1"]) == 2

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from cnn_ray.config import TrainConfig
-from cnn_ray.io import write_text
+from cnn_ray.io import read_text, write_text
 from cnn_ray.recipe.tta import tta_views
 from cnn_ray.train.budget import Costs, Plan, Position, plan_steps, seconds_to_end, too_small
 
@@ -42,7 +42,6 @@ WARMUP_STEPS = 2  # untimed steps before the calibration (allocations, first bat
 EVAL_STEP_SHARE = 1.0 / 3.0  # an evaluated image costs ~1/3 of a trained one (no backward)
 PLAN_SHARE = 0.99  # plan to 99% of the budget left: the last epoch's estimate is a guess
 BUDGET_FILE = "budget.json"
-REPORTED_ERROR = "config_error"  # a worker's report key: a ConfigError the driver raises
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
 
@@ -280,6 +279,24 @@ def open_budget(cfg: TrainConfig, *, steps_per_epoch: int, val_images: int, sche
     return BudgetRun(cfg, steps_per_epoch=steps_per_epoch, val_images=val_images,
                      scheduler=scheduler, rank=rank, device=device, reduce=reduce, log=log,
                      started=started, start_epoch=start_epoch, state=state, on_plan=follow)
+
+
+def write_reported_error(run_dir: str, exc: Exception) -> None:
+    """Rank 0, instead of training: ``<run_dir>/budget.json`` = ``{"error": message, "time":
+    unix}`` for the driver to raise as one message (:func:`read_reported_error`)."""
+    write_text(run_dir, BUDGET_FILE, json.dumps({"error": str(exc), "time": time.time()}))
+
+
+def read_reported_error(run_dir: str, since: float) -> Optional[str]:
+    """The error a run's workers wrote to ``budget.json`` at or after unix time ``since``
+    (:func:`write_reported_error`), else None."""
+    text = read_text(run_dir, BUDGET_FILE)
+    try:
+        doc = json.loads(text) if text else {}
+    except ValueError:
+        return None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    return str(error) if error and float(doc.get("time", 0.0)) >= since else None
 
 
 def val_share(num_val: int, world: int, cap_batches: Optional[int], eval_batch: int) -> int:

@@ -30,7 +30,7 @@ from cnn_ray.data.prepare import prepare_data
 from cnn_ray.data.shards import PreparedData
 from cnn_ray.io import is_uri, write_text
 from cnn_ray.runs import run_dir, storage_root
-from cnn_ray.train.budget_run import REPORTED_ERROR
+from cnn_ray.train.budget_run import read_reported_error
 from cnn_ray.train.checkpoint import CheckpointError, latest_checkpoint, read_meta
 from cnn_ray.train.data_modes import training_data
 from cnn_ray.train.inputs import FaultInjection, TrainingData, WorkerInputs
@@ -417,22 +417,24 @@ def run_training(
     write_run_files(cfg, directory, prepared)
     trainer = build_trainer(cfg, prepared, name=name, callbacks=callbacks,
                             fault_injection=fault_injection)
+    started = time.time()
     result = trainer.fit()
-    raise_reported_error(result.metrics)
+    raise_reported_error(directory, started)
     return result
 
 
-def raise_reported_error(metrics: Optional[dict]) -> None:
-    """Raise the :class:`ConfigError` the workers reported instead of training (a budget too
-    small for one epoch, :class:`cnn_ray.train.budget.BudgetTooSmall`): they report its message
-    and end cleanly, so the user sees one message and no worker traceback.
+def raise_reported_error(directory: str, since: float) -> None:
+    """Raise the :class:`ConfigError` the workers of the run in ``directory`` wrote at or after
+    unix time ``since`` instead of training (a budget too small for one epoch,
+    :class:`cnn_ray.train.budget.BudgetTooSmall`): they write its message and end cleanly, so
+    the user sees one message and no worker traceback.
 
     Raises:
-        ConfigError: ``metrics`` holds a reported error.
+        ConfigError: the workers wrote an error.
     """
-    message = (metrics or {}).get(REPORTED_ERROR)
+    message = read_reported_error(directory, since)
     if message:
-        raise ConfigError(str(message))
+        raise ConfigError(message)
 
 
 def prepared_summary(prepared: Union[PreparedData, RawData]) -> dict:

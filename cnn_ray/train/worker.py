@@ -32,7 +32,7 @@ from cnn_ray.io import append_jsonl, atomic_directory, is_uri
 from cnn_ray.recipe.apply import build_step_hooks, eval_model, tta_predictor
 from cnn_ray.recipe.tta import tta_views
 from cnn_ray.train.budget import BudgetTooSmall
-from cnn_ray.train.budget_run import REPORTED_ERROR, open_budget, val_share
+from cnn_ray.train.budget_run import open_budget, val_share, write_reported_error
 from cnn_ray.train.checkpoint import load_checkpoint, save_checkpoint
 from cnn_ray.train.finetune import record_pretrained
 from cnn_ray.train import parts as parts_lib
@@ -247,9 +247,10 @@ def run_worker(loop_config: dict[str, Any], session: Session) -> None:
             watch.close()
         if isinstance(session, TuneTrialSession):
             raise
-        # Ray Train: every rank reports the message and ends; the driver raises it as one
-        # ConfigError (launch.run_training), with no worker traceback in the user's log
-        session.report({"epoch": epoch, REPORTED_ERROR: str(exc)}, None)
+        # Ray Train: rank 0 writes the message to budget.json and every rank ends; the driver
+        # raises it as one ConfigError (launch.run_training), no worker traceback in its log
+        if rank == 0 and inputs.run_dir:
+            write_reported_error(inputs.run_dir, exc)
         return
     if budget is not None:
         budget.report(inputs.run_dir, epoch)

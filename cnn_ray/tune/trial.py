@@ -81,7 +81,9 @@ def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: 
     trainer = build_trainer(cfg, prepared, name=trial_id, callbacks=[TuneReportCallback()],
                             memory=shared)
     _built(starts_log, trial_id)
-    raise_reported_error(trainer.fit().metrics)  # e.g. optim.budget_s too small: the trial errors
+    fitted = time.time()
+    trainer.fit()
+    raise_reported_error(run_dir(cfg), fitted)  # e.g. optim.budget_s too small: the trial errors
 
 
 def _built(starts_log: Optional[str], trial_id: str) -> None:
