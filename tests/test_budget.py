@@ -150,6 +150,16 @@ def test_config_refuses_rung_anneal_and_bad_budgets(tmp_path):
         _cfg(tmp_path, budget_s=0)
 
 
+def test_the_ray_free_trainer_refuses_a_budget(tmp_path):
+    import numpy as np
+
+    from cnn_ray.train.local import train_arrays
+
+    arrays = (np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 1, 0, 1]))
+    with pytest.raises(ConfigError, match="optim.budget_s=5: .*runs through Ray Train"):
+        train_arrays(_cfg(tmp_path, budget_s=5.0), arrays, arrays, device=torch.device("cpu"))
+
+
 def test_sweep_with_a_budget_runs_fifo_only(tmp_path):
     from cnn_ray.tune.plan import SweepPlan
     from cnn_ray.tune.settings import SchedulerSettings, SearcherSettings, SweepSettings
