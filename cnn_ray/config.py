@@ -99,12 +99,14 @@ class OptimConfig(_Strict):
                                             "global L2 norm to this before each step; None = "
                                             "no clipping")
     epochs: int = Field(10, ge=1, description="training epochs (with budget_s: derived from "
-                        "the budget, and this value is ignored)")
+                        "the budget; this value only spans the provisional schedule of the "
+                        "calibration steps)")
     budget_s: Optional[float] = Field(
         None, gt=0.0, description="train to a wall-clock budget (seconds from the first "
         "training step to the end of the last evaluation) instead of optim.epochs: a short "
         "calibration on the workers sets the epoch count and so the whole schedule, re-checked "
-        "after every epoch (the schedule's tail shortened if the machine slowed)")
+        "after every epoch (the schedule's tail shortened if the machine slowed); the last "
+        "epoch may stop early; <run dir>/budget.json reports it. Not with schedule rung_anneal")
     budget_calibration_steps: int = Field(
         8, ge=1, description="with budget_s: timed training steps (after 2 warm-up steps) "
         "that estimate the first plan's seconds per epoch")
@@ -236,6 +238,11 @@ class TrainConfig(_Strict):
                     not 1 <= e < self.optim.epochs for e in ends):
                 raise ValueError(f"optim.anneal_epochs: expected strictly increasing epochs in "
                                  f"[1, optim.epochs={self.optim.epochs}), got {ends}")
+        if self.optim.budget_s is not None and self.optim.schedule == "rung_anneal":
+            raise ValueError("optim.budget_s derives the epoch count, but optim.schedule="
+                             "rung_anneal anneals at fixed epochs (optim.anneal_epochs, a "
+                             "sweep's rungs): use onecycle, linear_decay, wsd, cosine, step, "
+                             "constant or plateau with a budget")
         if self.optim.decoupled and self.optim.optimizer not in ("sgd", "muon"):
             raise ValueError(f"optim.decoupled=true is defined for optim.optimizer sgd or muon "
                              f"(momentum-corrected SGD), got {self.optim.optimizer!r}")

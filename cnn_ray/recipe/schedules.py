@@ -1,6 +1,7 @@
 """Learning-rate factors for ``torch.optim.lr_scheduler.LambdaLR``, stepped once per optimiser
 step: airbench's warm-up then linear decay, with an optional stop; and warm-up, stable, decay
-(:class:`WarmupStableDecay`) for sweeps that stop trials early.
+(:class:`WarmupStableDecay`) for sweeps that stop trials early; :class:`TimeWarp` re-fits any of
+them to a new length mid-run (``optim.budget_s``).
 
 Card
 ----
@@ -18,9 +19,20 @@ Keller Jordan, airbench ``triangle``. A callable class holding only numbers (not
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
+_WARPABLE: dict[str, type] = {}  # factor classes a TimeWarp may drive, by class name
 
+
+def warpable(cls: type) -> type:
+    """Class decorator: allow :class:`TimeWarp` to drive (and a checkpoint to name) factor
+    class ``cls``; its instances must hold numbers (and lists of numbers) only."""
+    _WARPABLE[cls.__name__] = cls
+    return cls
+
+
+@warpable
 class WarmupLinearDecay:
     """Factor at optimiser step ``t``: ``start -> 1`` linearly for ``t <= warmup_frac * T``,
     then ``1 -> end`` linearly until ``t = T``; ``end`` after ``T`` (no error past the end);
@@ -56,6 +68,7 @@ class WarmupLinearDecay:
         return 1.0 + (self.end - 1.0) * frac
 
 
+@warpable
 class WarmupStableDecay:
     """Warm-up, stable, decay (a trapezoid): the factor rises ``start -> 1`` over the first
     ``warmup_frac`` of the ``T`` steps, stays at 1, and falls linearly ``1 -> end`` over the
@@ -103,6 +116,7 @@ class WarmupStableDecay:
         return 1.0 + (self.end - 1.0) * frac
 
 
+@warpable
 class RungAnnealed:
     """Warm restarts whose cycles end where successive halving compares trials: the factor
     rises ``start -> 1`` over the first ``warmup_frac`` of each cycle and falls linearly
@@ -155,3 +169,101 @@ class RungAnnealed:
         if step < peak:
             return self.start + (1.0 - self.start) * (step - a) / (peak - a)
         return 1.0 + (self.end - 1.0) * (step - peak) / max(1, b - peak)
+
+
+@warpable
+class WarmupThen:
+    """``cosine``, ``step`` and ``constant`` (after a linear warm-up) as one factor of the step,
+    the values of the torch schedulers that :func:`cnn_ray.train.optim.build_lr_scheduler`
+    chains for them (``LinearLR(start_factor=1e-3)`` over ``warmup_steps``, then
+    ``CosineAnnealingLR(T_max=total - warmup, eta_min=0)``, ``StepLR(step_steps, gamma)`` or
+    a constant), written as a closed form because those schedulers advance recursively and
+    cannot be evaluated at an arbitrary step, which :class:`TimeWarp` needs (a run trained to
+    ``optim.budget_s``). Source: Loshchilov & Hutter, "SGDR" (2017) for the cosine; He et al.
+    (2016) for the step decay; Goyal et al. (2017) for the warm-up.
+
+    Args:
+        main: ``"cosine"``, ``"step"`` or ``"constant"``. total_steps: ``T`` >= 1.
+        warmup_steps: >= 0. step_steps: steps between decays (``step``), >= 1.
+        gamma: the step decay's factor, in (0, 1].
+    Raises:
+        ValueError: values out of range.
+    """
+
+    def __init__(self, main: str, total_steps: int, warmup_steps: int = 0, step_steps: int = 1,
+                 gamma: float = 0.1):
+        if main not in ("cosine", "step", "constant") or total_steps < 1 or warmup_steps < 0 \
+                or step_steps < 1 or not 0.0 < gamma <= 1.0:
+            raise ValueError(f"need main in cosine/step/constant, total_steps >= 1, "
+                             f"warmup_steps >= 0, step_steps >= 1, 0 < gamma <= 1; got {main!r}, "
+                             f"{total_steps}, {warmup_steps}, {step_steps}, {gamma}")
+        self.main, self.total_steps = main, int(total_steps)
+        self.warmup, self.step_steps, self.gamma = int(warmup_steps), int(step_steps), float(gamma)
+
+    def __call__(self, step: float) -> float:
+        if step < self.warmup:
+            return 1e-3 + (1.0 - 1e-3) * step / self.warmup
+        t = step - self.warmup
+        if self.main == "cosine":
+            span = max(1, self.total_steps - self.warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(t, span) / span))
+        if self.main == "step":
+            return self.gamma ** int(t // self.step_steps)
+        return 1.0
+
+
+class TimeWarp:
+    """One learning-rate schedule re-fitted to a new length without a restart (a run trained to
+    ``optim.budget_s``, :mod:`cnn_ray.train.budget_run`): a ``LambdaLR`` factor that evaluates
+    a base factor (``T_b`` steps long) at the step ``progress(step) * T_b``.
+
+    Progress is ``step / T`` until the first :meth:`refit`; a refit at step ``s0`` to a new
+    total ``T'`` maps ``progress(step) = p0 + (1 - p0) (step - s0) / (T' - s0)`` with ``p0`` the
+    progress reached at ``s0``: the rate is continuous at ``s0`` (same progress), it reaches
+    the base schedule's end value at ``T'`` (progress 1; clamped after), and progress only
+    grows with the step. The warm-up, peak and decay keep their shares of the remaining run.
+
+    Holds numbers only (the base factor as its class name and ``vars``), so
+    ``LambdaLR.state_dict()`` saves the warp with the scheduler and
+    ``torch.load(weights_only=True)`` reads it back; a checkpoint can name only
+    :func:`warpable` classes. Source: the budgeted-training view of a schedule as a function
+    of training progress (Li, Yumer & Ramanan, "Budgeted Training: Rethinking Deep Neural
+    Network Training Under Resource Constraints", ICLR 2020); the re-fit is cnn_ray's
+    (issue 26).
+
+    Args:
+        base: an instance of a :func:`warpable` factor class.
+        total_steps: ``T`` = ``T_b`` >= 1, the base factor's length.
+    Raises:
+        ValueError: ``base`` is not of a warpable class, or ``total_steps < 1``.
+    """
+
+    def __init__(self, base, total_steps: int):
+        kind = type(base).__name__
+        if _WARPABLE.get(kind) is not type(base) or total_steps < 1:
+            raise ValueError(f"TimeWarp drives the factors {sorted(_WARPABLE)} over >= 1 steps; "
+                             f"got {kind} over {total_steps}")
+        self.kind, self.base = kind, dict(vars(base))
+        self.base_total = self.total_steps = int(total_steps)
+        self.start, self.start_progress = 0, 0.0
+
+    def progress(self, step: float) -> float:
+        """The share of the base schedule reached at optimiser ``step`` (in [0, 1] from the
+        last refit on)."""
+        if self.total_steps <= self.start:
+            return self.start_progress
+        frac = (step - self.start) / (self.total_steps - self.start)
+        return min(1.0, self.start_progress + (1.0 - self.start_progress) * frac)
+
+    def refit(self, step: int, total_steps: int) -> None:
+        """From ``step`` on, end the schedule at ``total_steps`` (a total at or below ``step``:
+        no step is left, the progress stays where it is)."""
+        p0 = self.progress(step)
+        self.start, self.start_progress = int(step), p0
+        self.total_steps = max(int(step), int(total_steps))
+
+    def __call__(self, step: int) -> float:
+        cls = _WARPABLE[self.kind]
+        fn = cls.__new__(cls)
+        fn.__dict__.update(self.base)
+        return fn(self.progress(step) * self.base_total)

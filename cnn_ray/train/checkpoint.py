@@ -9,7 +9,7 @@ newest complete one is :func:`latest_checkpoint`)::
     meta.json       {"format": 1, "epoch", "config", "class_names", "mean", "std", "metrics",
                      "eval_transform" (the validation sizes: stored_size, resize_size,
                      image_size; checkpoints before it: derived from "config"),
-                     "bands" (multi-band data only)}
+                     "bands" (multi-band data only), "budget" (optim.budget_s runs only)}
 
 ``model.pt`` always holds the raw (trained) weights; the exponential moving average of them,
 when the run keeps one, is in ``ema.pt`` (:func:`ema_model_state` gives it as a plain model
@@ -72,6 +72,7 @@ def save_checkpoint(
     ema: Optional[nn.Module] = None,
     bands: Optional[dict] = None,
     eval_transform: Optional[dict] = None,
+    budget: Optional[dict] = None,
 ) -> Path:
     """Write a checkpoint into ``directory`` (created; must not already hold one).
 
@@ -80,7 +81,9 @@ def save_checkpoint(
     (:meth:`cnn_ray.data.bands.BandTransform.to_dict`), kept in ``meta.json`` so evaluation,
     prediction and export map raw tiles exactly as training did. ``eval_transform``: the run's
     validation transform (:meth:`cnn_ray.data.preprocess.EvalTransform.to_dict`), kept in
-    ``meta.json`` so they resize and crop as its validation did.
+    ``meta.json`` so they resize and crop as its validation did. ``budget``: a run trained to
+    ``optim.budget_s``, its plan (:meth:`cnn_ray.train.budget_run.BudgetRun.state`, JSON), kept
+    in ``meta.json`` so a resumed run keeps its derived epochs.
 
     The files are written into ``<directory>.tmp-<pid>-<random>`` and renamed to ``directory``
     at the end (:func:`cnn_ray.io.atomic_directory`). Returns ``directory`` as a Path. Raises
@@ -112,6 +115,7 @@ def save_checkpoint(
             "std": list(map(float, std)), "metrics": metrics or {},
             **({"bands": bands} if bands is not None else {}),
             **({"eval_transform": dict(eval_transform)} if eval_transform is not None else {}),
+            **({"budget": budget} if budget is not None else {}),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     return directory

@@ -30,6 +30,7 @@ from cnn_ray.data.prepare import prepare_data
 from cnn_ray.data.shards import PreparedData
 from cnn_ray.io import is_uri, write_text
 from cnn_ray.runs import run_dir, storage_root
+from cnn_ray.train.budget_run import read_reported_error
 from cnn_ray.train.checkpoint import CheckpointError, latest_checkpoint, read_meta
 from cnn_ray.train.data_modes import training_data
 from cnn_ray.train.inputs import FaultInjection, TrainingData, WorkerInputs
@@ -402,7 +403,9 @@ def run_training(
 
     Raises:
         ConfigError: the cluster cannot fit the workers plus the data pipeline, or the run dir
-            holds a checkpoint of a different model, data or class list (:func:`check_resume`).
+            holds a checkpoint of a different model, data or class list (:func:`check_resume`),
+            or the workers found ``optim.budget_s`` too small for one epoch
+            (:func:`raise_reported_error`).
         ray.train.TrainingFailedError: training failed more than ``run.max_failures`` times.
     """
     if not ray.is_initialized():
@@ -414,7 +417,24 @@ def run_training(
     write_run_files(cfg, directory, prepared)
     trainer = build_trainer(cfg, prepared, name=name, callbacks=callbacks,
                             fault_injection=fault_injection)
-    return trainer.fit()
+    started = time.time()
+    result = trainer.fit()
+    raise_reported_error(directory, started)
+    return result
+
+
+def raise_reported_error(directory: str, since: float) -> None:
+    """Raise the :class:`ConfigError` the workers of the run in ``directory`` wrote at or after
+    unix time ``since`` instead of training (a budget too small for one epoch,
+    :class:`cnn_ray.train.budget.BudgetTooSmall`): they write its message and end cleanly, so
+    the user sees one message and no worker traceback.
+
+    Raises:
+        ConfigError: the workers wrote an error.
+    """
+    message = read_reported_error(directory, since)
+    if message:
+        raise ConfigError(message)
 
 
 def prepared_summary(prepared: Union[PreparedData, RawData]) -> dict:

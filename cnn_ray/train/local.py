@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from cnn_ray.config import TrainConfig
+from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.data.memory import InMemoryShard, shard_for_device
 from cnn_ray.data.preprocess import EvalTransform
 from cnn_ray.recipe.apply import (build_step_hooks, compute_stem_weights, eval_model,
@@ -50,12 +50,19 @@ def train_arrays(cfg: TrainConfig, train: Arrays, val: Arrays, *, device: torch.
             is written there (:func:`cnn_ray.train.checkpoint.save_checkpoint`: raw and EMA
             weights, optimiser state, the normalisation used, class names ``"0"``...), so it
             can serve as ``model.pretrained`` of a later run.
+    Raises:
+        ConfigError: ``optim.budget_s`` is set (a budget is planned by the Ray Train worker,
+            :mod:`cnn_ray.train.budget_run`; this trainer runs ``optim.epochs``).
     Returns:
         ``{"train_s": seconds from the first to the last training step (evaluation excluded),
         "eval_s", "epochs", "val_top1" (last epoch), "val_top1_by_epoch",
         "train_image_size_by_epoch" (the side trained each epoch, ``data.progressive``), "tta_views",
         "images_per_sec", "precision", "checkpoint" (the directory written, or None)}``.
     """
+    if cfg.optim.budget_s is not None:
+        raise ConfigError(f"optim.budget_s={cfg.optim.budget_s:g}: training to a time budget "
+                          "runs through Ray Train (jobs/train.py); the Ray-free trainer runs "
+                          "optim.epochs: drop optim.budget_s here")
     log = log or (lambda msg: print(f"[cnn_ray.local] {msg}", flush=True))
     summary = keep_pretrained_normalization(cfg, _summary(train, val))
     stem = _stem_weights(cfg, train, summary)

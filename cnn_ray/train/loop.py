@@ -114,11 +114,13 @@ class EpochStats:
 class TrainProgress:
     """Where training stands between epochs: ``start_epoch`` epochs done when this (re)start
     began, the best ``val_top1`` so far (None before the first evaluation) and ``stale``
-    epochs since it last improved (for early stopping)."""
+    epochs since it last improved (for early stopping); ``budget``: the checkpoint's budget
+    plan (``optim.budget_s``; :mod:`cnn_ray.train.budget_run`), None without one."""
 
     start_epoch: int = 0
     best: Optional[float] = None
     stale: int = 0
+    budget: Optional[dict] = None
 
     def update(self, val_top1: float) -> dict[str, float]:
         """Record one epoch's ``val_top1``; returns ``best_val_top1`` and

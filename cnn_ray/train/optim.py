@@ -18,8 +18,9 @@ from torch import nn
 
 from cnn_ray.compat import set_scheduler_last_lr
 from cnn_ray.config import OptimConfig
-from cnn_ray.recipe import (MuonSGD, RungAnnealed, WarmupLinearDecay, WarmupStableDecay, bn_bias_param_groups,
-                            decoupled_sgd_hparams, split_muon_groups)
+from cnn_ray.recipe import (MuonSGD, RungAnnealed, TimeWarp, WarmupLinearDecay, WarmupStableDecay,
+                            WarmupThen, bn_bias_param_groups, decoupled_sgd_hparams,
+                            split_muon_groups, warpable)
 from cnn_ray.train.techniques import split_decay_params
 
 if TYPE_CHECKING:
@@ -140,6 +141,12 @@ def build_lr_scheduler(
 
     Each scales every parameter group's own initial lr, so per-group multipliers persist.
 
+    With ``optim.budget_s`` every per-step schedule is a ``LambdaLR`` over a
+    :class:`~cnn_ray.recipe.TimeWarp` of its factor (cosine, step and constant as
+    :class:`~cnn_ray.recipe.WarmupThen`), provisionally ``optim.epochs`` long: the budget's
+    plan re-fits its length as one schedule (:mod:`cnn_ray.train.budget_run`). ``plateau``
+    does not depend on the run's length and is kept as is (the budget sets only the epochs).
+
     Args:
         steps_per_epoch: optimiser steps per epoch on one worker (>= 1).
     Returns:
@@ -149,21 +156,11 @@ def build_lr_scheduler(
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler
-    if cfg.schedule == "onecycle":
-        return sched.LambdaLR(optimizer, OneCycleFactor(total, cfg.pct_start)), True
-    if cfg.schedule == "linear_decay":
-        factor = WarmupLinearDecay(total, warmup_frac=cfg.pct_start, start=cfg.initial_lr_frac,
-                                   end=cfg.final_lr_frac)
-        return sched.LambdaLR(optimizer, factor), True
-    if cfg.schedule == "wsd":
-        factor = WarmupStableDecay(total, warmup_frac=cfg.pct_start, decay_frac=cfg.decay_frac,
-                                   start=cfg.initial_lr_frac, end=cfg.final_lr_frac)
-        return sched.LambdaLR(optimizer, factor), True
-    if cfg.schedule == "rung_anneal":
-        ends = [e * steps_per_epoch for e in (cfg.anneal_epochs or [])]
-        factor = RungAnnealed(total, ends, warmup_frac=cfg.pct_start, start=cfg.initial_lr_frac,
-                              end=cfg.final_lr_frac)
-        return sched.LambdaLR(optimizer, factor), True
+    if cfg.budget_s is not None and cfg.schedule != "plateau":  # one schedule, re-fitted
+        factor = _step_factor(cfg, steps_per_epoch)
+        return sched.LambdaLR(optimizer, TimeWarp(factor, factor.total_steps)), True
+    if cfg.schedule in ("onecycle", "linear_decay", "wsd", "rung_anneal"):
+        return sched.LambdaLR(optimizer, _step_factor(cfg, steps_per_epoch)), True
     if cfg.schedule == "plateau":
         return sched.ReduceLROnPlateau(optimizer, mode="min", factor=cfg.gamma,
                                        patience=cfg.plateau_patience), False
@@ -179,6 +176,28 @@ def build_lr_scheduler(
     return sched.SequentialLR(optimizer, [warm, main], milestones=[warmup]), True
 
 
+def _step_factor(cfg: OptimConfig, steps_per_epoch: int):
+    """The factor of step of per-step schedule ``cfg.schedule`` over ``cfg.epochs`` epochs (the
+    values :func:`build_lr_scheduler` gives it without a budget)."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if cfg.schedule == "onecycle":
+        return OneCycleFactor(total, cfg.pct_start)
+    if cfg.schedule == "linear_decay":
+        return WarmupLinearDecay(total, warmup_frac=cfg.pct_start, start=cfg.initial_lr_frac,
+                                 end=cfg.final_lr_frac)
+    if cfg.schedule == "wsd":
+        return WarmupStableDecay(total, warmup_frac=cfg.pct_start, decay_frac=cfg.decay_frac,
+                                 start=cfg.initial_lr_frac, end=cfg.final_lr_frac)
+    if cfg.schedule == "rung_anneal":
+        ends = [e * steps_per_epoch for e in (cfg.anneal_epochs or [])]
+        return RungAnnealed(total, ends, warmup_frac=cfg.pct_start, start=cfg.initial_lr_frac,
+                            end=cfg.final_lr_frac)
+    return WarmupThen(cfg.schedule, total, warmup, step_steps=cfg.step_size * steps_per_epoch,
+                      gamma=cfg.gamma)
+
+
+@warpable
 class OneCycleFactor:
     """LR multiplier of the one-cycle policy as a function of the optimiser step.
 

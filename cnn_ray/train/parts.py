@@ -112,8 +112,9 @@ def build_parts(cfg: TrainConfig, data: DataSummary, rank: int, world: int, *,
 def restore_parts(parts: TrainParts, cfg: TrainConfig, state: TrainingState, log) -> TrainProgress:
     """Load a run's own checkpoint ``state`` into ``parts`` (model, EMA, optimiser, schedule,
     scaler: over any ``model.pretrained`` weights loaded at build); a one-cycle or
-    linear-decay schedule is refitted to the current ``optim.epochs``. Returns where training
-    stands (epochs done, best ``val_top1``, epochs without improvement)."""
+    linear-decay schedule is refitted to the current ``optim.epochs`` (a budget's schedule keeps
+    its saved plan). Returns where training stands (epochs done, best ``val_top1``, epochs
+    without improvement, the budget plan)."""
     planned = schedule_total_steps(parts.scheduler)  # the current config's budget
     restore_training_state(state, model=parts.model, optimizer=parts.optimizer,
                            scheduler=parts.scheduler, scaler=parts.scaler, ema=parts.ema)
@@ -123,7 +124,8 @@ def restore_parts(parts: TrainParts, cfg: TrainConfig, state: TrainingState, log
             f"{previous} -> {planned} total steps")
     log(f"resumed from checkpoint at epoch {state.epoch}")
     stale = int(state.meta.get("metrics", {}).get("epochs_without_improvement", 0))
-    return TrainProgress(start_epoch=state.epoch, best=state.best, stale=stale)
+    return TrainProgress(start_epoch=state.epoch, best=state.best, stale=stale,
+                         budget=state.meta.get("budget"))
 
 
 def begin_epoch(parts: TrainParts, cfg: TrainConfig, epoch: int, world: int, log, *,

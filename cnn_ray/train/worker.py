@@ -19,7 +19,7 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import torch
 
@@ -31,6 +31,8 @@ from cnn_ray.data.preprocess import EvalTransform
 from cnn_ray.io import append_jsonl, atomic_directory, is_uri
 from cnn_ray.recipe.apply import build_step_hooks, eval_model, tta_predictor
 from cnn_ray.recipe.tta import tta_views
+from cnn_ray.train.budget import BudgetTooSmall
+from cnn_ray.train.budget_run import open_budget, val_share, write_reported_error
 from cnn_ray.train.checkpoint import load_checkpoint, save_checkpoint
 from cnn_ray.train.finetune import record_pretrained
 from cnn_ray.train import parts as parts_lib
@@ -196,55 +198,90 @@ def run_worker(loop_config: dict[str, Any], session: Session) -> None:
                              seed=cfg.run.seed + rank,
                              start_step=progress.start_epoch * parts.steps_per_epoch,
                              steps_per_epoch=parts.steps_per_epoch)
+    budget = open_budget(  # optim.budget_s: the plan sets planned_epochs (None: no budget)
+        cfg, steps_per_epoch=parts.steps_per_epoch, scheduler=parts.scheduler, hooks=hooks,
+        val_images=val_share(inputs.data.num_val, world, smoke, cfg.optim.eval_batch_size),
+        rank=rank, device=parts.device, reduce=distributed_reduce, log=log, started=entered,
+        start_epoch=progress.start_epoch, state=progress.budget)
+    if budget is not None:
+        hooks = dataclasses.replace(hooks, after_step=[*hooks.after_step, budget.after_step])
+    planned_epochs = budget.planned_epochs if budget else cfg.optim.epochs
 
     watch = RunWatch(inputs.run_dir, progress.start_epoch, log) if rank == 0 else None
-    planned_epochs = cfg.optim.epochs  # the epoch count of the schedules and the size ramp
-    for epoch in range(progress.start_epoch, planned_epochs):
-        begin_epoch(parts, cfg, epoch, world, log, session=session)
-        metrics = run_epoch(parts, feed, inputs, epoch, rank, world,
-                            hooks=_with_progress(hooks, cfg, parts, epoch, rank, log),
-                            max_steps=smoke, log=log, planned_epochs=planned_epochs)
-        if not parts.per_step:
-            parts.scheduler.step(metrics["val_loss"])
-        metrics.update(progress.update(metrics["val_top1"]))
-        stop = progress.should_stop(cfg.optim.early_stopping_patience)
-        if rank == 0:
-            log(_format_metrics(metrics, size=cfg.data.progressive.enabled))
-            if inputs.run_dir:
-                _append_jsonl(inputs.run_dir, "metrics.jsonl", metrics)
-        last = epoch + 1 == planned_epochs or stop
-        _report(inputs, metrics, rank, parts, best=progress.best,
-                save=(epoch + 1) % cfg.run.checkpoint_every == 0 or last, session=session)
+    epoch = progress.start_epoch
+    try:
+        while epoch < planned_epochs:
+            begin_epoch(parts, cfg, epoch, world, log, session=session)
+            steps = budget.start_epoch(epoch, planned_epochs, smoke) if budget else smoke
+            metrics = run_epoch(
+                parts, feed, inputs, epoch, rank, world,
+                hooks=_with_progress(hooks, cfg, parts, epoch, rank, log, planned_epochs),
+                max_steps=smoke, train_steps=steps, log=log,
+                epochs=(lambda: budget.planned_epochs) if budget else (lambda: planned_epochs))
+            if budget is not None:  # re-plan from the budget left
+                metrics.update(budget.end_epoch(epoch, metrics))
+                planned_epochs = budget.planned_epochs
+            if not parts.per_step:
+                parts.scheduler.step(metrics["val_loss"])
+            metrics.update(progress.update(metrics["val_top1"]))
+            stop = progress.should_stop(cfg.optim.early_stopping_patience)
+            if rank == 0:
+                log(_format_metrics(metrics, size=cfg.data.progressive.enabled))
+                if inputs.run_dir:
+                    _append_jsonl(inputs.run_dir, "metrics.jsonl", metrics)
+            last = epoch + 1 >= planned_epochs or stop
+            _report(inputs, metrics, rank, parts, best=progress.best,
+                    save=(epoch + 1) % cfg.run.checkpoint_every == 0 or last, session=session,
+                    budget=budget.state(epoch + 1) if budget else None)
+            if watch is not None:
+                # after the checkpoint is committed: plotting and TensorBoard (~1 s) must not
+                # widen the window in which a fault loses the epoch (benchmarks/faults.py
+                # node_removed)
+                watch.epoch(metrics)
+            epoch += 1
+            if stop:
+                log(f"early stopping: val_top1 has not improved for {progress.stale} epochs")
+                break
+    except BudgetTooSmall as exc:
         if watch is not None:
-            # after the checkpoint is committed: plotting and TensorBoard (~1 s) must not widen
-            # the window in which a fault loses the epoch (benchmarks/faults.py node_removed)
-            watch.epoch(metrics)
-        if stop:
-            log(f"early stopping: val_top1 has not improved for {progress.stale} epochs")
-            break
+            watch.close()
+        if isinstance(session, TuneTrialSession):
+            raise
+        # Ray Train: rank 0 writes the message to budget.json and every rank ends; the driver
+        # raises it as one ConfigError (launch.run_training), no worker traceback in its log
+        if rank == 0 and inputs.run_dir:
+            write_reported_error(inputs.run_dir, exc)
+        return
+    if budget is not None:
+        budget.report(inputs.run_dir, epoch)
     if watch is not None:
         watch.close()
 
 
 def run_epoch(parts: "TrainParts", feed, inputs: WorkerInputs, epoch: int, rank: int, world: int,
-              *, hooks, max_steps: Optional[int], log,
-              planned_epochs: Optional[int] = None) -> dict[str, Any]:
+              *, hooks, max_steps: Optional[int], log, train_steps: Optional[int] = None,
+              epochs: Optional[Callable[[], int]] = None) -> dict[str, Any]:
     """Train one epoch (0-based ``epoch``) on this worker's batches with the recipe's step
     ``hooks``, evaluate its share of the validation set (the EMA weights when kept, with
     test-time augmentation on the epochs ``eval.tta_epochs`` says) and return the epoch's
     metrics summed over ranks (``tta_views``: forward passes per validation image;
-    ``train_image_size``: the side trained, ``data.crop_size_at(epoch, planned_epochs)``,
-    default ``optim.epochs``, else the stored side). ``max_steps``: smoke runs'
-    steps and validation batches per epoch (None: all)."""
+    ``train_image_size``: the side trained, ``data.crop_size_at(epoch, epochs())``, else the
+    stored side). ``max_steps``: smoke runs' steps and validation batches per epoch (None:
+    all); ``train_steps``: the training steps' cap (default ``max_steps``; a budget's last
+    epoch); ``epochs()``: the run's planned epochs (a budget plans during the first epoch, so
+    the epoch's crop side is read before training and the TTA choice after it; default
+    ``optim.epochs``)."""
     cfg = inputs.config
-    tta = cfg.eval.tta_at(epoch, cfg.optim.epochs)
-    size = cfg.data.crop_size_at(epoch, planned_epochs or cfg.optim.epochs)
+    planned = epochs or (lambda: cfg.optim.epochs)
+    train_steps = max_steps if train_steps is None else train_steps
+    size = cfg.data.crop_size_at(epoch, planned())
     batches = _with_fault(feed.train_batches(epoch, size), inputs.fault, rank, epoch + 1)
     train_stats = train_one_epoch(
         parts.model, batches, parts.optimizer, parts.settings, scheduler=parts.scheduler,
-        scheduler_per_step=parts.per_step, scaler=parts.scaler, max_steps=max_steps, log=log,
+        scheduler_per_step=parts.per_step, scaler=parts.scaler, max_steps=train_steps, log=log,
         hooks=hooks,
     ).reduce(distributed_reduce, parts.device)
+    tta = cfg.eval.tta_at(epoch, planned())
     val_stats = evaluate(eval_model(parts.model, parts.ema), feed.val_batches(), parts.settings,
                          max_batches=max_steps,
                          predict=tta_predictor(tta)).reduce(distributed_reduce, parts.device)
@@ -255,13 +292,15 @@ def run_epoch(parts: "TrainParts", feed, inputs: WorkerInputs, epoch: int, rank:
     return metrics
 
 
-def _with_progress(hooks, cfg: TrainConfig, parts: TrainParts, epoch: int, rank: int, log):
+def _with_progress(hooks, cfg: TrainConfig, parts: TrainParts, epoch: int, rank: int, log,
+                   epochs: Optional[int] = None):
     """``hooks`` plus, on rank 0, an after-step hook that prints the epoch's progress with the
     time left in the epoch and in the run's training steps every ``run.progress_every_s``
-    seconds (:class:`~cnn_ray.watch.EtaProgress`; evaluation time is not in the estimate)."""
+    seconds (:class:`~cnn_ray.watch.EtaProgress`; evaluation time is not in the estimate).
+    ``epochs``: the run's planned epochs (default ``optim.epochs``)."""
     if rank != 0 or not cfg.run.progress_every_s:
         return hooks
-    spe, epochs = parts.steps_per_epoch, cfg.optim.epochs
+    spe, epochs = parts.steps_per_epoch, epochs or cfg.optim.epochs
 
     def run_left(done: int, rate: float) -> str:
         steps_left = (epochs - epoch - 1) * spe + max(0, spe - done)
@@ -443,12 +482,14 @@ def _epoch_metrics(epoch: int, tr: EpochStats, va: EpochStats, num_classes: int,
 
 
 def _report(inputs: WorkerInputs, metrics: dict, rank: int, parts: TrainParts, *,
-            best: Optional[float], save: bool, session: Session) -> None:
+            best: Optional[float], save: bool, session: Session,
+            budget: Optional[dict] = None) -> None:
     """Report this epoch's metrics to the session (``ray.train.report``, or Tune's in a trial);
     with ``save``, rank 0 attaches a checkpoint (model, optimiser, schedule, scaler, config,
     class names, normalisation) and every rank waits until it is committed
     (``session.after_checkpoint``; Ray Train: :func:`_wait_until_committed`). The checkpoint
-    holds the raw weights and, with ``optim.ema``, the averaged ones (``ema.pt``)."""
+    holds the raw weights and, with ``optim.ema``, the averaged ones (``ema.pt``), and the
+    ``budget`` plan (:meth:`cnn_ray.train.budget_run.BudgetRun.state`) in its meta."""
     if not save:
         session.report(metrics, None)
         return
@@ -463,7 +504,7 @@ def _report(inputs: WorkerInputs, metrics: dict, rank: int, parts: TrainParts, *
             mean=list(data.mean), std=list(data.std), optimizer=parts.optimizer,
             scheduler=parts.scheduler, scaler=parts.scaler, best=best, metrics=metrics,
             ema=parts.ema, bands=data.bands,
-            eval_transform=EvalTransform.of(inputs.config).to_dict(),
+            eval_transform=EvalTransform.of(inputs.config).to_dict(), budget=budget,
         )
         checkpoint = str(path)
     try:

@@ -50,6 +50,27 @@ def check_budgets(base: TrainConfig, scheduler: SchedulerSettings, space_keys) -
             f"optim.epochs) or set the two equal")
 
 
+def check_time_budget(base: TrainConfig, scheduler: SchedulerSettings, space_keys) -> None:
+    """A sweep with ``optim.budget_s`` (in the base: the same budget per trial; in the space:
+    each trial its own, searched like any key) runs every trial to its budget: FIFO only.
+    ASHA, median stopping and HyperBand compare trials at epochs, and each trial derives its
+    own epoch count from its measured speed, so a rung would compare trials at different
+    shares of their schedules (and ``scheduler.max_t`` could not match ``optim.epochs``).
+
+    Raises:
+        ConfigError: naming ``optim.budget_s`` and ``scheduler.kind``.
+    """
+    if scheduler.kind == "fifo":
+        return
+    where = ("base optim.budget_s" if base.optim.budget_s is not None
+             else "optim.budget_s in the space" if "optim.budget_s" in space_keys else None)
+    if where:
+        raise ConfigError(
+            f"{where}: every trial trains to its time budget, and its epoch count is derived "
+            f"from its own speed, but scheduler.kind={scheduler.kind} stops trials at epochs: "
+            "use scheduler.kind=fifo with a budget, or optim.epochs without one")
+
+
 def asha_rungs(scheduler: SchedulerSettings) -> list[int]:
     """The epochs at which Tune's ASHA compares trials: ``grace_period x reduction_factor^k``
     for ``k < int(log(max_t / grace_period) / log(reduction_factor) + 1)`` (as
@@ -103,6 +124,7 @@ class SweepPlan:
         if scheduler.max_t is None:
             scheduler = scheduler.model_copy(update={"max_t": base.optim.epochs})
             self.scheduler = scheduler
+        check_time_budget(base, scheduler, self.space.keys())
         check_budgets(base, scheduler, self.space.keys())
         base = with_rung_cycles(base, scheduler, self.space.keys())
         self.base = base

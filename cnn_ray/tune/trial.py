@@ -56,7 +56,8 @@ def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: 
     started = time.time()  # before the imports: a fresh trial actor pays for them too
 
     from cnn_ray.runs import run_dir
-    from cnn_ray.train.launch import build_trainer, trains_in_trial, worker_inputs, write_run_files
+    from cnn_ray.train.launch import (build_trainer, raise_reported_error, trains_in_trial,
+                                      worker_inputs, write_run_files)
 
     trial_id = ray.tune.get_context().get_trial_id()
     if starts_log:
@@ -80,7 +81,9 @@ def run_trial(config: dict, *, base: dict, prepared, runs_dir: str, starts_log: 
     trainer = build_trainer(cfg, prepared, name=trial_id, callbacks=[TuneReportCallback()],
                             memory=shared)
     _built(starts_log, trial_id)
+    fitted = time.time()
     trainer.fit()
+    raise_reported_error(run_dir(cfg), fitted)  # e.g. optim.budget_s too small: the trial errors
 
 
 def _built(starts_log: Optional[str], trial_id: str) -> None:
