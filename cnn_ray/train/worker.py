@@ -3,7 +3,9 @@
 It orchestrates and delegates: rebuild the typed config, build model/optimiser/schedule,
 restore the last checkpoint, then per epoch: train on this worker's shard, evaluate on its
 share of the validation set, aggregate counts over ranks, report metrics (+ a checkpoint from
-rank 0), and stop early when asked. The numeric work lives in :mod:`cnn_ray.train.loop`.
+rank 0), and stop early when asked. The numeric work lives in :mod:`cnn_ray.train.loop`, the
+sessions (Ray Train or a Tune trial) in :mod:`cnn_ray.train.sessions`, the batches in
+:mod:`cnn_ray.train.feeds`, a time budget's plan in :mod:`cnn_ray.train.budget_run`.
 """
 
 from __future__ import annotations
@@ -16,19 +18,16 @@ import dataclasses
 import os
 import resource
 import shutil
-import signal
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
-
-import torch
+from typing import Any, Callable, Optional
 
 import ray.train
 import ray.train.torch
 
 from cnn_ray.config import TrainConfig
 from cnn_ray.data.preprocess import EvalTransform
-from cnn_ray.io import append_jsonl, atomic_directory, is_uri
+from cnn_ray.io import append_jsonl, is_uri
 from cnn_ray.recipe.apply import build_step_hooks, eval_model, tta_predictor
 from cnn_ray.recipe.tta import tta_views
 from cnn_ray.train.budget import BudgetTooSmall
@@ -36,7 +35,7 @@ from cnn_ray.train.budget_run import open_budget, val_share, write_reported_erro
 from cnn_ray.train.checkpoint import load_checkpoint, save_checkpoint
 from cnn_ray.train.finetune import record_pretrained
 from cnn_ray.train import parts as parts_lib
-from cnn_ray.train.inputs import DataSummary, FaultInjection, WorkerInputs
+from cnn_ray.train.inputs import DataSummary, WorkerInputs
 from cnn_ray.train.loop import (
     EpochStats,
     TrainProgress,
@@ -45,112 +44,11 @@ from cnn_ray.train.loop import (
     train_one_epoch,
 )
 from cnn_ray.train.parts import TrainParts
+from cnn_ray.train.feeds import _MemoryFeed, _StreamFeed, _with_fault, open_feed  # noqa: F401
+from cnn_ray.train.sessions import (RUN_CHECKPOINT_PREFIX, RayTrainSession,  # noqa: F401
+                                    Session, TuneTrialSession, latest_run_checkpoint,
+                                    run_checkpoints)
 from cnn_ray.watch import EtaProgress, RunWatch, format_duration, say
-
-
-# ------------------------------------------------------------------------------ sessions
-class RayTrainSession:
-    """Where a Ray Train worker gets its rank, device, checkpoint and reports: Ray Train.
-
-    The same interface as :class:`TuneTrialSession`: ``rank``, ``world``, ``device()``,
-    ``wrap(model)`` (DDP when world > 1), ``get_checkpoint()`` (a ``Checkpoint`` or None),
-    ``report(metrics, checkpoint_dir)``, ``after_checkpoint()`` (a barrier) and
-    ``dataset_shard(name)`` (streamed Ray Data shards).
-    """
-
-    def __init__(self) -> None:
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-
-    def device(self, cfg: TrainConfig) -> torch.device:
-        return ray.train.torch.get_device()
-
-    def wrap(self, model):
-        return ray.train.torch.prepare_model(model)
-
-    def get_checkpoint(self):
-        return ray.train.get_checkpoint()
-
-    def report(self, metrics: dict, checkpoint_dir: Optional[str]) -> None:
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
-                         if checkpoint_dir else None)
-
-    def after_checkpoint(self) -> None:
-        _wait_until_committed(self.rank)
-
-    def dataset_shard(self, name: str):
-        return ray.train.get_dataset_shard(name)
-
-
-class TuneTrialSession:
-    """One worker trained inside a Ray Tune trial's own process (no Train controller, no
-    worker actor: the trial's training starts without their start-up, issue 13).
-
-    Rank 0 of 1; the device is ``cuda:0`` when ``scaling.use_gpu`` (Ray sets the trial's
-    ``CUDA_VISIBLE_DEVICES``) and the CPU otherwise; no DDP. Each epoch is one
-    ``ray.tune.report``. Checkpoints are kept as a Train run keeps them, in the run dir
-    (``<run_dir>/checkpoint_epoch_<epoch>``, written atomically before the report, the newest
-    ``keep`` kept; the report carries its ``checkpoint_path``), so a trial restarted after an
-    interruption resumes from its own run dir whatever Tune's saved state recorded. Only the
-    memory cache feeds it and only on a local (or mounted) storage path
-    (:func:`cnn_ray.train.launch.trains_in_trial`).
-    """
-
-    rank, world = 0, 1
-
-    def __init__(self, run_dir: str, keep: int):
-        self.run_dir, self.keep = Path(run_dir), max(1, int(keep))
-
-    def device(self, cfg: TrainConfig) -> torch.device:
-        if cfg.scaling.use_gpu and torch.cuda.is_available():
-            return torch.device("cuda", 0)
-        return torch.device("cpu")
-
-    def wrap(self, model):
-        return model
-
-    def get_checkpoint(self):
-        path = latest_run_checkpoint(self.run_dir)
-        return ray.train.Checkpoint.from_directory(str(path)) if path else None
-
-    def report(self, metrics: dict, checkpoint_dir: Optional[str]) -> None:
-        import ray.tune
-
-        if checkpoint_dir:
-            dest = self.run_dir / f"{RUN_CHECKPOINT_PREFIX}{int(metrics['epoch']):06d}"
-            with atomic_directory(dest) as tmp:
-                shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True)
-            for old in run_checkpoints(self.run_dir)[:-self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-            metrics = {**metrics, "checkpoint_path": str(dest)}
-        ray.tune.report(metrics)
-
-    def after_checkpoint(self) -> None:
-        pass  # written (atomically) before the report
-
-    def dataset_shard(self, name: str):
-        raise RuntimeError("training inside a Tune trial reads the memory cache "
-                           "(data.cache: memory); streamed Ray Data shards need a TorchTrainer")
-
-
-RUN_CHECKPOINT_PREFIX = "checkpoint_epoch_"
-
-
-Session = Union[RayTrainSession, TuneTrialSession]  # where a worker reports and checkpoints
-
-
-def run_checkpoints(run_dir: Path) -> list[Path]:
-    """The complete in-trial checkpoints of a run dir (``checkpoint_epoch_<epoch>``, whole
-    folders: they appear by an atomic rename), oldest epoch first."""
-    found = [p for p in Path(run_dir).glob(f"{RUN_CHECKPOINT_PREFIX}*")
-             if p.is_dir() and p.name[len(RUN_CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(RUN_CHECKPOINT_PREFIX):]))
-
-
-def latest_run_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The newest complete in-trial checkpoint of ``run_dir``, or None."""
-    found = run_checkpoints(run_dir)
-    return found[-1] if found else None
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -359,101 +257,6 @@ def _record_start(inputs: WorkerInputs, rank: int, world: int, start_epoch: int,
                    "entered": entered})
 
 
-# ------------------------------------------------------------------------------ batches
-class _StreamFeed:
-    """This worker's Ray Data shards (``data.cache: none``): ``iter_torch_batches`` with the
-    local shuffle seeded by (``run.seed``, epoch, rank). The tasks crop each epoch's side of
-    ``data.progressive``, except with ``optim.budget_s`` (the epoch count is not known to the
-    driver): they crop at the end size and each batch is resized down to ``size`` here
-    (:func:`cnn_ray.data.pipeline.train_sizes`)."""
-
-    def __init__(self, cfg: TrainConfig, rank: int, device: torch.device, session):
-        self.cfg, self.rank, self.device = cfg, rank, device
-        self.train = session.dataset_shard("train")
-        self.val = session.dataset_shard("val")
-
-    def train_batches(self, epoch: int, size: Optional[int] = None) -> Iterable[dict]:
-        d, local = self.cfg.data, self.cfg.data.shuffle == "local"
-        batches = self.train.iter_torch_batches(
-            batch_size=self.cfg.per_worker_batch_size(), prefetch_batches=d.prefetch_batches,
-            drop_last=d.drop_last, local_shuffle_buffer_size=(d.shuffle_buffer or None) if local else None,
-            local_shuffle_seed=self.cfg.run.seed * 100_003 + epoch * 1_009 + self.rank
-            if local and d.shuffle_buffer else None,
-            pin_memory=self.device.type == "cuda",
-        )
-        if size is None or not d.progressive.enabled or self.cfg.optim.budget_s is None:
-            return batches
-        from cnn_ray.data.resized_crop import resize_batch
-
-        return ({**b, "image": resize_batch(b["image"], size)} for b in batches)
-
-    def val_batches(self) -> Iterable[dict]:
-        return self.val.iter_torch_batches(batch_size=self.cfg.optim.eval_batch_size,
-                                           prefetch_batches=self.cfg.data.prefetch_batches,
-                                           pin_memory=self.device.type == "cuda")
-
-
-class _MemoryFeed:
-    """``data.cache: memory``: this worker's share of the arrays the driver put (zero-copy),
-    augmented per batch with draws from (``run.seed``, epoch, image idx). On a GPU the rows
-    live on the device and are augmented there (:class:`~cnn_ray.data.memory.DeviceShard`)
-    when the augmentation is one the device path supports; else on the host (numpy)."""
-
-    def __init__(self, refs: dict, cfg: TrainConfig, rank: int, world: int, log,
-                 device: torch.device):
-        from cnn_ray.data.memory import InMemoryShard, shard_for_device
-
-        self.cfg, self.rank = cfg, rank
-        t0 = time.perf_counter()
-        self.train = InMemoryShard.from_arrays(ray.get(refs["train"]), rank=rank, world=world,
-                                               equal=True)
-        self.val = InMemoryShard.from_arrays(ray.get(refs["val"]), rank=rank, world=world,
-                                             equal=False)
-        self.resize = cfg.data.progressive.enabled  # every epoch's side, the stored one too
-        self.train = shard_for_device(self.train, device, cfg.augment, always_resize=self.resize,
-                                      out_size=cfg.data.crop_size_at(cfg.optim.epochs,
-                                                                     cfg.optim.epochs))
-        self.val = shard_for_device(self.val, device)
-        log(f"data in memory ({type(self.train).__name__}): {len(self.train)} train + "
-            f"{len(self.val)} val images per worker "
-            f"({(self.train.nbytes + self.val.nbytes) / 1e6:.0f} MB) in "
-            f"{time.perf_counter() - t0:.2f}s")
-
-    def train_batches(self, epoch: int, size: Optional[int] = None) -> Iterable[dict]:
-        c = self.cfg
-        return self.train.batches(
-            c.per_worker_batch_size(), augment=c.augment, seed=c.run.seed, epoch=epoch,
-            rank=self.rank, shuffle=c.data.shuffle != "none", drop_last=c.data.drop_last,
-            prefetch=max(1, c.data.prefetch_batches), out_size=size, always_resize=self.resize)
-
-    def val_batches(self) -> Iterable[dict]:
-        return self.val.batches(self.cfg.optim.eval_batch_size, shuffle=False, prefetch=1)
-
-
-def open_feed(inputs: WorkerInputs, rank: int, world: int, device: torch.device, log, *,
-              session: Session):
-    """This worker's batches: ``train_batches(epoch, size)`` (0-based epoch; ``size``: its
-    training side, :meth:`~cnn_ray.config.DataConfig.crop_size_at`) and ``val_batches()``,
-    each an iterable of ``{"image": (N, H, W, C) uint8, "label": (N,) int64}`` torch batches."""
-    if inputs.memory is not None:
-        return _MemoryFeed(inputs.memory, inputs.config, rank, world, log, device)
-    return _StreamFeed(inputs.config, rank, device, session)
-
-
-def _with_fault(batches: Iterable[dict], fault: Optional[FaultInjection], rank: int,
-                epoch: int) -> Iterator[dict]:
-    """Test hook: SIGKILL this worker once at ``fault``'s (1-based ``epoch``, step)."""
-    if fault is None or not fault.applies(rank, epoch):
-        yield from batches
-        return
-    marker = Path(fault.marker)
-    for i, batch in enumerate(batches):
-        if i == fault.step and not marker.exists():
-            marker.write_text(f"killed rank {rank} at epoch {epoch} step {i}\n")
-            os.kill(os.getpid(), signal.SIGKILL)
-        yield batch
-
-
 # ------------------------------------------------------------------------------ metrics, report
 def _bad_inputs(inputs: WorkerInputs, rank: int) -> int:
     """Records left out (listed in ``bad_inputs.jsonl`` of the prepared dir and the run dir);
@@ -513,21 +316,6 @@ def _report(inputs: WorkerInputs, metrics: dict, rank: int, parts: TrainParts, *
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     session.after_checkpoint()
-
-
-def _wait_until_committed(rank: int, timeout_s: float = 300.0) -> None:
-    """Block every rank until the Train controller has committed the checkpoint just reported
-    (``ray.train.get_all_reported_checkpoints(COMMITTED)``). The controller registers reports
-    when it next polls the workers; without this barrier a worker killed within that interval
-    after a report takes the checkpoint's registration with it, and the restarted group
-    resumes one epoch earlier (seen in the killed-worker tests). A timeout or error is logged
-    and training goes on: the checkpoint is on storage either way."""
-    try:
-        ray.train.get_all_reported_checkpoints(
-            consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=timeout_s)
-    except Exception as exc:  # noqa: BLE001 (a barrier, not a correctness requirement)
-        if rank == 0:
-            say(f"checkpoint commit not confirmed ({type(exc).__name__}: {exc}); continuing")
 
 
 def _format_metrics(m: dict, *, size: bool = False) -> str:
