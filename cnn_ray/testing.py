@@ -345,3 +345,21 @@ def place_resnet18_weights(torch_home: Path, seed: int = 1) -> tuple[dict, Path]
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return state, path
+
+
+def load_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` of this checkout, loaded from its file (the scripts
+    are not a package), for tests that call its functions or ``main(argv)``.
+
+    Raises:
+        FileNotFoundError: no such script.
+    """
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmarks/{name}.py: no such script")
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -73,6 +73,30 @@ def cifar_small(cifar_root, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
+def data_context():
+    """The current Ray Data ``DataContext`` as an augmentation task sees it at the start of a
+    worker group's first execution: ``AUGMENT_START_EPOCH`` and the context's execution counter
+    (``compat.data_execution_index``, which earlier tests' executions in this process have
+    advanced) are restored afterwards; the counter reads 0 during the test."""
+    import ray.data
+
+    from cnn_ray.data.pipeline import AUGMENT_START_EPOCH
+
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.get_config(AUGMENT_START_EPOCH, None)
+    executed = getattr(ctx, "_execution_idx", None)
+    if executed is not None:
+        ctx._execution_idx = 0
+    yield ctx
+    if executed is not None:
+        ctx._execution_idx = executed
+    if before is None:
+        ctx.remove_config(AUGMENT_START_EPOCH)
+    else:
+        ctx.set_config(AUGMENT_START_EPOCH, before)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 

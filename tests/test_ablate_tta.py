@@ -4,21 +4,19 @@ smoke runs of both commands."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cnn_ray.testing import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _job(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_job", REPO / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark(name)
 
 
 @pytest.fixture(scope="module")

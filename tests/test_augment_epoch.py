@@ -20,19 +20,6 @@ def _batch(n: int = 16) -> tuple[pa.Table, np.ndarray]:
                      "idx": pa.array(np.arange(n, dtype=np.int64))}), images
 
 
-@pytest.fixture
-def data_context():
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    before = ctx.get_config(AUGMENT_START_EPOCH, None)
-    yield ctx
-    if before is None:
-        ctx.remove_config(AUGMENT_START_EPOCH)
-    else:
-        ctx.set_config(AUGMENT_START_EPOCH, before)
-
-
 def test_augment_batches_use_the_start_epoch(data_context):
     cfg = AugmentConfig.model_validate({"random_crop": {"padding": 2}, "cutout": {"enabled": True}})
     table, images = _batch()

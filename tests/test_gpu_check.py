@@ -1,20 +1,18 @@
 """benchmarks/gpu_check.py: refuses without CUDA; its code paths run on the CPU with --allow-cpu."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from cnn_ray.testing import load_benchmark
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("gpu_check")
 
 
 def test_refuses_clearly_without_cuda(monkeypatch, capsys, tmp_path):

@@ -7,7 +7,6 @@ smoke runs on a seeded subset of the real Oxford Flowers-102 photos (``slow``)."
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from cnn_ray.testing import load_benchmark
 import yaml
 
 from cnn_ray.config_io import load_train_config
@@ -25,11 +26,7 @@ FINETUNE = REPO / "jobs" / "configs" / "flowers_finetune.yaml"
 
 
 def _job(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_photo_job",
-                                                  REPO / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark(name)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from cnn_ray.config import AugmentConfig, ConfigError, TrainConfig
+from cnn_ray.config import ConfigError, TrainConfig
 from cnn_ray.config_data import Progressive
 from cnn_ray.data.augment import augment_batch
 from cnn_ray.data.memory import DeviceShard, InMemoryShard, shard_for_device
@@ -162,19 +162,6 @@ def test_resize_batch_keeps_shape_dtype_and_constant_images():
         resize_batch(x.float(), 24)
 
 
-@pytest.fixture
-def data_context():
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    before = ctx.get_config(AUGMENT_START_EPOCH, None)
-    yield ctx
-    if before is None:
-        ctx.remove_config(AUGMENT_START_EPOCH)
-    else:
-        ctx.set_config(AUGMENT_START_EPOCH, before)
-
-
 def test_augment_batches_crop_each_execution_epochs_side_and_resume_the_ramp(tmp_path,
                                                                             data_context):
     cfg = _cfg(tmp_path, {"start_size": 16, "step": 8}, augment=RRC)
@@ -236,24 +223,26 @@ def test_compile_allows_a_graph_per_side_and_steps_through_the_ramp(tmp_path, mo
     from cnn_ray.models import create_model
     from cnn_ray.recipe.apply import allow_size_recompiles, prepare_model
 
-    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)  # restored afterwards
     # the eager backend checks the wiring without an inductor build on a loaded CPU
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    plain = _cfg(tmp_path, {"enabled": False})
-    assert allow_size_recompiles(plain) == 8
-    cfg = _cfg(tmp_path, {"start_size": 8, "end_size": 40, "step": 4},
-               model={"name": "simple_cnn", "compile": True})
-    model = prepare_model(create_model("simple_cnn", num_classes=3), cfg)
-    assert dynamo_config.recompile_limit == 2 * 9 + 8  # 8, 12, ..., 40: 9 sides
-    torch._dynamo.reset()
-    with monkeypatch.context() as m:
-        m.setattr(dynamo_config, "automatic_dynamic_shapes", False)  # a graph per side
-        m.setattr(dynamo_config, "fail_on_recompile_limit_hit", True)
-        for side in range(8, 41, 4):
-            out = model(torch.randn(2, 3, side, side))
-            out.sum().backward()
-            assert out.shape == (2, 3)
-    torch._dynamo.reset()
+    # torch's own config.patch restores the settings (pytest's monkeypatch on torch's config
+    # module left recompile_limit deleted: later tests read "does not exist")
+    with dynamo_config.patch(recompile_limit=8):
+        plain = _cfg(tmp_path, {"enabled": False})
+        assert allow_size_recompiles(plain) == 8
+        cfg = _cfg(tmp_path, {"start_size": 8, "end_size": 40, "step": 4},
+                   model={"name": "simple_cnn", "compile": True})
+        model = prepare_model(create_model("simple_cnn", num_classes=3), cfg)
+        assert dynamo_config.recompile_limit == 2 * 9 + 8  # 8, 12, ..., 40: 9 sides
+        torch._dynamo.reset()
+        with dynamo_config.patch(automatic_dynamic_shapes=False,  # a graph per side
+                                 fail_on_recompile_limit_hit=True):
+            for side in range(8, 41, 4):
+                out = model(torch.randn(2, 3, side, side))
+                out.sum().backward()
+                assert out.shape == (2, 3)
+        torch._dynamo.reset()
+    assert dynamo_config.recompile_limit == 8  # restored
 
 
 def test_local_trainer_trains_each_epochs_side(tmp_path):

@@ -4,22 +4,20 @@ CIFAR-like arrays (the `not ray` tier has no archive). No Ray."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cnn_ray.testing import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def transfer():
-    spec = importlib.util.spec_from_file_location("transfer_job", REPO / "benchmarks" / "transfer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("transfer")
 
 
 def _fake_cifar(per_class: int, seed: int = 0):
