@@ -96,6 +96,22 @@ def data_context():
         ctx.set_config(AUGMENT_START_EPOCH, before)
 
 
+@pytest.fixture(scope="module")
+def ablate():
+    """``benchmarks/ablate.py`` as a module (:func:`cnn_ray.testing.load_benchmark`)."""
+    from cnn_ray.testing import load_benchmark
+
+    return load_benchmark("ablate")
+
+
+@pytest.fixture(scope="module")
+def tta():
+    """``benchmarks/time_to_accuracy.py`` as a module."""
+    from cnn_ray.testing import load_benchmark
+
+    return load_benchmark("time_to_accuracy")
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

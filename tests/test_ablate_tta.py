@@ -10,23 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnn_ray.testing import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _job(name: str):
-    return load_benchmark(name)
-
-
-@pytest.fixture(scope="module")
-def ablate():
-    return _job("ablate")
-
-
-@pytest.fixture(scope="module")
-def tta():
-    return _job("time_to_accuracy")
 
 
 # ------------------------------------------------------------------------------ ablate

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from cnn_ray.testing import load_benchmark
 import yaml
 
 from cnn_ray.config_io import load_train_config
@@ -23,20 +22,6 @@ from cnn_ray.config_io import load_train_config
 REPO = Path(__file__).resolve().parents[1]
 FLOWERS = REPO / "jobs" / "configs" / "flowers.yaml"
 FINETUNE = REPO / "jobs" / "configs" / "flowers_finetune.yaml"
-
-
-def _job(name: str):
-    return load_benchmark(name)
-
-
-@pytest.fixture(scope="module")
-def ablate():
-    return _job("ablate")
-
-
-@pytest.fixture(scope="module")
-def tta():
-    return _job("time_to_accuracy")
 
 
 # ------------------------------------------------------------------------------ recipes
